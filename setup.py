@@ -1,0 +1,48 @@
+"""Installable distribution `peapod-rec` (the PyPI name `peapod` belongs to an unrelated project)."""
+
+from setuptools import setup
+
+setup(
+    name="peapod-rec",
+    version="0.1.0",
+    description="PeaPOD: Personalized Prompt Distillation for Generative Recommendation, Hugging Face native",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # The two modules that travel to a Hub repo as remote code are top-level modules on purpose.
+    py_modules=["configuration_peapod", "modeling_peapod"],
+    packages=["training", "training.metrics", "datasets_scripts"],
+    package_data={"training.metrics": ["*/*.py"], "model_cards": ["*.md"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "peft>=0.13",
+        "safetensors>=0.4",
+        "evaluate>=0.4",
+        "huggingface-hub>=1.0",
+        "cornac>=2.0",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "pyyaml",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2"],
+        "dev": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2", "ruff"],
+        "faiss": ["faiss-cpu"],
+    },
+    entry_points={
+        "console_scripts": [
+            "peapod-prepare=datasets_scripts.cli:main",
+            "peapod-train=training.cli:main",
+            "peapod-evaluate=training.evaluate_cli:main",
+            "peapod-explain-user=training.plots:explain_user_main",
+            "peapod-demo=training.demo:main",
+        ]
+    },
+)
