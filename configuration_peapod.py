@@ -1,0 +1,149 @@
+"""PeaPOD model configuration: a T5 configuration plus the collaborative-prompt and task-prompt fields.
+
+This file travels to a Hub repository as remote code beside `modeling_peapod.py`; it imports only transformers.
+Symbols follow the paper (Ramos, Wu, Lipani 2025, §4): d_u, n (`num_neighbors`), H, L_p, L_t.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, T5Config
+
+PROMPT_ENCODERS = ("mha", "mlp", "none")
+DEFAULT_TASKS = ("sequential", "topn", "explanation")
+
+# Shapes for offline work, where no pretrained T5 weights exist: the model is randomly initialised with one of
+# these and the genuine T5 vocabulary. "t5-small" is t5-small's exact shape; the others are CPU-sized.
+NAMED_SHAPES: dict[str, dict[str, int]] = {
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "mini": dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4),
+    "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+}
+
+
+class PeaPODConfig(T5Config):
+    r"""
+    Configuration of [`PeaPODForConditionalGeneration`]: every field of [`T5Config`] plus the following.
+
+    num_users (`int`, defaults to 0):
+        Number of known users; user ids run 1..num_users and id 0 is the unknown user. The frozen user tables have
+        `num_users + 1` rows. 0 means "no user table yet": a collaborative prompt then needs one installed first.
+    user_embedding_dim (`int`, defaults to 512):
+        d_u, the width of the collaborative-filtering user embeddings (PMF, k = 512 in the paper).
+    num_neighbors (`int`, defaults to 20):
+        n, how many most cosine-similar users S_u the prompt encoder attends over (20 for Beauty/Sports, 10 Toys).
+    prompt_encoder (`str`, defaults to `"mha"`):
+        `"mha"`: H-head attention from u over its neighbours, eqs. (1)-(9); `"mlp"`: a linear map of u alone to
+        the prompt (the paper's "0 heads" ablation); `"none"`: no collaborative prompt, i.e. POD.
+    prompt_encoder_heads (`int`, defaults to 4):
+        H, the number of attention heads of the collaborative prompt encoder; must divide `d_model`.
+    collaborative_prompt_length (`int`, defaults to 3):
+        L_p, the number of collaborative user-prompt vectors (the paper's |p_mha| = 3).
+    use_task_prompts (`bool`, defaults to `True`):
+        Whether to prepend the learned task-specific prompts of POD ("PeaPOD (no task)" ablation when False).
+    task_prompt_length (`int`, defaults to 3):
+        L_t, the number of task-prompt vectors per task.
+    tasks (`list[str]`, defaults to `["sequential", "topn", "explanation"]`):
+        Task names; `task_ids` index into this list.
+    max_whole_word_ids (`int`, defaults to 512):
+        Size of the whole-word embedding table: index 0 marks non-ID tokens, index i the i-th ID span.
+    loss_reduction (`str`, defaults to `"sequence"`):
+        `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
+        all target tokens of the batch (transformers' default for T5).
+    decoder_start_token_id (`int`, defaults to 0):
+        T5 starts decoding from the pad token; transformers 5.x no longer puts this in `T5Config`, so it is
+        declared here to let a config built from scratch train and generate.
+    """
+
+    model_type = "peapod"
+
+    num_users: int = 0
+    user_embedding_dim: int = 512
+    num_neighbors: int = 20
+    prompt_encoder: str = "mha"
+    prompt_encoder_heads: int = 4
+    collaborative_prompt_length: int = 3
+    use_task_prompts: bool = True
+    task_prompt_length: int = 3
+    tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS
+    max_whole_word_ids: int = 512
+    loss_reduction: str = "sequence"
+    decoder_start_token_id: int | None = 0
+
+    def __post_init__(self, **kwargs):
+        self.tasks = list(self.tasks)
+        self._validate_peapod_fields()
+        super().__post_init__(**kwargs)
+
+    def _validate_peapod_fields(self) -> None:
+        if self.prompt_encoder not in PROMPT_ENCODERS:
+            raise ValueError(f"prompt_encoder={self.prompt_encoder!r} is not one of {PROMPT_ENCODERS}")
+        if self.loss_reduction not in ("sequence", "token"):
+            raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of ('sequence', 'token')")
+        non_negative = {"num_users": self.num_users, "task_prompt_length": self.task_prompt_length}
+        positive = {
+            "user_embedding_dim": self.user_embedding_dim,
+            "num_neighbors": self.num_neighbors,
+            "prompt_encoder_heads": self.prompt_encoder_heads,
+            "collaborative_prompt_length": self.collaborative_prompt_length,
+            "max_whole_word_ids": self.max_whole_word_ids,
+            "d_model": self.d_model,
+        }
+        for name, value in non_negative.items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if self.prompt_encoder == "mha" and self.d_model % self.prompt_encoder_heads != 0:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by prompt_encoder_heads={self.prompt_encoder_heads}: "
+                "each head has width d_model / H (eq. 7)"
+            )
+        # num_users = 0 is the default (no user table yet; `PeaPODForConditionalGeneration.set_user_table` or a
+        # config with num_users fills it), so the neighbour count is only checked against a real table.
+        if self.prompt_encoder == "mha" and self.num_users > 0 and self.num_neighbors > self.num_users - 1:
+            raise ValueError(
+                f"num_neighbors={self.num_neighbors} exceeds num_users - 1 = {self.num_users - 1}: "
+                "a user cannot be its own neighbour"
+            )
+        if len(self.tasks) == 0 or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks={self.tasks!r} must be a non-empty list of distinct names")
+        if self.use_task_prompts and self.task_prompt_length < 1:
+            raise ValueError("use_task_prompts=True needs task_prompt_length >= 1")
+
+    @property
+    def num_prompt_vectors(self) -> int:
+        """L_t + L_p: how many vectors are prepended to the token embeddings."""
+        task = self.task_prompt_length if self.use_task_prompts else 0
+        collaborative = self.collaborative_prompt_length if self.prompt_encoder != "none" else 0
+        return task + collaborative
+
+    @classmethod
+    def from_t5(cls, t5_config_or_name: str | T5Config = "t5-small", **peapod_fields) -> PeaPODConfig:
+        """A PeaPOD config from any T5 config, checkpoint name or path, or one of `NAMED_SHAPES`, plus PeaPOD fields.
+
+        A named shape needs no download (for offline work); any other name is resolved with `AutoConfig` (a Hub
+        name such as "t5-small" when online, or a local folder with a config.json).
+        """
+        if isinstance(t5_config_or_name, str) and t5_config_or_name in NAMED_SHAPES:
+            t5_fields = dict(NAMED_SHAPES[t5_config_or_name], vocab_size=32128)
+        else:
+            t5_config = (
+                t5_config_or_name
+                if isinstance(t5_config_or_name, T5Config)
+                else AutoConfig.from_pretrained(t5_config_or_name)
+            )
+            t5_fields = {
+                name: getattr(t5_config, name)
+                for name in (
+                    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                    "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
+                    "layer_norm_epsilon", "initializer_factor", "feed_forward_proj", "pad_token_id", "eos_token_id",
+                )
+            }
+            if not getattr(t5_config, "scale_decoder_outputs", True):  # T5 v1.1 checkpoints
+                t5_fields["tie_word_embeddings"] = False
+        return cls(**{**t5_fields, **peapod_fields})
+
+
+__all__ = ["PeaPODConfig", "NAMED_SHAPES", "PROMPT_ENCODERS", "DEFAULT_TASKS"]
