@@ -27,6 +27,9 @@ class PeaPODConfig(T5Config):
     num_users (`int`, defaults to 0):
         Number of known users; user ids run 1..num_users and id 0 is the unknown user. The frozen user tables have
         `num_users + 1` rows. 0 means "no user table yet": a collaborative prompt then needs one installed first.
+    num_items (`int`, defaults to 0):
+        Number of catalogue items (ids 1..num_items); constrained decoding builds its item-id trie over them.
+        0 = not recorded (then pass the catalogue explicitly).
     user_embedding_dim (`int`, defaults to 512):
         d_u, the width of the collaborative-filtering user embeddings (PMF, k = 512 in the paper).
     num_neighbors (`int`, defaults to 20):
@@ -57,6 +60,7 @@ class PeaPODConfig(T5Config):
     model_type = "peapod"
 
     num_users: int = 0
+    num_items: int = 0
     user_embedding_dim: int = 512
     num_neighbors: int = 20
     prompt_encoder: str = "mha"
@@ -79,7 +83,11 @@ class PeaPODConfig(T5Config):
             raise ValueError(f"prompt_encoder={self.prompt_encoder!r} is not one of {PROMPT_ENCODERS}")
         if self.loss_reduction not in ("sequence", "token"):
             raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of ('sequence', 'token')")
-        non_negative = {"num_users": self.num_users, "task_prompt_length": self.task_prompt_length}
+        non_negative = {
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "task_prompt_length": self.task_prompt_length,
+        }
         positive = {
             "user_embedding_dim": self.user_embedding_dim,
             "num_neighbors": self.num_neighbors,

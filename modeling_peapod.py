@@ -19,6 +19,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import T5ForConditionalGeneration
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
+    from .configuration_peapod import NAMED_SHAPES, PeaPODConfig
+except ImportError:  # installed: the two files are top-level modules
+    from configuration_peapod import NAMED_SHAPES, PeaPODConfig
 
 # 1. ID helpers ----------------------------------------------------------------------------------------------
 
@@ -122,3 +130,549 @@ def _top_n_lowest_index_on_ties(scores: torch.Tensor, n: int) -> torch.LongTenso
     indices, _ = indices.sort(dim=1)
     order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
     return indices.gather(1, order)
+
+
+# 2. Collaborative user prompt ------------------------------------------------------------------------------
+
+
+class CollaborativePromptEncoder(nn.Module):
+    """The collaborative user prompt p of the paper's §4 (eqs. 1-9), L_p vectors of width d_m.
+
+    `mha`: the target user's embedding u is the query, its n neighbours' embeddings s_i the keys and values:
+        Q = W_Q u + b_Q, K_i = W_K s_i + b_K, V_i = W_V s_i + b_V                    eqs. (1)-(4)
+        head_h = softmax((Q W_h^Q)(K W_h^K)^T / sqrt(d_k)) (V W_h^V), d_k = d_m / H   eqs. (5), (7)
+        z = Concat(head_1..head_H);  p = W_I z + b_I, reshaped to [L_p, d_m]          eqs. (8), (9)
+    The per-head projections W_h^{Q,K,V} of eq. (7) are stacked into one d_m x d_m map each (as in
+    `nn.MultiheadAttention`); with H = 1 this is eq. (5) with its sqrt(d_m) scale.
+    `mlp`: the paper's "0 heads" ablation, no neighbours: p = W_I (W_Q u + b_Q) + b_I.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d_user, d_model = config.user_embedding_dim, config.d_model
+        self.variant = config.prompt_encoder
+        self.num_heads = config.prompt_encoder_heads
+        self.prompt_length = config.collaborative_prompt_length
+        self.d_model = d_model
+        self.query = nn.Linear(d_user, d_model)  # W_Q, b_Q  eq. (1)
+        if self.variant == "mha":
+            self.key = nn.Linear(d_user, d_model)  # W_K, b_K  eq. (2)
+            self.value = nn.Linear(d_user, d_model)  # W_V, b_V  eq. (3)
+            self.head_query = nn.Linear(d_model, d_model, bias=False)  # W_h^Q for all heads, eq. (7)
+            self.head_key = nn.Linear(d_model, d_model, bias=False)  # W_h^K
+            self.head_value = nn.Linear(d_model, d_model, bias=False)  # W_h^V
+        self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eqs. (6), (9)
+
+    def forward(
+        self, user_embedding: torch.Tensor, neighbor_embeddings: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """u [B, d_u] and S_u [B, n, d_u] -> (p [B, L_p, d_m], attention weights [B, H, n] or None)."""
+        query = self.query(user_embedding)  # [B, d_m]
+        if self.variant == "mlp":
+            summary, attention = query, None
+        else:
+            batch, num_neighbors, _ = neighbor_embeddings.shape
+            head_width = self.d_model // self.num_heads
+            keys = self.head_key(self.key(neighbor_embeddings))  # [B, n, d_m]
+            values = self.head_value(self.value(neighbor_embeddings))
+            query = self.head_query(query)
+            # Split d_m into H heads of width d_k: [B, H, 1, d_k] against [B, H, n, d_k].
+            query = query.view(batch, self.num_heads, 1, head_width)
+            keys = keys.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)
+            values = values.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)
+            attention = torch.softmax(query @ keys.transpose(-1, -2) / math.sqrt(head_width), dim=-1)
+            summary = (attention @ values).reshape(batch, self.d_model)  # z_mha, eq. (8)
+            attention = attention.squeeze(2)  # [B, H, n]
+        prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)
+        return prompt, (attention if output_attentions else None)
+
+
+# 3. Constrained decoding over item ids ---------------------------------------------------------------------
+
+
+class ItemIdTrie:
+    """A prefix trie over the tokenised item-id targets ("1234" + EOS), for constrained decoding.
+
+    transformers offers the hook (`prefix_allowed_tokens_fn`, `PrefixConstrainedLogitsProcessor`) but no trie, so
+    this small one is written here. `allowed_tokens(prefix)` lists the tokens that extend `prefix` (decoder tokens
+    after the start token) towards some item id; a finished id allows only EOS-terminated completion.
+    """
+
+    def __init__(self, item_token_ids: dict[int, list[int]], eos_token_id: int):
+        if not item_token_ids:
+            raise ValueError("an ItemIdTrie needs at least one item id")
+        self.item_token_ids = item_token_ids
+        self.eos_token_id = eos_token_id
+        self.root: dict[int, dict] = {}
+        self.item_of_sequence: dict[tuple[int, ...], int] = {}
+        for item_id, token_ids in item_token_ids.items():
+            node = self.root
+            for token in token_ids:
+                node = node.setdefault(token, {})
+            self.item_of_sequence[tuple(token_ids)] = item_id
+        self.max_length = max(len(tokens) for tokens in item_token_ids.values())
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, item_ids) -> ItemIdTrie:
+        item_ids = [int(item) for item in item_ids]
+        if any(item < 1 for item in item_ids):
+            raise ValueError(f"item ids must be >= 1, got {min(item_ids)}")
+        encoded = tokenizer([str(item) for item in item_ids], add_special_tokens=True).input_ids
+        return cls(dict(zip(item_ids, encoded)), tokenizer.eos_token_id)
+
+    def restricted_to(self, item_ids) -> ItemIdTrie:
+        """The trie of a subset (e.g. one user's top-n candidates), reusing this trie's tokenisation."""
+        missing = [int(item) for item in item_ids if int(item) not in self.item_token_ids]
+        if missing:
+            raise ValueError(f"candidate item ids {missing[:10]} are not in the catalogue of {len(self)} items")
+        return ItemIdTrie({int(item): self.item_token_ids[int(item)] for item in item_ids}, self.eos_token_id)
+
+    def __len__(self) -> int:
+        return len(self.item_token_ids)
+
+    def allowed_tokens(self, prefix: Sequence[int]) -> list[int]:
+        node = self.root
+        for token in prefix:
+            node = node.get(token)
+            if node is None:  # off the trie (cannot happen under the constraint): end the sequence
+                return [self.eos_token_id]
+        return list(node) or [self.eos_token_id]
+
+    def item_of(self, token_ids: Sequence[int]) -> int | None:
+        """The item id a generated token sequence spells (padding stripped), or None if it is no item id."""
+        tokens = list(token_ids)
+        if self.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(self.eos_token_id) + 1]
+        return self.item_of_sequence.get(tuple(tokens))
+
+
+def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
+    """A `prefix_allowed_tokens_fn` for `generate`: one trie for the batch, or one per sample (top-n candidates).
+
+    `generate` calls it with the batch index and the decoder tokens so far, whose first token is the start token.
+    """
+
+    def allowed(batch_id: int, decoder_input_ids: torch.Tensor) -> list[int]:
+        trie = tries if isinstance(tries, ItemIdTrie) else tries[batch_id]
+        return trie.allowed_tokens(decoder_input_ids[1:].tolist())
+
+    return allowed
+
+
+# 4. The model ----------------------------------------------------------------------------------------------
+
+USER_TABLE_BUFFERS = ("user_embeddings", "user_neighbors")
+
+
+class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
+    """T5 whose encoder reads [task prompt | collaborative user prompt | token + whole-word embeddings] (§4.4).
+
+    Frozen persistent buffers hold the user table: `user_embeddings` [num_users + 1, d_u] (row 0 = unknown user)
+    from a collaborative-filtering model and `user_neighbors` [num_users + 1, n], the ids of each user's n most
+    cosine-similar users. They are saved in `model.safetensors` and never receive gradients.
+    """
+
+    config_class = PeaPODConfig
+    # Our loss (eq. 10) is a mean over the batch already; Trainer must not pass num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: PeaPODConfig):
+        super().__init__(config)
+        d_model = config.d_model
+        if config.prompt_encoder != "none":
+            rows = config.num_users + 1
+            self.register_buffer("user_embeddings", torch.zeros(rows, config.user_embedding_dim), persistent=True)
+            self.register_buffer(
+                "user_neighbors", torch.zeros(rows, config.num_neighbors, dtype=torch.long), persistent=True
+            )
+            self.prompt_encoder = CollaborativePromptEncoder(config)
+        if config.use_task_prompts:
+            # [num_tasks, L_t, d_m] stored flat as an embedding so peft's `modules_to_save` can hold it.
+            self.task_prompts = nn.Embedding(len(config.tasks), config.task_prompt_length * d_model)
+        self.whole_word_embeddings = nn.Embedding(config.max_whole_word_ids, d_model, padding_idx=0)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        factor = self.config.initializer_factor
+        if isinstance(module, CollaborativePromptEncoder):
+            # Modules are initialised children first, so this overrides the generic N(0, factor) of nn.Linear.
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    init.normal_(linear.weight, mean=0.0, std=factor * linear.in_features**-0.5)
+                    if linear.bias is not None:
+                        init.zeros_(linear.bias)
+        elif isinstance(module, PeaPODForConditionalGeneration):
+            # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
+            if hasattr(module, "task_prompts"):
+                init.normal_(module.task_prompts.weight, mean=0.0, std=factor * 1.0)
+            # Index 0 (every non-ID token) adds nothing, so a pretrained T5 sees its own embeddings there.
+            init.normal_(module.whole_word_embeddings.weight, mean=0.0, std=factor * 1.0)
+            init.zeros_(module.whole_word_embeddings.weight[0])
+
+    # -- user table ---------------------------------------------------------------------------------------
+
+    @property
+    def has_collaborative_prompt(self) -> bool:
+        return self.config.prompt_encoder != "none"
+
+    def set_user_table(
+        self, user_embeddings: torch.Tensor, user_neighbors: torch.Tensor | None = None, chunk_size: int = 2048
+    ) -> None:
+        """Install the frozen user table: embeddings [num_users + 1, d_u] and, optionally, the neighbour index.
+
+        Without `user_neighbors` the index is built here (`build_user_neighbors`). A model whose config has
+        num_users = 0 adopts the table's size; otherwise the sizes must match the config exactly.
+        """
+        if not self.has_collaborative_prompt:
+            raise ValueError("prompt_encoder='none' (POD) has no user table to set")
+        user_embeddings = torch.as_tensor(user_embeddings)
+        expected_dim = self.config.user_embedding_dim
+        if user_embeddings.dim() != 2 or user_embeddings.shape[1] != expected_dim:
+            raise ValueError(
+                f"user_embeddings has shape {tuple(user_embeddings.shape)}; expected [num_users + 1, {expected_dim}] "
+                "(user_embedding_dim of the config)"
+            )
+        rows = user_embeddings.shape[0]
+        if self.config.num_users and rows != self.config.num_users + 1:
+            raise ValueError(
+                f"user_embeddings has {rows} rows; the config has num_users={self.config.num_users}, so "
+                f"{self.config.num_users + 1} rows (row 0 = unknown user) are expected"
+            )
+        if user_neighbors is None:
+            user_neighbors = build_user_neighbors(user_embeddings, self.config.num_neighbors, chunk_size)
+        user_neighbors = torch.as_tensor(user_neighbors)
+        expected = (rows, self.config.num_neighbors)
+        if tuple(user_neighbors.shape) != expected:
+            raise ValueError(
+                f"user_neighbors has shape {tuple(user_neighbors.shape)}; expected {list(expected)} "
+                "([num_users + 1, num_neighbors])"
+            )
+        if user_neighbors.dtype.is_floating_point or user_neighbors.min() < 0 or user_neighbors.max() >= rows:
+            raise ValueError(f"user_neighbors must hold integer user ids in [0, {rows - 1}]")
+        if not self.config.num_users:
+            self.config.num_users = rows - 1
+        device, dtype = self.user_embeddings.device, self.user_embeddings.dtype
+        self.user_embeddings = user_embeddings.to(device=device, dtype=dtype).contiguous()
+        self.user_neighbors = user_neighbors.to(device=device, dtype=torch.long).contiguous()
+
+    # -- encoder inputs -----------------------------------------------------------------------------------
+
+    def _check_inputs(self, input_ids, user_ids, task_ids, whole_word_ids) -> None:
+        """Every user mistake becomes a ValueError naming the value, before any tensor math."""
+        config = self.config
+        batch = input_ids.shape[0]
+        if self.has_collaborative_prompt:
+            if user_ids is None:
+                raise ValueError(
+                    f"user_ids is required: prompt_encoder={config.prompt_encoder!r} builds a collaborative prompt "
+                    "per user (use user id 0 for an unknown user)"
+                )
+            if config.num_users == 0:
+                raise ValueError("no user table installed: call set_user_table(...) or load a checkpoint with one")
+            _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
+        if config.use_task_prompts:
+            if task_ids is None:
+                raise ValueError(f"task_ids is required: one index per sample into tasks={config.tasks}")
+            _check_ids("task_ids", task_ids, batch, 0, len(config.tasks) - 1, f"indices into tasks={config.tasks}")
+        if whole_word_ids is not None:
+            if whole_word_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"whole_word_ids has shape {tuple(whole_word_ids.shape)}; expected that of input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
+            _check_ids(
+                "whole_word_ids", whole_word_ids.flatten(), None, 0, config.max_whole_word_ids - 1,
+                f"0 .. max_whole_word_ids - 1 (the input has more ID spans than the table's {config.max_whole_word_ids})",
+            )
+
+    def collaborative_prompt(
+        self, user_ids: torch.LongTensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """p for each user: [B, L_p, d_m], and the attention over its neighbours [B, H, n] on request."""
+        user_embedding = self.user_embeddings[user_ids]
+        neighbor_embeddings = self.user_embeddings[self.user_neighbors[user_ids]]
+        return self.prompt_encoder(user_embedding, neighbor_embeddings, output_attentions=output_attentions)
+
+    def build_encoder_inputs(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+        user_ids: torch.LongTensor | None = None, task_ids: torch.LongTensor | None = None,
+        whole_word_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended."""
+        if input_ids is None:
+            raise ValueError("input_ids is required (PeaPOD builds inputs_embeds itself)")
+        self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids)
+        embeds = self.shared(input_ids)
+        if whole_word_ids is not None:
+            embeds = embeds + self.whole_word_embeddings(whole_word_ids)
+        prompts = []
+        if self.config.use_task_prompts:
+            prompts.append(self.task_prompts(task_ids).view(-1, self.config.task_prompt_length, self.config.d_model))
+        if self.has_collaborative_prompt:
+            prompts.append(self.collaborative_prompt(user_ids)[0])
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if prompts:
+            prompt = torch.cat(prompts, dim=1).to(embeds.dtype)
+            embeds = torch.cat([prompt, embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(prompt.shape[:2]), attention_mask], dim=1)
+        return embeds, attention_mask
+
+    def encode(self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None):
+        """Run the encoder once: (BaseModelOutput, extended attention mask)."""
+        inputs_embeds, attention_mask = self.build_encoder_inputs(
+            input_ids, attention_mask, user_ids, task_ids, whole_word_ids
+        )
+        return self.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), (
+            attention_mask
+        )
+
+    # -- training -----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        user_ids: torch.LongTensor | None = None,
+        task_ids: torch.LongTensor | None = None,
+        whole_word_ids: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.BoolTensor | None = None,
+        encoder_outputs=None,
+        cache=None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """T5's forward with the PeaPOD encoder inputs; `labels` use -100 for padding (never trained on)."""
+        if encoder_outputs is None:
+            inputs_embeds, attention_mask = self.build_encoder_inputs(
+                input_ids, attention_mask, user_ids, task_ids, whole_word_ids
+            )
+        else:  # generation: the encoder ran once in `generate`, and attention_mask is already extended
+            inputs_embeds = None
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = self._shift_right(labels)
+        outputs = super().forward(
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        if labels is not None:
+            outputs.loss = self.sequence_loss(outputs.logits, labels)
+        return outputs
+
+    def sequence_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """Eq. (10): mean over samples of each target's mean token NLL (or the token mean, `loss_reduction`)."""
+        token_nll = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100, reduction="none"
+        ).view(labels.shape)
+        target_tokens = (labels != -100).sum(dim=1)
+        if self.config.loss_reduction == "token":
+            return token_nll.sum() / target_tokens.sum().clamp(min=1)
+        has_target = target_tokens > 0
+        per_sample = token_nll.sum(dim=1)[has_target] / target_tokens[has_target]
+        return per_sample.mean() if per_sample.numel() else token_nll.sum() * 0.0
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids=None, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
+        encoder_outputs=None, **generate_kwargs,
+    ):
+        """`GenerationMixin.generate` with PeaPOD inputs: the encoder runs once on the prompted inputs, then the
+        standard decoding loop (greedy, beam search, sampling, `prefix_allowed_tokens_fn`, logits processors) runs
+        on its outputs with the extended attention mask."""
+        if encoder_outputs is None:
+            encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
+        return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generate_kwargs)
+
+    def item_trie(self, tokenizer, item_ids=None) -> ItemIdTrie:
+        """The trie over item ids 1..config.num_items (or the given ids)."""
+        if item_ids is None:
+            if not self.config.num_items:
+                raise ValueError("config.num_items is 0: pass item_ids (the catalogue) or set num_items")
+            item_ids = range(1, self.config.num_items + 1)
+        return ItemIdTrie.from_tokenizer(tokenizer, item_ids)
+
+    @torch.no_grad()
+    def recommend(
+        self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
+        tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
+        length_penalty: float = 0.0, **generate_kwargs,
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Ranked item ids by constrained beam search: ([B, top_k] ids padded with -1, [B, top_k] scores).
+
+        Every id is a valid catalogue id (and one of the sample's `candidates` [B, C] in top-n), distinct within
+        a row. Scores are beam log-likelihoods; `length_penalty=0.0` ranks by plain sequence log-likelihood.
+        """
+        if top_k < 1 or num_beams < top_k:
+            raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
+        if item_trie is None:
+            if tokenizer is None:
+                raise ValueError("recommend needs a tokenizer or an item_trie")
+            item_trie = self.item_trie(tokenizer)
+        tries = item_trie
+        if candidates is not None:
+            candidates = torch.as_tensor(candidates)
+            if candidates.dim() != 2 or candidates.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"candidates must be [batch, C], got shape {tuple(candidates.shape)}")
+            tries = [item_trie.restricted_to(row) for row in candidates.tolist()]
+        output = self.generate(
+            input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
+            num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(tries), length_penalty=length_penalty,
+            early_stopping=True, do_sample=False, output_scores=True, return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        batch = input_ids.shape[0]
+        sequences = output.sequences[:, 1:].view(batch, num_beams, -1).tolist()  # drop the start token
+        beam_scores = output.sequences_scores.view(batch, num_beams)
+        item_ids = torch.full((batch, top_k), -1, dtype=torch.long)
+        scores = torch.full((batch, top_k), -math.inf)
+        for row in range(batch):
+            ranked: list[int] = []
+            for beam in beam_scores[row].argsort(descending=True, stable=True).tolist():
+                item = item_trie.item_of(sequences[row][beam])
+                if item is not None and item not in ranked:
+                    item_ids[row, len(ranked)] = item
+                    scores[row, len(ranked)] = beam_scores[row, beam]
+                    ranked.append(item)
+                if len(ranked) == top_k:
+                    break
+        return item_ids, scores
+
+    @torch.no_grad()
+    def score_candidates(
+        self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
+        candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 256,
+    ) -> torch.Tensor:
+        """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
+
+        One encoder pass per sample; its states are shared by all of the sample's candidates, which are scored
+        by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
+        """
+        candidates = torch.as_tensor(candidates)
+        batch = input_ids.shape[0]
+        if candidates.dim() != 2 or candidates.shape[0] != batch:
+            raise ValueError(f"candidates must be [batch, C], got shape {tuple(candidates.shape)}")
+        if item_trie is None:
+            if tokenizer is None:
+                raise ValueError("score_candidates needs a tokenizer or an item_trie")
+            item_trie = self.item_trie(tokenizer)
+        unknown = sorted({int(c) for c in candidates.flatten().tolist()} - set(item_trie.item_token_ids))
+        if unknown:
+            raise ValueError(f"candidate item ids {unknown[:10]} are not in the catalogue of {len(item_trie)} items")
+        encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
+        hidden = encoder_outputs.last_hidden_state
+        num_candidates = candidates.shape[1]
+        pairs = [(row, col) for row in range(batch) for col in range(num_candidates)]
+        scores = torch.empty(batch, num_candidates, device=hidden.device)
+        for start in range(0, len(pairs), candidate_batch_size):
+            chunk = pairs[start : start + candidate_batch_size]
+            rows = torch.tensor([row for row, _ in chunk], device=hidden.device)
+            token_lists = [item_trie.item_token_ids[int(candidates[row, col])] for row, col in chunk]
+            labels = torch.full((len(chunk), max(map(len, token_lists))), -100, dtype=torch.long)
+            for index, tokens in enumerate(token_lists):
+                labels[index, : len(tokens)] = torch.tensor(tokens)
+            labels = labels.to(hidden.device)
+            logits = super().forward(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
+                attention_mask=attention_mask[rows],
+                decoder_input_ids=self._shift_right(labels),
+                use_cache=False,
+            ).logits.float()
+            token_log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sequence_log_probs = (token_log_probs * (labels != -100)).sum(dim=1)
+            for (row, col), value in zip(chunk, sequence_log_probs):
+                scores[row, col] = value
+        return scores
+
+    # -- loading and saving -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_t5_pretrained(cls, t5_name_or_path: str, **peapod_fields) -> PeaPODForConditionalGeneration:
+        """A PeaPOD model that keeps a T5 checkpoint's weights (`t5-small` online, a local folder offline); the
+        PeaPOD parts (prompt encoder, task prompts, whole-word embeddings, user table) start fresh."""
+        t5 = T5ForConditionalGeneration.from_pretrained(t5_name_or_path)
+        model = cls(PeaPODConfig.from_t5(t5.config, **peapod_fields))
+        missing, unexpected = model.load_state_dict(t5.state_dict(), strict=False)
+        fresh = ("prompt_encoder.", "task_prompts.", "whole_word_embeddings.") + USER_TABLE_BUFFERS
+        not_loaded = [key for key in missing if not key.startswith(fresh)]
+        if not_loaded or unexpected:
+            raise ValueError(f"{t5_name_or_path} is not a T5 checkpoint: missing {not_loaded}, unexpected {unexpected}")
+        return model
+
+    @classmethod
+    def from_shape(cls, shape: str = "t5-small", **peapod_fields) -> PeaPODForConditionalGeneration:
+        """A randomly initialised PeaPOD of a named T5 shape (`NAMED_SHAPES`: t5-small, mini, tiny), offline."""
+        if shape not in NAMED_SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; known shapes: {sorted(NAMED_SHAPES)}")
+        return cls(PeaPODConfig.from_t5(shape, **peapod_fields))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose user table is missing or mis-shaped."""
+        want_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except RuntimeError as error:  # size mismatches surface as RuntimeError from load_state_dict
+            if any(name in str(error) for name in USER_TABLE_BUFFERS):
+                raise ValueError(f"the checkpoint's user table does not match its config: {error}") from error
+            raise
+        if model.has_collaborative_prompt:
+            problems = set(loading_info.get("missing_keys", ())) | {
+                entry[0] if isinstance(entry, tuple) else entry for entry in loading_info.get("mismatched_keys", ())
+            }
+            bad = [name for name in USER_TABLE_BUFFERS if name in problems]
+            if bad:
+                raise ValueError(
+                    f"checkpoint {args[0] if args else kwargs.get('pretrained_model_name_or_path')} lacks a valid "
+                    f"{' and '.join(bad)} buffer of shape {[model.config.num_users + 1]} rows: a PeaPOD checkpoint "
+                    "must carry its user table (save it with save_pretrained after set_user_table)"
+                )
+        return (model, loading_info) if want_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`save_pretrained` whose config maps AutoConfig, AutoModel and AutoModelForSeq2SeqLM to the remote code."""
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoConfig": "configuration_peapod.PeaPODConfig",
+            "AutoModel": "modeling_peapod.PeaPODForConditionalGeneration",
+            "AutoModelForSeq2SeqLM": "modeling_peapod.PeaPODForConditionalGeneration",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _check_ids(name: str, ids: torch.Tensor, batch: int | None, low: int, high: int, meaning: str) -> None:
+    ids = torch.as_tensor(ids)
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer ids, got dtype {ids.dtype}")
+    if batch is not None and tuple(ids.shape) != (batch,):
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected ({batch},), one per sample")
+    if ids.numel() and (ids.min() < low or ids.max() > high):
+        offending = ids[(ids < low) | (ids > high)].unique()[:10].tolist()
+        raise ValueError(f"{name} contains {offending}; expected {meaning} = {low}..{high}")
+
+
+PeaPODConfig.register_for_auto_class()
+PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+
+__all__ = [
+    "CollaborativePromptEncoder",
+    "ItemIdTrie",
+    "PeaPODConfig",
+    "PeaPODForConditionalGeneration",
+    "build_user_neighbors",
+    "compute_whole_word_ids",
+    "prefix_allowed_tokens_fn",
+    "whole_word_ids_from_tokens",
+]
