@@ -30,11 +30,10 @@ except ImportError:  # installed: the two files are top-level modules
 
 # 1. ID helpers ----------------------------------------------------------------------------------------------
 
-# An ID is written `user_123` / `item_45`. SentencePiece splits it as ["▁user", "_", "12", "3"] (the "▁" marks
-# a word start; the prefix may lack it after punctuation such as "(" or ","), so a span is: the prefix piece,
-# an "_" piece, then one or more pieces made only of digits.
-_ID_PREFIX_PIECES = {"▁user", "user", "▁item", "item"}
-_DIGITS = re.compile(r"^[0-9]+$")
+# An ID is written `user_123` / `item_45`. SentencePiece splits it unpredictably: ["▁user", "_", "12", "3"] after a
+# space, but ["▁(", "i", "tem", "_", "123", "4)"] after punctuation. So the pieces are glued back into text, the IDs
+# are found there with a regular expression, and every piece overlapping an ID's characters joins its span.
+_ID_PATTERN = re.compile(r"(?<![A-Za-z0-9])(?:user|item)_[0-9]+")
 
 
 def whole_word_ids_from_tokens(tokens: Sequence[str]) -> list[int]:
@@ -43,26 +42,22 @@ def whole_word_ids_from_tokens(tokens: Sequence[str]) -> list[int]:
     The i-th `user_…`/`item_…` span in the sequence gets index i (1-based) on each of its pieces; every other
     piece (words, punctuation, EOS, padding) gets 0.
     """
+    starts, text = [], []
+    length = 0
+    for token in tokens:
+        starts.append(length)
+        piece = token.replace("▁", " ")
+        text.append(piece)
+        length += len(piece)
+    starts.append(length)
     whole_word_ids = [0] * len(tokens)
-    span_index = 0
-    position = 0
-    while position < len(tokens):
-        is_span = (
-            tokens[position] in _ID_PREFIX_PIECES
-            and position + 2 < len(tokens)
-            and tokens[position + 1] == "_"
-            and _DIGITS.match(tokens[position + 2]) is not None
-        )
-        if not is_span:
-            position += 1
-            continue
-        span_index += 1
-        end = position + 2
-        while end < len(tokens) and _DIGITS.match(tokens[end]) is not None:
-            end += 1
-        for piece in range(position, end):
+    piece = 0
+    for span_index, match in enumerate(_ID_PATTERN.finditer("".join(text)), start=1):
+        while starts[piece + 1] <= match.start():  # skip pieces that end before the ID
+            piece += 1
+        while piece < len(tokens) and starts[piece] < match.end():
             whole_word_ids[piece] = span_index
-        position = end
+            piece += 1
     return whole_word_ids
 
 
@@ -77,6 +72,9 @@ def compute_whole_word_ids(input_ids, tokenizer) -> list[list[int]] | torch.Long
     return [whole_word_ids_from_tokens(tokenizer.convert_ids_to_tokens(list(row))) for row in input_ids]
 
 
+SIMILARITY_RESOLUTION = 1e6  # cosine similarities are ranked as integers of 1e-6
+
+
 @torch.no_grad()
 def build_user_neighbors(
     user_embeddings: torch.Tensor, num_neighbors: int, chunk_size: int = 2048
@@ -87,6 +85,8 @@ def build_user_neighbors(
     ordered by decreasing similarity; the user itself and row 0 are never neighbours, ties go to the lower user
     id, and row 0's neighbours are all 0 (the unknown user attends over unknown users). Exact, and computed
     `chunk_size` rows at a time so memory stays O(chunk_size x num_users), never a num_users² matrix.
+    Similarities are compared at a resolution of 1e-6: float32 matrix products give equal cosines that differ in
+    their last bits depending on the chunking, and that noise must not decide who is a neighbour.
     """
     if user_embeddings.dim() != 2:
         raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
@@ -103,7 +103,7 @@ def build_user_neighbors(
     neighbors = torch.zeros(num_rows, num_neighbors, dtype=torch.long, device=user_embeddings.device)
     for start in range(1, num_rows, chunk_size):
         end = min(start + chunk_size, num_rows)
-        similarity = unit[start:end] @ unit.T  # [chunk, num_rows]
+        similarity = (unit[start:end] @ unit.T).mul_(SIMILARITY_RESOLUTION).round_()  # [chunk, num_rows]
         rows = torch.arange(end - start, device=similarity.device)
         similarity[rows, rows + start] = -math.inf  # self
         similarity[:, 0] = -math.inf  # the unknown user
@@ -221,11 +221,19 @@ class ItemIdTrie:
         encoded = tokenizer([str(item) for item in item_ids], add_special_tokens=True).input_ids
         return cls(dict(zip(item_ids, encoded)), tokenizer.eos_token_id)
 
+    def check_candidates(self, candidates: torch.Tensor, batch: int) -> torch.Tensor:
+        """Validate a [batch, C] tensor of candidate ids against this catalogue; returns it as a tensor."""
+        candidates = torch.as_tensor(candidates)
+        if candidates.dim() != 2 or candidates.shape[0] != batch:
+            raise ValueError(f"candidates must be [batch={batch}, C] item ids, got shape {tuple(candidates.shape)}")
+        unknown = sorted({int(item) for item in candidates.flatten().tolist()} - self.item_token_ids.keys())
+        if unknown:
+            raise ValueError(f"candidate item ids {unknown[:10]} are not in the catalogue of {len(self)} items")
+        return candidates
+
     def restricted_to(self, item_ids) -> ItemIdTrie:
         """The trie of a subset (e.g. one user's top-n candidates), reusing this trie's tokenisation."""
-        missing = [int(item) for item in item_ids if int(item) not in self.item_token_ids]
-        if missing:
-            raise ValueError(f"candidate item ids {missing[:10]} are not in the catalogue of {len(self)} items")
+        self.check_candidates(torch.as_tensor(item_ids).view(1, -1), 1)
         return ItemIdTrie({int(item): self.item_token_ids[int(item)] for item in item_ids}, self.eos_token_id)
 
     def __len__(self) -> int:
@@ -374,7 +382,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
         if config.use_task_prompts:
             if task_ids is None:
-                raise ValueError(f"task_ids is required: one index per sample into tasks={config.tasks}")
+                raise ValueError(
+                    f"task_ids is required: one index per sample into tasks={config.tasks} (with peft, leave the "
+                    "LoraConfig's task_type unset: PeftModelForSeq2SeqLM drops an argument named task_ids)"
+                )
             _check_ids("task_ids", task_ids, batch, 0, len(config.tasks) - 1, f"indices into tasks={config.tasks}")
         if whole_word_ids is not None:
             if whole_word_ids.shape != input_ids.shape:
@@ -522,9 +533,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             item_trie = self.item_trie(tokenizer)
         tries = item_trie
         if candidates is not None:
-            candidates = torch.as_tensor(candidates)
-            if candidates.dim() != 2 or candidates.shape[0] != input_ids.shape[0]:
-                raise ValueError(f"candidates must be [batch, C], got shape {tuple(candidates.shape)}")
+            candidates = item_trie.check_candidates(candidates, input_ids.shape[0])
             tries = [item_trie.restricted_to(row) for row in candidates.tolist()]
         output = self.generate(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
@@ -560,17 +569,12 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         One encoder pass per sample; its states are shared by all of the sample's candidates, which are scored
         by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
         """
-        candidates = torch.as_tensor(candidates)
         batch = input_ids.shape[0]
-        if candidates.dim() != 2 or candidates.shape[0] != batch:
-            raise ValueError(f"candidates must be [batch, C], got shape {tuple(candidates.shape)}")
         if item_trie is None:
             if tokenizer is None:
                 raise ValueError("score_candidates needs a tokenizer or an item_trie")
             item_trie = self.item_trie(tokenizer)
-        unknown = sorted({int(c) for c in candidates.flatten().tolist()} - set(item_trie.item_token_ids))
-        if unknown:
-            raise ValueError(f"candidate item ids {unknown[:10]} are not in the catalogue of {len(item_trie)} items")
+        candidates = item_trie.check_candidates(candidates, batch)
         encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
         hidden = encoder_outputs.last_hidden_state
         num_candidates = candidates.shape[1]
@@ -619,26 +623,35 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return cls(PeaPODConfig.from_t5(shape, **peapod_fields))
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose user table is missing or mis-shaped."""
         want_loading_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        except RuntimeError as error:  # size mismatches surface as RuntimeError from load_state_dict
-            if any(name in str(error) for name in USER_TABLE_BUFFERS):
-                raise ValueError(f"the checkpoint's user table does not match its config: {error}") from error
-            raise
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        # Load permissively, then judge the mismatches here, so the error can name the user table.
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        mismatched = {entry[0]: entry[1:] for entry in loading_info.get("mismatched_keys", ())}
+        missing = set(loading_info.get("missing_keys", ()))
         if model.has_collaborative_prompt:
-            problems = set(loading_info.get("missing_keys", ())) | {
-                entry[0] if isinstance(entry, tuple) else entry for entry in loading_info.get("mismatched_keys", ())
-            }
-            bad = [name for name in USER_TABLE_BUFFERS if name in problems]
-            if bad:
-                raise ValueError(
-                    f"checkpoint {args[0] if args else kwargs.get('pretrained_model_name_or_path')} lacks a valid "
-                    f"{' and '.join(bad)} buffer of shape {[model.config.num_users + 1]} rows: a PeaPOD checkpoint "
-                    "must carry its user table (save it with save_pretrained after set_user_table)"
-                )
+            for name in USER_TABLE_BUFFERS:
+                expected = list(getattr(model, name).shape)
+                if name in missing:
+                    raise ValueError(
+                        f"checkpoint {pretrained_model_name_or_path} has no {name} buffer (expected shape {expected}): "
+                        "a PeaPOD checkpoint carries its user table; save it with save_pretrained after set_user_table"
+                    )
+                if name in mismatched:
+                    found = list(mismatched[name][0]) if mismatched[name] else "another shape"
+                    raise ValueError(
+                        f"checkpoint {pretrained_model_name_or_path}: {name} has shape {found} in the checkpoint; "
+                        f"expected {expected} from its config (num_users={model.config.num_users})"
+                    )
+        if mismatched and not ignore_mismatched_sizes:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} has weights of other shapes than its config: "
+                f"{sorted(mismatched)} (pass ignore_mismatched_sizes=True to re-initialise them)"
+            )
         return (model, loading_info) if want_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
