@@ -311,16 +311,20 @@ def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path, batc
             "PeaPODForConditionalGeneration"
         print("REMOTE-OK", type(model).__module__)
     """)
-    # Run from an empty folder with a clean path: only site-packages, never the repository or an installed copy.
+    # Run from an empty folder with only site-packages on the path: `-S` skips the .pth files (an editable install
+    # of this package is one), so neither the repository nor an editable copy of it can be imported.
+    import site
+
     isolated = tmp_path / "cwd"
     isolated.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.pathsep.join(site.getsitepackages())
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=isolated, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-S", "-c", script], cwd=isolated, env=env, capture_output=True,
                             text=True, timeout=300)
     if "the package must not be importable here" in result.stderr:
-        pytest.skip("peapod-rec is installed into this interpreter's site-packages; the isolation check needs it "
-                    "to be absent (run the suite from a source checkout)")
+        pytest.skip("peapod-rec is installed (not editable) into site-packages; this isolation check needs a source "
+                    "checkout or an editable install")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK transformers_modules" in result.stdout
 
