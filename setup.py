@@ -12,8 +12,8 @@ setup(
     python_requires=">=3.10",
     # The two modules that travel to a Hub repo as remote code are top-level modules on purpose.
     py_modules=["configuration_peapod", "modeling_peapod"],
-    packages=["training", "training.metrics", "datasets_scripts"],
-    package_data={"training.metrics": ["*/*.py"], "model_cards": ["*.md"]},
+    packages=["training", "training.metrics", "datasets_scripts", "model_cards"],
+    package_data={"training.metrics": ["*/*.py", "*/*.md"], "model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.1",

@@ -1,0 +1,1 @@
+"""Model-card templates (Jinja, rendered by `huggingface_hub.ModelCard.from_template`)."""

@@ -1,0 +1,78 @@
+"""Model cards and the Hub upload path (intercepted: no network)."""
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from modeling_peapod import PeaPODForConditionalGeneration
+from training.hub import check_hub_folder, push_folder_to_hub
+from training.model_card import TrainingSummary, write_model_card
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = PeaPODForConditionalGeneration.from_shape("tiny", num_users=6, num_items=9, user_embedding_dim=4,
+                                                      num_neighbors=2)
+    model.set_user_table(torch.randn(7, 4))
+    model.save_pretrained(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+def test_card_metadata_and_body(checkpoint):
+    model, folder = checkpoint
+    summary = TrainingSummary(dataset_name="beauty", dataset_description="Amazon Beauty (P5 ids)", seed=7,
+                              base_shape="tiny", results={"sequential": {"hr@10": 0.25, "ndcg@10": 0.125}},
+                              repo_id="someone/peapod-beauty", example_user=3, example_history=[4, 5])
+    write_model_card(folder, model.config, summary)
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["license"] == "apache-2.0"
+    assert "custom_code" in data["tags"] and data["datasets"] == ["beauty"]
+    results = data["model-index"][0]["results"]
+    values = {metric["type"]: metric["value"] for result in results for metric in result["metrics"]}
+    assert values == {"hr@10": 0.25, "ndcg@10": 0.125}
+    body = card.text
+    assert 'from_pretrained("someone/peapod-beauty", trust_remote_code=True)' in body
+    assert "| sequential | hr@10 | 0.2500 |" in body and "| seed | 7 |" in body
+    assert "random initialisation of the tiny shape" in body and "No pretrained T5 weights" in body
+    assert "user_3" in body and "item_5" in body
+    assert not list(folder.glob(".README.*"))  # the temporary file was renamed away
+
+
+def test_card_without_results_has_no_model_index(checkpoint):
+    model, folder = checkpoint
+    write_model_card(folder, model.config, TrainingSummary(base_model="t5-small"))
+    card = ModelCard.load(folder / "README.md")
+    assert "model-index" not in card.data.to_dict() and card.data.base_model == "t5-small"
+    assert "No pretrained T5 weights" not in card.text
+
+
+class RecordingApi:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        return "https://huggingface.co/someone/peapod/commit/abc"
+
+
+def test_push_uploads_the_complete_folder(checkpoint):
+    model, folder = checkpoint
+    with pytest.raises(ValueError, match=r"missing \['README.md'\]"):
+        check_hub_folder(folder)
+    write_model_card(folder, model.config, TrainingSummary())
+    (folder / "optimizer.pt").write_bytes(b"state")
+    files = check_hub_folder(folder)
+    assert {"config.json", "modeling_peapod.py", "configuration_peapod.py", "model.safetensors",
+            "README.md"} <= set(files)
+    assert "optimizer.pt" not in files
+    api = RecordingApi()
+    url = push_folder_to_hub(folder, "someone/peapod", private=True, api=api)
+    assert url.endswith("/commit/abc")
+    (name, create), (name2, upload) = api.calls
+    assert name == "create_repo" and create["repo_id"] == "someone/peapod" and create["private"] is True
+    assert name2 == "upload_folder" and upload["folder_path"] == str(folder) and "optimizer.pt" in upload[
+        "ignore_patterns"]

@@ -1,0 +1,140 @@
+"""Model cards for saved PeaPOD checkpoints, filled with `huggingface_hub.ModelCard` / `ModelCardData`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from datasets_scripts.templates import EVAL_TEMPLATES, render
+
+TEMPLATE = "peapod_model_card.md"
+
+BASE_LIMITATIONS = [
+    "Item and user ids are those of the training data: the model cannot recommend items it never saw, and a new "
+    "user (id 0) gets the unknown-user prompt, i.e. no personalisation.",
+    "Top-n evaluation uses 99 negatives per user regenerated with a fixed seed (the P5 negative files are not "
+    "public), so top-n figures are comparable across our runs, not digit for digit with the paper.",
+]
+OFFLINE_LIMITATION = (
+    "No pretrained T5 weights were available when this model was trained: it started from a random initialisation "
+    "of the named shape, so its absolute quality is far below the paper's t5-small runs."
+)
+
+
+@dataclass
+class TrainingSummary:
+    """What the card says about how a checkpoint was made (all plain values, so it is easy to fill and test)."""
+
+    dataset_name: str = "synthetic"
+    dataset_description: str = "synthetic demo data"
+    id_space: str = "P5/POD integer ids"
+    base_model: str | None = None  # a Hub id when the T5 weights were kept; None for a random initialisation
+    base_shape: str | None = None
+    user_embedding_source: str = "cornac PMF on the training interactions"
+    optimisation: str = ""
+    seed: int = 0
+    hardware: str = "CPU"
+    train_time: str = "unknown"
+    eval_split: str = "test"
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value
+    repo_id: str = "path/to/this-folder"
+    example_user: int = 1
+    example_history: list[int] = field(default_factory=lambda: [1, 2, 3])
+    extra_limitations: list[str] = field(default_factory=list)
+
+
+def _results_table(results: dict[str, dict[str, float]]) -> str:
+    rows = ["| task | metric | value |", "| --- | --- | --- |"]
+    for task, metrics in results.items():
+        rows += [f"| {task} | {metric} | {value:.4f} |" for metric, value in metrics.items()]
+    return "\n".join(rows) if results else ""
+
+
+def _eval_results(summary: TrainingSummary) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type="text2text-generation", task_name=f"{task} recommendation" if task != "explanation" else task,
+            dataset_type=summary.dataset_name, dataset_name=summary.dataset_name, dataset_split=summary.eval_split,
+            metric_type=metric, metric_name=metric, metric_value=float(value),
+        )
+        for task, metrics in summary.results.items()
+        for metric, value in metrics.items()
+    ]
+
+
+def build_model_card(config, summary: TrainingSummary) -> ModelCard:
+    """Render the card of a model with this `PeaPODConfig` from the template in `model_cards/`."""
+    variant = config.prompt_encoder
+    prompt_description = {
+        "mha": f"{config.prompt_encoder_heads}-head attention from the user's embedding over its "
+               f"{config.num_neighbors} most similar users",
+        "mlp": "a linear map of the user's embedding (the paper's 0-head ablation)",
+        "none": "switched off here (this is POD)",
+    }[variant]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text2text-generation",
+        license="apache-2.0",
+        tags=["peapod", "recommendation", "generative-recommendation", "t5", "custom_code"],
+        datasets=[summary.dataset_name],
+        base_model=summary.base_model,
+        model_name=f"PeaPOD ({variant}) on {summary.dataset_name}",
+        eval_results=_eval_results(summary) or None,
+    )
+    limitations = list(BASE_LIMITATIONS) + summary.extra_limitations
+    if summary.base_model is None:
+        limitations.insert(0, OFFLINE_LIMITATION)
+    template = resources.files("model_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=card_data.model_name,
+        prompt_description=prompt_description,
+        tasks=list(config.tasks),
+        dataset_description=summary.dataset_description,
+        id_space=summary.id_space,
+        num_users=config.num_users,
+        num_items=config.num_items,
+        base_model_description=summary.base_model or f"random initialisation of the {summary.base_shape} shape",
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        num_decoder_layers=config.num_decoder_layers,
+        num_heads=config.num_heads,
+        prompt_encoder=variant,
+        prompt_encoder_heads=config.prompt_encoder_heads,
+        num_neighbors=config.num_neighbors,
+        collaborative_prompt_length=config.collaborative_prompt_length,
+        user_embedding_dim=config.user_embedding_dim,
+        task_prompt_description=(f"L_t = {config.task_prompt_length} per task" if config.use_task_prompts else "off"),
+        user_embedding_source=summary.user_embedding_source,
+        optimisation=summary.optimisation,
+        seed=summary.seed,
+        hardware=summary.hardware,
+        train_time=summary.train_time,
+        eval_split=summary.eval_split,
+        results_table=_results_table(summary.results),
+        repo_id=summary.repo_id,
+        example_user=summary.example_user,
+        example_source=render(EVAL_TEMPLATES["sequential"], summary.example_user, history=summary.example_history),
+        example_explanation_source=render(
+            EVAL_TEMPLATES["explanation"], summary.example_user, item=summary.example_history[-1]
+        ),
+        limitations=limitations,
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, config, summary: TrainingSummary) -> Path:
+    """Write `README.md` into a checkpoint folder (atomically: a temporary file renamed into place)."""
+    card = build_model_card(config, summary)
+    output_dir = Path(output_dir)
+    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".README.", suffix=".tmp")
+    os.close(handle)
+    Path(temporary).write_text(str(card), encoding="utf-8")
+    target = output_dir / "README.md"
+    os.replace(temporary, target)
+    return target
