@@ -1,0 +1,315 @@
+"""`peapod-train`: train a PeaPOD model on a prepared folder with `PeaPODTrainer`.
+
+    peapod-train --prepared_dir prepared/beauty --output_dir runs/beauty --base_model t5-small ...
+    peapod-train experiments/configs/paper.yaml --prepared_dir prepared/beauty     # a config file, then overrides
+
+Arguments come from three dataclasses parsed by `HfArgumentParser`: `ModelArguments` (base T5, prompt variant and
+sizes), `DataArguments` (prepared folder or the synthetic default, sample limits) and transformers'
+`Seq2SeqTrainingArguments` (optimiser, batch size, schedule, saving, `--push_to_hub`). A JSON or YAML file given as
+the first argument supplies defaults that later command-line flags override; unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+
+from configuration_peapod import NAMED_SHAPES
+from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
+
+logger = logging.getLogger("peapod.train")
+
+RUN_FILE = "peapod_run.json"  # what a run was asked to do: an output folder holding another run is refused
+
+
+@dataclass
+class ModelArguments:
+    base_model: str = field(
+        default="t5-small",
+        metadata={"help": "A named random shape for offline work (" + ", ".join(NAMED_SHAPES) + "; prefix 'random:' to "
+                  "force it, e.g. random:t5-small), a T5 checkpoint name or path whose weights are kept (t5-small "
+                  "online), or a PeaPOD checkpoint to continue from."},
+    )
+    random_init: bool = field(
+        default=False, metadata={"help": "Start from a random model of base_model's shape instead of its weights."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path (default: the prepared folder's, else base_model)."}
+    )
+    prompt_encoder: str = field(default="mha", metadata={"help": "mha | mlp (0 heads) | none (POD)."})
+    prompt_encoder_heads: int = field(default=4, metadata={"help": "H, attention heads of the prompt encoder."})
+    num_neighbors: int | None = field(
+        default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
+    )
+    collaborative_prompt_length: int = field(default=3, metadata={"help": "L_p."})
+    use_task_prompts: bool = field(default=True, metadata={"help": "Task-specific soft prompts (POD)."})
+    task_prompt_length: int = field(default=3, metadata={"help": "L_t."})
+    loss_reduction: str = field(default="sequence", metadata={"help": "sequence (eq. 10) | token."})
+    dropout_rate: float = field(default=0.1, metadata={"help": "T5 dropout."})
+
+
+@dataclass
+class DataArguments:
+    prepared_dir: str | None = field(
+        default=None, metadata={"help": "A folder made by peapod-prepare; default: the synthetic demo data."}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: ["sequential", "topn", "explanation"],
+        metadata={"help": "Tasks to train on (those present in the data)."},
+    )
+    max_train_samples_per_task: int | None = field(
+        default=None, metadata={"help": "A seeded random subset of each task's training samples (budgets)."}
+    )
+    max_eval_samples_per_task: int | None = field(
+        default=256, metadata={"help": "Validation samples per task for the per-task validation loss."}
+    )
+    ranking_eval_users: int = field(
+        default=0, metadata={"help": "Validation users for ranking metrics at each evaluation (0: losses only)."}
+    )
+    max_source_length: int = field(default=512, metadata={"help": "Longer sources lose their oldest items."})
+    max_target_length: int = field(default=128, metadata={"help": "A longer target is an error, never cut."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
+    )
+
+
+def _known_keys() -> set[str]:
+    return {f.name for cls in (ModelArguments, DataArguments, Seq2SeqTrainingArguments) for f in fields(cls)}
+
+
+def config_file_arguments(path: str) -> list[str]:
+    """A JSON/YAML file of arguments as command-line flags (so later flags override it); unknown keys are errors."""
+    text = Path(path).read_text(encoding="utf-8")
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}")
+    known = _known_keys()
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        details = ", ".join(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in hints.items())
+        raise ValueError(f"{path}: unknown config keys {details}")
+    argv: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_arguments(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = config_file_arguments(argv[0]) + argv[1:]
+    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
+    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if unknown:
+        raise ValueError(f"unknown arguments {unknown}; see peapod-train --help")
+    return model_args, data_args, training_args
+
+
+# Checks made before any training step ------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str, run_description: dict, overwrite: bool, resuming: bool) -> None:
+    """Refuse an output folder that holds a different run, unless asked to overwrite it."""
+    run_file = Path(output_dir) / RUN_FILE
+    if not Path(output_dir).exists() or not any(Path(output_dir).iterdir()) or overwrite:
+        return
+    if not run_file.exists():
+        raise ValueError(
+            f"output_dir {output_dir} is not empty and holds no {RUN_FILE}: refusing to write a run into it "
+            "(pass --overwrite_output_dir to allow it)"
+        )
+    previous = json.loads(run_file.read_text())
+    if previous != run_description and not resuming:
+        changed = sorted(key for key in set(previous) | set(run_description) if previous.get(key) != run_description.get(key))
+        raise ValueError(
+            f"output_dir {output_dir} holds a different run (differs in {changed}); pass --overwrite_output_dir "
+            "to replace it or --resume_from_checkpoint to continue it"
+        )
+
+
+def load_prepared_data(data_args: DataArguments, output_dir: str, seed: int, tokenizer_name: str | None):
+    from datasets_scripts import load_prepared, prepare
+
+    prepared_dir = data_args.prepared_dir
+    if prepared_dir is None:
+        prepared_dir = os.path.join(output_dir, "prepared-synthetic")
+        if not Path(prepared_dir).exists():
+            logger.info("No --prepared_dir: preparing the synthetic demo data in %s", prepared_dir)
+            prepare(prepared_dir, synthetic=True, seed=seed, tokenizer=tokenizer_name or "t5-small",
+                    embedding="pmf", embedding_dim=64, num_neighbors=10)
+    return load_prepared(prepared_dir)
+
+
+def resolve_base_model(model_args: ModelArguments) -> tuple[str, str | None]:
+    """(base model, the named shape to initialise randomly or None). `mini`/`tiny` exist only as shapes; `t5-small`
+    is both a Hub checkpoint and a shape, so its random initialisation is asked for as `random:t5-small` (or
+    `--random_init`)."""
+    base = model_args.base_model
+    shape = base.removeprefix("random:")
+    if shape in NAMED_SHAPES and (base.startswith("random:") or model_args.random_init or shape != "t5-small"):
+        return base, shape
+    return base, None
+
+
+def is_peapod_checkpoint(path: str) -> bool:
+    config_file = Path(path, "config.json")
+    return config_file.exists() and json.loads(config_file.read_text()).get("model_type") == "peapod"
+
+
+def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGeneration:
+    """A model sized for the prepared data, its user table installed (or checked, for a PeaPOD checkpoint)."""
+    embeddings, neighbors = prepared.user_embeddings, prepared.user_neighbors
+    num_neighbors = model_args.num_neighbors or neighbors.shape[1]
+    if num_neighbors != neighbors.shape[1]:
+        neighbors = build_user_neighbors(embeddings, num_neighbors)
+    peapod_fields = dict(
+        num_users=prepared.num_users, num_items=prepared.num_items, user_embedding_dim=embeddings.shape[1],
+        num_neighbors=num_neighbors, prompt_encoder=model_args.prompt_encoder,
+        prompt_encoder_heads=model_args.prompt_encoder_heads,
+        collaborative_prompt_length=model_args.collaborative_prompt_length,
+        use_task_prompts=model_args.use_task_prompts, task_prompt_length=model_args.task_prompt_length,
+        loss_reduction=model_args.loss_reduction, dropout_rate=model_args.dropout_rate,
+    )
+    base, random_shape = resolve_base_model(model_args)
+    if random_shape is not None:
+        model = PeaPODForConditionalGeneration.from_shape(random_shape, **peapod_fields)
+    elif is_peapod_checkpoint(base):
+        model = PeaPODForConditionalGeneration.from_pretrained(base)
+        if model.has_collaborative_prompt and model.config.num_users != prepared.num_users:
+            raise ValueError(
+                f"{base} has a user table of {model.config.num_users} users but the prepared data has "
+                f"{prepared.num_users}: a PeaPOD checkpoint can only continue on the data of its user table"
+            )
+        return model
+    elif model_args.random_init:
+        from transformers import AutoConfig
+
+        from configuration_peapod import PeaPODConfig
+
+        model = PeaPODForConditionalGeneration(PeaPODConfig.from_t5(AutoConfig.from_pretrained(base), **peapod_fields))
+    else:
+        model = PeaPODForConditionalGeneration.from_t5_pretrained(base, **peapod_fields)
+    if model.has_collaborative_prompt:
+        model.set_user_table(embeddings, neighbors)
+    return model
+
+
+def training_splits(prepared, data_args: DataArguments, seed: int):
+    """The concatenated training samples of the chosen tasks and a {task: validation subset} dict."""
+    from datasets import concatenate_datasets
+
+    available = [task for task in data_args.tasks if f"{task}_train" in prepared.dataset]
+    missing = [task for task in data_args.tasks if task not in available]
+    if missing:
+        logger.warning("The prepared data has no training split for %s; training on %s", missing, available)
+    if not available:
+        raise ValueError(f"{prepared.path} has none of the requested tasks {data_args.tasks}")
+    train_parts, eval_sets = [], {}
+    for task in available:
+        train = prepared.dataset[f"{task}_train"]
+        if data_args.max_train_samples_per_task and len(train) > data_args.max_train_samples_per_task:
+            train = train.shuffle(seed=seed).select(range(data_args.max_train_samples_per_task))
+        train_parts.append(train)
+        if f"{task}_validation" in prepared.dataset:
+            validation = prepared.dataset[f"{task}_validation"]
+            limit = data_args.max_eval_samples_per_task
+            eval_sets[task] = validation.select(range(min(limit, len(validation)))) if limit else validation
+    return concatenate_datasets(train_parts), eval_sets, available
+
+
+def hardware_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from training.collator import PeaPODDataCollator
+    from training.hub import push_folder_to_hub
+    from training.model_card import TrainingSummary, write_model_card
+    from training.trainer import PeaPODTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    model_args, data_args, training_args = parse_arguments(argv)
+    run_description = {"model": asdict(model_args), "data": asdict(data_args) | {"overwrite_output_dir": None},
+                       "seed": training_args.seed}
+    check_output_dir(training_args.output_dir, run_description, data_args.overwrite_output_dir,
+                     bool(training_args.resume_from_checkpoint))
+    set_seed(training_args.seed)
+
+    prepared = load_prepared_data(data_args, training_args.output_dir, training_args.seed, model_args.tokenizer)
+    tokenizer_name = model_args.tokenizer or prepared.config.get("tokenizer") or model_args.base_model
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    model = build_model(model_args, prepared)
+    train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
+
+    ranking_metrics_fn = None
+    if data_args.ranking_eval_users:
+        from training.evaluation import evaluate_checkpoint
+
+        def ranking_metrics_fn(eval_model):
+            report = evaluate_checkpoint(
+                eval_model, tokenizer, prepared, split="validation", tasks=[t for t in tasks if t != "explanation"],
+                max_users=data_args.ranking_eval_users, show_progress=False,
+            )
+            return {f"{name}_{metric}": value for name, metrics in report["results"].items()
+                    for metric, value in metrics.items()}
+
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # uploaded once, by us, at the end
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    run_file = Path(training_args.output_dir) / RUN_FILE
+    run_file.write_text(json.dumps(run_description, indent=2, sort_keys=True))
+    summary = TrainingSummary(
+        dataset_name=Path(str(prepared.path)).name, dataset_description=prepared.config.get("source", str(prepared.path)),
+        id_space="leakage-free re-indexed item ids" if prepared.item_reindex else "P5/POD integer ids",
+        base_model=None if resolve_base_model(model_args)[1] or model_args.random_init else model_args.base_model,
+        base_shape=model_args.base_model.removeprefix("random:"),
+        optimisation=f"AdamW lr {training_args.learning_rate}, batch {training_args.per_device_train_batch_size} "
+                     f"per device, {training_args.num_train_epochs} epochs (max_steps {training_args.max_steps})",
+        seed=training_args.seed, hardware=hardware_description(), repo_id=training_args.hub_model_id or
+        "path/to/this-folder",
+    )
+    trainer = PeaPODTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets or None,
+        data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
+        processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn,
+    )
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    summary.train_time = f"{time.perf_counter() - started:.0f} s"
+    metrics = dict(train_result.metrics)
+    if eval_sets:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        write_model_card(training_args.output_dir, trainer.model.config, summary)
+        (Path(training_args.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if push_to_hub:
+            url = push_folder_to_hub(training_args.output_dir, training_args.hub_model_id or Path(
+                training_args.output_dir).name, private=bool(training_args.hub_private_repo),
+                token=training_args.hub_token)
+            logger.info("Uploaded to %s", url)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
