@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = PeaPODTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets or None,
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
-        processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn,
+        processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
     )
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

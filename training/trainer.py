@@ -52,6 +52,8 @@ class PeaPODTrainer(Seq2SeqTrainer):
             process (deterministic), because early stopping and best-checkpoint decisions must agree.
         task_names: names of the task ids, for the metric keys; default `model.config.tasks`, else
             ("sequential", "topn", "explanation").
+        model_card_summary: a `training.model_card.TrainingSummary`; every saved folder gets a model card
+            (README.md) rendered from it.
 
     `train_dataset` needs a `task_id` column. `eval_dataset` is a dict {task name: dataset} or one dataset with
     a `task_id` column, which is split by task.
@@ -62,8 +64,10 @@ class PeaPODTrainer(Seq2SeqTrainer):
         *args,
         ranking_metrics_fn: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
         task_names: list[str] | tuple[str, ...] | None = None,
+        model_card_summary=None,
         **kwargs,
     ):
+        self.model_card_summary = model_card_summary  # a training.model_card.TrainingSummary, read at every save
         super().__init__(*args, **kwargs)
         accelerator_config = self.args.accelerator_config
         if accelerator_config.dispatch_batches or accelerator_config.split_batches:
@@ -241,8 +245,15 @@ class PeaPODTrainer(Seq2SeqTrainer):
             self._write_model_card(output_dir)
 
     def _write_model_card(self, output_dir: str) -> None:
-        """Write README.md (the Hub model card) into `output_dir`. A no-op for now: filled in by the Hub work."""
-        return None
+        """Write README.md (the Hub model card) into `output_dir` from `model_card_summary` (peapod-train rewrites
+        the final folder's card with the evaluation results)."""
+        from .model_card import TrainingSummary, write_model_card
+
+        summary = self.model_card_summary or TrainingSummary()
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        write_model_card(output_dir, model.config, summary)
 
 
 class _SamplerEpochCallback(TrainerCallback):
