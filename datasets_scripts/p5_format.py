@@ -1,0 +1,289 @@
+"""Validated reader and writer of the P5/POD directory format (SPEC §2, ../shared/data/README.md).
+
+A P5 directory holds
+
+* `sequential.txt`: one user per line, `user_id item_id item_id ...`, items in time order, 1-based ids;
+* `datamaps.json`: `{"id2user": {"1": "<reviewerID>", ...}, "id2item": {"1": "<ASIN>", ...}}`;
+* optionally `explanation.json`: `{"train": [...], "validation": [...], "test": [...]}`, each record
+  `{"user": int, "item": int, "explanation": str, "feature": str}`;
+* optionally negative files in P5's `negative_samples.txt` format: `user_id neg1 ... neg99` per line.
+
+Every reader fails fast with a ValueError naming the file, the line and the offending text, so that bad input
+is caught before any heavy work. Every writer goes through a temp file + rename, so a crash never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPLANATION_SPLITS = ("train", "validation", "test")
+EXPLANATION_KEYS = ("user", "item", "explanation", "feature")
+MIN_HISTORY_LENGTH = 3  # leave-one-out needs at least one training item besides the validation and test items
+
+
+@dataclass
+class P5Data:
+    """Everything a P5 directory holds, in memory, in its integer id space.
+
+    `histories` maps user id -> time-ordered item ids and is kept sorted by user id. `explanations` is None when
+    the source has no review text, else a dict with the three split names of `EXPLANATION_SPLITS`.
+    """
+
+    histories: dict[int, list[int]]
+    id2user: dict[int, str]
+    id2item: dict[int, str]
+    explanations: dict[str, list[dict]] | None = None
+    extra: dict = field(default_factory=dict)  # provenance notes (e.g. extractor statistics) for the card
+
+    @property
+    def num_users(self) -> int:
+        return len(self.id2user)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.id2item)
+
+    @property
+    def num_interactions(self) -> int:
+        return sum(len(items) for items in self.histories.values())
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    text = text.rstrip("\n")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Writing ------------------------------------------------------------------------------------------------------
+
+
+def permissions_as_umask_allows(path: str | os.PathLike, mode: int = 0o666) -> None:
+    """mkstemp/mkdtemp create owner-only files; give the final file the mode a plain `open` would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder, then rename (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        permissions_as_umask_allows(temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_id_lists(path: str | os.PathLike, rows: dict[int, list[int]]) -> None:
+    """`key v1 v2 ...` per line, keys ascending: the format of sequential.txt and of P5 negative files."""
+    lines = [" ".join(map(str, [key, *rows[key]])) for key in sorted(rows)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_sequential(path: str | os.PathLike, histories: dict[int, list[int]]) -> None:
+    write_id_lists(path, histories)
+
+
+def write_negatives(path: str | os.PathLike, negatives: dict[int, list[int]]) -> None:
+    write_id_lists(path, negatives)
+
+
+def write_datamaps(path: str | os.PathLike, id2user: dict[int, str], id2item: dict[int, str]) -> None:
+    atomic_write_json(
+        path,
+        {
+            "id2user": {str(key): id2user[key] for key in sorted(id2user)},
+            "id2item": {str(key): id2item[key] for key in sorted(id2item)},
+        },
+    )
+
+
+def write_explanations(path: str | os.PathLike, explanations: dict[str, list[dict]]) -> None:
+    atomic_write_json(path, {split: [dict(record) for record in explanations[split]] for split in EXPLANATION_SPLITS})
+
+
+def write_p5_dir(directory: str | os.PathLike, data: P5Data) -> None:
+    """Write `data` as a P5 directory (sequential.txt, datamaps.json, explanation.json if any)."""
+    directory = Path(directory)
+    write_sequential(directory / "sequential.txt", data.histories)
+    write_datamaps(directory / "datamaps.json", data.id2user, data.id2item)
+    if data.explanations is not None:
+        write_explanations(directory / "explanation.json", data.explanations)
+
+
+# Reading ------------------------------------------------------------------------------------------------------
+
+
+def _parse_int_row(path: Path, line_number: int, line: str) -> list[int]:
+    if not line.strip():
+        raise ValueError(f"{path}:{line_number}: empty line; expected `id id id ...` (whitespace-separated integers)")
+    values = []
+    for token in line.split():
+        try:
+            value = int(token)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{line_number}: non-integer token {token!r} in line {_shorten(line)!r}; expected integer ids"
+            ) from None
+        if value < 1:
+            raise ValueError(f"{path}:{line_number}: id {value} in line {_shorten(line)!r}; ids are 1-based (>= 1)")
+        values.append(value)
+    return values
+
+
+def read_id_lists(path: str | os.PathLike, what: str = "user") -> dict[int, list[int]]:
+    """Read `key v1 v2 ...` lines; rejects empty lines, non-integer tokens, ids < 1 and duplicate keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    rows: dict[int, list[int]] = {}
+    with open(path, encoding="utf-8") as stream:
+        for line_number, line in enumerate(stream, start=1):
+            key, *values = _parse_int_row(path, line_number, line)
+            if key in rows:
+                raise ValueError(f"{path}:{line_number}: duplicate {what} {key} (each {what} must appear on one line)")
+            rows[key] = values
+    if not rows:
+        raise ValueError(f"{path} is empty; expected one `{what}_id ...` line per {what}")
+    return dict(sorted(rows.items()))
+
+
+def read_sequential(path: str | os.PathLike, min_length: int = MIN_HISTORY_LENGTH) -> dict[int, list[int]]:
+    """Read sequential.txt into {user: time-ordered items}; every history needs >= `min_length` items."""
+    histories = read_id_lists(path, what="user")
+    for user, items in histories.items():
+        if len(items) < min_length:
+            raise ValueError(
+                f"{path}: user {user} has {len(items)} item(s) {items}; leave-one-out needs at least {min_length}"
+            )
+    return histories
+
+
+def read_negatives(
+    path: str | os.PathLike, histories: dict[int, list[int]] | None = None, num_negatives: int | None = None
+) -> dict[int, list[int]]:
+    """Read a P5 negative file; optionally check it against the histories (disjoint, distinct, count)."""
+    negatives = read_id_lists(path, what="user")
+    for user, items in negatives.items():
+        if num_negatives is not None and len(items) != num_negatives:
+            raise ValueError(f"{path}: user {user} has {len(items)} negatives, expected {num_negatives}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"{path}: user {user} has duplicate negatives")
+        if histories is not None:
+            if user not in histories:
+                raise ValueError(f"{path}: user {user} is not in the histories")
+            clash = set(items) & set(histories[user])
+            if clash:
+                raise ValueError(f"{path}: negatives {sorted(clash)} of user {user} are in the user's history")
+    if histories is not None and set(negatives) != set(histories):
+        missing = sorted(set(histories) - set(negatives))[:5]
+        raise ValueError(f"{path}: no negatives for users {missing}...")
+    return negatives
+
+
+def _load_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as stream:
+        text = stream.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        bad_line = text.splitlines()[error.lineno - 1] if text.strip() else ""
+        raise ValueError(f"{path}:{error.lineno}: malformed JSON ({error.msg}) in {_shorten(bad_line)!r}") from None
+
+
+def _int_keyed_map(path: Path, raw, name: str) -> dict[int, str]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: `{name}` must be an object {{\"1\": \"<raw id>\", ...}}, got {type(raw).__name__}")
+    mapping = {}
+    for key, value in raw.items():
+        try:
+            mapping[int(key)] = str(value)
+        except ValueError:
+            raise ValueError(f"{path}: `{name}` key {key!r} is not an integer id") from None
+    return mapping
+
+
+def read_datamaps(path: str | os.PathLike) -> tuple[dict[int, str], dict[int, str]]:
+    """Read datamaps.json -> (id2user, id2item) with integer keys."""
+    path = Path(path)
+    raw = _load_json(path)
+    if not isinstance(raw, dict) or "id2user" not in raw or "id2item" not in raw:
+        raise ValueError(f"{path}: expected an object with keys `id2user` and `id2item`")
+    return _int_keyed_map(path, raw["id2user"], "id2user"), _int_keyed_map(path, raw["id2item"], "id2item")
+
+
+def read_explanations(path: str | os.PathLike) -> dict[str, list[dict]]:
+    """Read explanation.json: {split: [{user, item, explanation, feature}, ...]} for train/validation/test."""
+    path = Path(path)
+    raw = _load_json(path)
+    if not isinstance(raw, dict) or set(raw) != set(EXPLANATION_SPLITS):
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path}: expected an object with exactly the keys {list(EXPLANATION_SPLITS)}, got {found}")
+    explanations = {}
+    for split in EXPLANATION_SPLITS:
+        records = []
+        for index, record in enumerate(raw[split]):
+            where = f"{path}: {split}[{index}]"
+            if not isinstance(record, dict) or any(key not in record for key in EXPLANATION_KEYS):
+                raise ValueError(f"{where}: expected an object with keys {list(EXPLANATION_KEYS)}, got {record!r}")
+            if not all(isinstance(record[key], int) and record[key] >= 1 for key in ("user", "item")):
+                raise ValueError(f"{where}: `user` and `item` must be integer ids >= 1, got {record!r}")
+            if not all(isinstance(record[key], str) and record[key].strip() for key in ("explanation", "feature")):
+                raise ValueError(f"{where}: `explanation` and `feature` must be non-empty strings, got {record!r}")
+            records.append({key: record[key] for key in EXPLANATION_KEYS})
+        explanations[split] = records
+    return explanations
+
+
+def validate_ids(
+    where: str, histories: dict[int, list[int]], id2user: dict[int, str], id2item: dict[int, str]
+) -> None:
+    """Every user and item of `histories` must be in the datamaps, and the datamaps' ids must be 1..N."""
+    for name, mapping in (("id2user", id2user), ("id2item", id2item)):
+        if sorted(mapping) != list(range(1, len(mapping) + 1)):
+            raise ValueError(f"{where}: datamaps `{name}` ids must be contiguous 1..{len(mapping)}")
+    for user, items in histories.items():
+        if user not in id2user:
+            raise ValueError(f"{where}: user {user} is missing from datamaps.json `id2user`")
+        missing = [item for item in items if item not in id2item]
+        if missing:
+            raise ValueError(f"{where}: items {missing[:5]} of user {user} are missing from datamaps.json `id2item`")
+
+
+def read_p5_dir(directory: str | os.PathLike, min_length: int = MIN_HISTORY_LENGTH) -> P5Data:
+    """Read and validate a P5 directory (explanation.json is optional)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory; expected a P5 folder with sequential.txt")
+    histories = read_sequential(directory / "sequential.txt", min_length=min_length)
+    id2user, id2item = read_datamaps(directory / "datamaps.json")
+    validate_ids(str(directory / "sequential.txt"), histories, id2user, id2item)
+    if set(histories) != set(id2user):
+        extra = sorted(set(id2user) - set(histories))[:5]
+        raise ValueError(f"{directory}: datamaps.json lists users {extra}... that have no line in sequential.txt")
+    explanations = None
+    if (directory / "explanation.json").exists():
+        explanations = read_explanations(directory / "explanation.json")
+        for split, records in explanations.items():
+            for record in records:
+                if record["user"] not in id2user or record["item"] not in id2item:
+                    raise ValueError(
+                        f"{directory / 'explanation.json'}: {split} record {record!r} names an id missing from "
+                        "datamaps.json"
+                    )
+    return P5Data(histories=histories, id2user=id2user, id2item=id2item, explanations=explanations)

@@ -1,0 +1,132 @@
+"""One experiment row: prepare (cached) -> train -> evaluate on the test split, for each seed; results as JSON.
+
+    python experiments/run.py experiments/configs/instruments-mha.yaml            # the config's seeds
+    python experiments/run.py experiments/configs/instruments-mha.yaml --seeds 0  # one seed
+
+A config (YAML) names the data (`dataset`: synthetic | beauty | toys | instruments, `reindex_items`,
+`max_users`), the model row (`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the
+budget (`max_steps`, `batch_size`, `learning_rate`, `eval_users`). Prepared folders are cached under
+`prepared/`; checkpoints go to `runs/experiments/`; each (row, seed) writes `experiments/results/<row>-seed<k>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = {
+    "beauty": ("p5_dir", "data/amazon/beauty"),
+    "toys": ("p5_dir", "data/amazon/toys"),
+    "instruments": ("reviews", "data/amazon-musical-instruments/reviews_Musical_Instruments_5.json.gz"),
+}
+DEFAULTS = dict(
+    dataset="synthetic", reindex_items=False, max_users=None, shape="tiny", prompt_encoder="mha",
+    prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=600,
+    batch_size=32, learning_rate=1e-3, eval_users=200, num_beams=20, seeds=[0, 1, 2], tasks=None,
+    max_source_length=512, data_seed=0,
+)
+
+
+def load_config(path: str) -> dict:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **values, "name": Path(path).stem}
+
+
+def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
+    from datasets_scripts import prepare
+
+    parts = [config["dataset"]] + (["reindexed"] if config["reindex_items"] else []) + (
+        [f"{config['max_users']}users"] if config["max_users"] else []) + [f"pmf{config['embedding_dim']}",
+                                                                          f"n{config['num_neighbors']}"]
+    folder = ROOT / "prepared" / "-".join(parts)
+    if not folder.exists():
+        source: dict = {"synthetic": True}
+        if config["dataset"] != "synthetic":
+            key, relative = REAL_DATA[config["dataset"]]
+            source = {key: str(shared / relative)}
+        prepare(folder, **source, seed=config["data_seed"], tokenizer=tokenizer, embedding="pmf",
+                embedding_dim=config["embedding_dim"], num_neighbors=config["num_neighbors"],
+                max_users=config["max_users"], reindex_items=config["reindex_items"])
+    return folder
+
+
+def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str) -> dict:
+    from datasets_scripts import load_prepared
+    from training import cli
+    from training.evaluation import evaluate_checkpoint
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
+    started = time.perf_counter()
+    arguments = [
+        "--prepared_dir", str(prepared_dir), "--output_dir", str(output_dir), "--base_model", f"random:{config['shape']}",
+        "--tokenizer", tokenizer, "--prompt_encoder", config["prompt_encoder"],
+        "--prompt_encoder_heads", str(config["prompt_encoder_heads"]),
+        "--use_task_prompts", str(config["use_task_prompts"]), "--max_steps", str(config["max_steps"]),
+        "--per_device_train_batch_size", str(config["batch_size"]), "--learning_rate", str(config["learning_rate"]),
+        "--warmup_steps", str(config["max_steps"] // 20), "--eval_strategy", "no", "--save_strategy", "no",
+        "--logging_steps", str(max(config["max_steps"] // 10, 1)), "--seed", str(seed), "--report_to", "none",
+        "--overwrite_output_dir", "True", "--disable_tqdm", "True", "--max_eval_samples_per_task", "64",
+        "--max_source_length", str(config["max_source_length"]),
+    ]
+    if config["tasks"]:
+        arguments += ["--tasks", *config["tasks"]]
+    train_metrics = cli.main(arguments)
+    train_seconds = time.perf_counter() - started
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval()
+    prepared = load_prepared(prepared_dir)
+    tasks = [t for t in (config["tasks"] or ("sequential", "topn", "explanation"))
+             if f"{t}_test" in prepared.dataset]
+    report = evaluate_checkpoint(model, AutoTokenizer.from_pretrained(output_dir), prepared, split="test",
+                                 tasks=tasks, max_users=config["eval_users"], num_beams=config["num_beams"],
+                                 baselines=("popularity", "pmf"), seed=seed, show_progress=False)
+    heads = 0 if config["prompt_encoder"] == "mlp" else config["prompt_encoder_heads"]
+    return {
+        "row": config["name"], "seed": seed, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
+        "model": model_label(config), "heads": heads, "config": {k: v for k, v in config.items() if k != "seeds"},
+        "results": report["results"], "baselines": report["baselines"], "users": report["users"],
+        "train_loss": train_metrics.get("train_loss"), "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - started - train_seconds, 1), "hardware": cli.hardware_description(),
+    }
+
+
+def model_label(config: dict) -> str:
+    if config["prompt_encoder"] == "none":
+        return "POD" if config["use_task_prompts"] else "T5 + whole-word (no prompts)"
+    name = "PeaPOD" if config["prompt_encoder"] == "mha" else "PeaPOD-MLP"
+    if config["prompt_encoder"] == "mha" and config["prompt_encoder_heads"] != 4:
+        name += f" (H={config['prompt_encoder_heads']})"
+    return name + ("" if config["use_task_prompts"] else " (no task)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--seeds", type=int, nargs="*")
+    parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    shared = Path(args.shared_dir)
+    tokenizer = str(shared / "tokenizers" / "t5")
+    prepared_dir = prepared_folder(config, shared, tokenizer)
+    results_dir = ROOT / "experiments" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds if args.seeds is not None else config["seeds"]:
+        record = run_seed(config, seed, prepared_dir, tokenizer)
+        target = results_dir / f"{config['name']}-seed{seed}.json"
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
+        temporary.replace(target)
+        print(f"{target.relative_to(ROOT)}: {json.dumps(record['results'])}")
+
+
+if __name__ == "__main__":
+    main()
