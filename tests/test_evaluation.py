@@ -1,0 +1,192 @@
+"""The evaluation runner on a tiny model and tiny synthetic data: determinism, valid constrained output, the
+likelihood ranker, user-table checks, empty references, and the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER = SHARED / "tokenizers" / "t5"
+if not TOKENIZER.is_dir():
+    pytest.skip(f"the T5 tokenizer is not at {TOKENIZER}", allow_module_level=True)
+
+from transformers import AutoTokenizer  # noqa: E402
+
+from datasets_scripts.build_dataset import build_dataset_dict  # noqa: E402
+from datasets_scripts.prepared import PreparedData  # noqa: E402
+from datasets_scripts.splits import enforce_explanation_rules, fixed_negatives, leave_one_out  # noqa: E402
+from datasets_scripts.synthetic import SyntheticConfig, generate_synthetic  # noqa: E402
+from modeling_peapod import PeaPODConfig, PeaPODForConditionalGeneration, build_user_neighbors  # noqa: E402
+from training.collator import PeaPODDataCollator  # noqa: E402
+from training.evaluation import evaluate_checkpoint, markdown_table  # noqa: E402
+
+# Small and fast, still the real protocol shape (100 candidates per top-n user).
+FAST = dict(batch_size=4, num_beams=10, top_k=5, max_explanation_tokens=8, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def prepared(tokenizer):
+    data = generate_synthetic(SyntheticConfig(num_users=12, seed=0))
+    split = leave_one_out(data.histories)
+    explanations, _ = enforce_explanation_rules(data.explanations, split)
+    negatives = {name: fixed_negatives(data.histories, data.num_items, name, 0) for name in ("validation", "test")}
+    dataset = build_dataset_dict(data.histories, data.num_items, negatives, explanations, tokenizer, 0)
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randn(data.num_users + 1, 8, generator=generator)
+    users[0] = 0
+    return PreparedData(
+        path=Path("."), config={}, histories=data.histories, num_users=data.num_users, num_items=data.num_items,
+        negatives=negatives, user_embeddings=users, user_neighbors=build_user_neighbors(users, 3),
+        item_embeddings=torch.randn(data.num_items + 1, 8, generator=generator), dataset=dataset,
+        explanations=explanations, item_reindex=None, id2user=data.id2user, id2item=data.id2item,
+    )
+
+
+def tiny_model(prepared, **fields):
+    torch.manual_seed(0)
+    config = PeaPODConfig(
+        vocab_size=32128, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, user_embedding_dim=8,
+        num_neighbors=3, prompt_encoder_heads=2, num_items=prepared.num_items, **fields,
+    )
+    model = PeaPODForConditionalGeneration(config)
+    if model.has_collaborative_prompt:
+        model.set_user_table(prepared.user_embeddings, prepared.user_neighbors)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(prepared):
+    return tiny_model(prepared)
+
+
+def _without_timing(report):
+    return {key: value for key, value in report.items() if key != "timing"}
+
+
+def test_same_checkpoint_and_data_give_identical_numbers_twice(model, tokenizer, prepared):
+    first = evaluate_checkpoint(model, tokenizer, prepared, max_users=2, baselines=("popularity",), **FAST)
+    second = evaluate_checkpoint(model, tokenizer, prepared, max_users=2, baselines=("popularity",), **FAST)
+    assert _without_timing(first) == _without_timing(second)
+    assert set(first["results"]) == {"sequential", "topn_beam", "topn_likelihood", "explanation"}
+    assert first["users"]["evaluated_per_task"]["sequential"] == 2
+    assert first["timing"]["topn"]["users_per_second"] > 0
+    table = markdown_table(first)
+    assert "top-n (likelihood)" in table and "BLEU-4" in table and "popularity" in table
+
+
+def test_constrained_outputs_are_valid_distinct_and_within_the_candidates(model, tokenizer, prepared):
+    report = evaluate_checkpoint(
+        model, tokenizer, prepared, max_users=3, tasks=("sequential", "topn"), return_rankings=True, **FAST
+    )
+    catalogue = set(range(1, prepared.num_items + 1))
+    sequential = report["rankings"]["sequential"]["ranked"]
+    assert len(sequential) == 3 and all(0 < len(items) <= FAST["top_k"] for items in sequential)
+    assert all(len(set(items)) == len(items) and set(items) <= catalogue for items in sequential)
+    candidates = prepared.dataset["topn_test"][:3]["candidates"]
+    for name in ("topn_beam", "topn_likelihood"):
+        ranked = report["rankings"][name]["ranked"]
+        for items, allowed in zip(ranked, candidates):
+            assert 0 < len(items) <= FAST["top_k"] and len(set(items)) == len(items) and set(items) <= set(allowed)
+    # The likelihood ranker scores all 100 candidates, so its lists are always full.
+    assert all(len(items) == FAST["top_k"] for items in report["rankings"]["topn_likelihood"]["ranked"])
+
+
+def test_likelihood_ranker_puts_a_planted_item_first(prepared, tokenizer):
+    model = tiny_model(prepared)
+    row = prepared.dataset["topn_test"][0]  # user 1 and its 100 test candidates
+    planted = next(item for item in row["candidates"] if item != row["item_id"])  # a negative, so not by chance
+    target = tokenizer(text_target=str(planted))["input_ids"]
+    batch = PeaPODDataCollator(tokenizer)([{**row, "labels": target}])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    model.train()
+    for _ in range(10):  # one pair, a few steps: the planted item's log-likelihood ends far above the others
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    report = evaluate_checkpoint(
+        model, tokenizer, prepared, tasks=("topn",), max_users=1, return_rankings=True, **FAST
+    )
+    assert report["rankings"]["topn_likelihood"]["ranked"][0][0] == planted
+    assert report["rankings"]["topn_beam"]["ranked"][0][0] == planted
+
+
+def test_user_table_must_exist_and_match_the_data(prepared, tokenizer):
+    without_table = PeaPODForConditionalGeneration(
+        PeaPODConfig(vocab_size=32128, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16,
+                     user_embedding_dim=8, num_neighbors=3, prompt_encoder_heads=2)
+    )
+    with pytest.raises(ValueError, match="no user table"):
+        evaluate_checkpoint(without_table, tokenizer, prepared, **FAST)
+    other = tiny_model(prepared)
+    bigger = torch.randn(prepared.num_users + 5, 8)
+    other.config.num_users = 0
+    other.set_user_table(bigger, build_user_neighbors(bigger, 3))
+    with pytest.raises(ValueError, match=f"prepared data has num_users={prepared.num_users}"):
+        evaluate_checkpoint(other, tokenizer, prepared, **FAST)
+    # POD has no user table by design and evaluates normally.
+    pod = tiny_model(prepared, prompt_encoder="none")
+    report = evaluate_checkpoint(pod, tokenizer, prepared, tasks=("sequential",), max_users=1, **FAST)
+    assert report["users"]["excluded_absent_from_user_table"]["count"] == 0
+
+
+def test_users_absent_from_the_table_are_counted_reported_and_excluded(prepared, tokenizer):
+    model = tiny_model(prepared)
+    model.user_embeddings[2] = 0  # user 2: no collaborative signal in the table
+    report = evaluate_checkpoint(
+        model, tokenizer, prepared, tasks=("sequential",), max_users=3, baselines=("popularity",),
+        return_rankings=True, **FAST
+    )
+    assert report["users"]["excluded_absent_from_user_table"] == {"count": 1, "user_ids": [2]}
+    assert report["rankings"]["sequential"]["user_ids"] == [1, 3, 4]
+    assert report["baselines"]["popularity"]["sequential"]["num_users"] == 3  # the same users as the model
+    assert "excluded (absent from the user table): 1" in markdown_table(report)
+
+
+def test_empty_explanation_reference_is_an_error_before_generation(prepared, tokenizer, model):
+    from datasets import DatasetDict
+
+    broken = DatasetDict(dict(prepared.dataset))
+    broken["explanation_test"] = broken["explanation_test"].map(
+        lambda row, index: {"target": "  " if index == 1 else row["target"]}, with_indices=True
+    )
+    damaged = PreparedData(**{**prepared.__dict__, "dataset": broken})
+    with pytest.raises(ValueError, match="empty reference"):
+        evaluate_checkpoint(model, tokenizer, damaged, tasks=("explanation",), **FAST)
+
+
+def test_bad_arguments_are_value_errors(model, tokenizer, prepared):
+    with pytest.raises(ValueError, match="split"):
+        evaluate_checkpoint(model, tokenizer, prepared, split="train")
+    with pytest.raises(ValueError, match="tasks"):
+        evaluate_checkpoint(model, tokenizer, prepared, tasks=("rating",))
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate_checkpoint(model, tokenizer, prepared, baselines=("itemknn",))
+    with pytest.raises(ValueError, match="top_k"):
+        evaluate_checkpoint(model, tokenizer, prepared, num_beams=5, top_k=10)
+
+
+def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
+    import datasets_scripts.prepared as prepared_module
+    from training.evaluate_cli import main
+
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    monkeypatch.setattr(prepared_module, "load_prepared", lambda path: prepared)
+    output = tmp_path / "eval"
+    report = main([
+        "--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
+        "--num_beams", "4", "--top_k", "2", "--baselines", "popularity", "pmf", "--output_dir", str(output),
+    ])
+    written = json.loads((output / "results.json").read_text())
+    assert written["results"] == report["results"]
+    assert set(written["baselines"]) == {"popularity", "pmf"}
+    assert "| popularity |" in (output / "results.md").read_text()

@@ -1,0 +1,93 @@
+"""`peapod-evaluate`: evaluate a checkpoint (and/or the baselines) on a prepared folder (training/evaluation.py).
+
+    peapod-evaluate --checkpoint runs/beauty-peapod --prepared_dir prepared/beauty --split test \
+        --output_dir runs/beauty-peapod/eval-test --baselines popularity pmf
+
+writes `results.json` (every number, the excluded users, timing and settings) and `results.md` (the tables), and
+prints the tables. Without --checkpoint only the baselines run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .evaluation import BASELINES, SPLITS, TASKS, evaluate_checkpoint, markdown_table, write_report
+
+
+@dataclass
+class EvaluateArguments:
+    prepared_dir: str = field(metadata={"help": "A folder written by peapod-prepare."})
+    checkpoint: str | None = field(
+        default=None, metadata={"help": "A saved PeaPOD model folder; omit to run only --baselines."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or name (default: the checkpoint's own tokenizer)."}
+    )
+    split: str = field(default="test", metadata={"help": f"One of {SPLITS}."})
+    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": f"A subset of {TASKS}."})
+    max_users: int | None = field(default=None, metadata={"help": "Evaluate only the first N users (by id)."})
+    batch_size: int = field(default=16, metadata={"help": "Samples per generation batch."})
+    num_beams: int = field(default=20, metadata={"help": "Beams of the (constrained) beam search (paper: 20)."})
+    top_k: int = field(default=10, metadata={"help": "Length of the ranked lists (paper: 10)."})
+    max_explanation_tokens: int = field(default=64, metadata={"help": "Longest generated explanation, in tokens."})
+    max_source_length: int | None = field(
+        default=None, metadata={"help": "Cut inputs from the left like training did (default: full inputs)."}
+    )
+    baselines: list[str] = field(default_factory=list, metadata={"help": f"Baselines to add: any of {BASELINES}."})
+    exclude_history: bool = field(
+        default=False,
+        metadata={"help": "Baselines' sequential ranking skips the user's history items (the model does not)."},
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write results.json and results.md."})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available)."})
+    seed: int = field(default=0, metadata={"help": "Seed set before evaluation (decoding itself is deterministic)."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    if args.split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {args.split!r}")
+    if args.checkpoint is None and not args.baselines:
+        raise ValueError("give --checkpoint, --baselines, or both")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise FileNotFoundError(f"checkpoint folder {args.checkpoint} does not exist")
+
+    import torch
+
+    from datasets_scripts.prepared import load_prepared
+
+    prepared = load_prepared(args.prepared_dir)
+    model = tokenizer = None
+    if args.checkpoint is not None:
+        from transformers import AutoTokenizer
+
+        from modeling_peapod import PeaPODForConditionalGeneration
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
+
+    report = evaluate_checkpoint(
+        model, tokenizer, prepared, split=args.split, tasks=args.tasks, max_users=args.max_users,
+        batch_size=args.batch_size, num_beams=args.num_beams, top_k=args.top_k, baselines=args.baselines,
+        exclude_history=args.exclude_history, max_explanation_tokens=args.max_explanation_tokens,
+        max_source_length=args.max_source_length, seed=args.seed,
+    )
+    report["checkpoint"] = args.checkpoint
+    report["prepared_dir"] = str(args.prepared_dir)
+    model_name = Path(args.checkpoint).name if args.checkpoint else "model"
+    if args.output_dir:
+        json_path, markdown_path = write_report(report, args.output_dir, model_name)
+        print(f"wrote {json_path} and {markdown_path}")
+    else:
+        print(json.dumps(report["results"], indent=2))
+    print(markdown_table(report, model_name))
+    return report
+
+
+if __name__ == "__main__":
+    main()

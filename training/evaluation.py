@@ -1,0 +1,440 @@
+"""The evaluation runner: a checkpoint and a prepared folder -> the paper's metrics (SPEC §3, issue 5).
+
+Protocol, per task, on the `{task}_{split}` rows of the prepared `DatasetDict`:
+
+* sequential: constrained beam search (20 beams) over the whole catalogue; the top 10 distinct valid item ids
+  form the ranking -> HR@{1,5,10}, NDCG@{5,10}. History items are not excluded (the model may recommend them).
+* top-n: over each user's 100 fixed candidates, twice: constrained beam search restricted to the candidates
+  (`topn_beam`) and exact log-likelihood ranking of all 100 candidates (`topn_likelihood`, ties -> lower id)
+  -> HR@{1,5,10}, NDCG@{5,10} for each.
+* explanation: beam search, one sequence -> BLEU-4 (tensorflow/nmt) and ROUGE-1/2/L F1, x100.
+
+Users: with a collaborative prompt the checkpoint's user table must have exactly num_users + 1 rows of the data
+(ValueError otherwise). Evaluation users whose id is outside the table or whose table row is all zeros (the
+collaborative-filtering model never saw them, so the prompt carries nothing about them) are counted, listed in
+the output and excluded from every task and every baseline; nothing is dropped silently. `max_users` keeps the
+first N users by id. Explanation rows with an empty reference are an error (checked before any generation).
+
+Everything runs in eval mode without sampling, in the dataset's row order, so the same checkpoint and data give
+the same numbers twice. The baselines (training/baselines.py) run on exactly the same users and rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .baselines import (
+    BPRBaseline,
+    PMFBaseline,
+    PopularityBaseline,
+    rank_candidates,
+    recommend_sequential,
+    recommend_topn,
+)
+from .metrics import load_metric
+
+TASKS = ("sequential", "topn", "explanation")
+SPLITS = ("validation", "test")
+BASELINES = ("popularity", "pmf", "bpr")
+RANKING_K = (1, 5, 10)
+# The batch tensors the model's recommend / score_candidates / generate take, in their positional order.
+MODEL_INPUTS = ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_word_ids")
+# The columns of the paper's tables (HR@1 reported for sequential too, SPEC §3).
+RANKING_COLUMNS = ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10")
+TEXT_COLUMNS = ("bleu4", "rouge1", "rouge2", "rougeL")
+
+
+# Users ----------------------------------------------------------------------------------------------------------
+
+
+def check_user_table(model, num_users: int) -> None:
+    """A model with a collaborative prompt must carry a user table of exactly this data's size."""
+    if not getattr(model, "has_collaborative_prompt", False):
+        return  # POD (prompt_encoder="none"): no user table by design
+    table = getattr(model, "user_embeddings", None)
+    if table is None or model.config.num_users == 0:
+        raise ValueError(
+            "the checkpoint has no user table (config.num_users = 0 or no user_embeddings buffer): a PeaPOD "
+            "checkpoint with a collaborative prompt must be saved after set_user_table(...)"
+        )
+    if table.shape[0] != num_users + 1:
+        raise ValueError(
+            f"the checkpoint's user table has {table.shape[0]} rows (num_users={table.shape[0] - 1}) but the prepared "
+            f"data has num_users={num_users} ({num_users + 1} rows expected): the checkpoint was trained on other data"
+        )
+
+
+def users_absent_from_table(model, user_ids: Sequence[int]) -> list[int]:
+    """The users the model's user table cannot represent: id beyond the table, or an all-zero row."""
+    if model is None or not getattr(model, "has_collaborative_prompt", False):
+        return []
+    table = model.user_embeddings.detach().cpu()
+    ids = torch.as_tensor(sorted(set(int(u) for u in user_ids)), dtype=torch.long)
+    outside = (ids < 1) | (ids >= table.shape[0])
+    inside = ids[~outside]
+    zero = (table[inside] == 0).all(dim=1)
+    return sorted(ids[outside].tolist() + inside[zero].tolist())
+
+
+def select_rows(dataset, max_users: int | None, excluded_users: set[int]) -> list[int]:
+    """Row indices of the users kept: not excluded, and among the first `max_users` user ids (all if None)."""
+    user_column = dataset["user_id"]
+    users = sorted(set(user_column) - excluded_users)
+    if max_users is not None:
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1 or None, got {max_users}")
+        users = users[:max_users]
+    kept = set(users)
+    return [index for index, user in enumerate(user_column) if user in kept]
+
+
+# Model tasks ----------------------------------------------------------------------------------------------------
+
+
+def _batches(dataset, rows: list[int], batch_size: int, collator, device, description: str, show_progress: bool):
+    """(row dicts, model inputs on `device`) for consecutive slices of `rows`, with a progress bar."""
+    progress = tqdm(total=len(rows), desc=description, unit="sample", disable=not show_progress)
+    try:
+        for start in range(0, len(rows), batch_size):
+            columns = dataset[rows[start : start + batch_size]]
+            records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            batch = collator(records)
+            inputs = {name: batch[name].to(device) for name in MODEL_INPUTS}
+            yield records, inputs
+            progress.update(len(records))
+    finally:
+        progress.close()
+
+
+def _model_inputs(inputs: dict) -> tuple:
+    """Positional (input_ids, attention_mask, user_ids, task_ids, whole_word_ids) of recommend/score/generate."""
+    return tuple(inputs[name] for name in MODEL_INPUTS)
+
+
+def _strip_padding(item_ids: torch.Tensor) -> list[list[int]]:
+    return [[int(i) for i in row if i >= 0] for row in item_ids.tolist()]
+
+
+def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
+    metric = load_metric("ranking")
+    result = metric.compute(predictions=ranked, references=targets, k_values=list(RANKING_K))
+    return {name: result[name] for name in RANKING_COLUMNS} | {"num_users": result["num_users"]}
+
+
+def _run_ranking_task(
+    model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length, show_progress
+):
+    """Sequential (one entry) or top-n (beam and likelihood entries): {name: (ranked lists, targets)}."""
+    from .collator import PeaPODDataCollator
+
+    collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
+    outputs = {"beam": [], "likelihood": []}
+    targets = []
+    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, task, show_progress):
+        targets.extend(int(record["item_id"]) for record in records)
+        candidates = None
+        if task == "topn":
+            candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
+        item_ids, _ = model.recommend(
+            *_model_inputs(inputs), item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
+        )
+        outputs["beam"].extend(_strip_padding(item_ids))
+        if task == "topn":
+            scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates, item_trie=item_trie)
+            outputs["likelihood"].extend(rank_candidates(candidates.numpy(), scores.float().cpu().numpy(), top_k))
+    if task == "sequential":
+        return {"sequential": (outputs["beam"], targets)}
+    return {"topn_beam": (outputs["beam"], targets), "topn_likelihood": (outputs["likelihood"], targets)}
+
+
+def check_explanation_references(dataset, rows: list[int], split: str) -> None:
+    """Empty reference sentences are an error: BLEU/ROUGE against nothing is undefined."""
+    targets = dataset[rows]["target"] if rows else []
+    empty = [rows[i] for i, target in enumerate(targets) if not str(target).strip()]
+    if empty:
+        raise ValueError(
+            f"explanation_{split} has {len(empty)} row(s) with an empty reference (first rows: {empty[:10]}); "
+            "every explanation row needs a non-empty target sentence: fix the prepared data"
+        )
+
+
+def _run_explanation(
+    model, tokenizer, dataset, rows, batch_size, num_beams, max_new_tokens, max_source_length, show_progress
+):
+    from .collator import PeaPODDataCollator
+
+    collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
+    predictions, references = [], []
+    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, "explanation", show_progress):
+        generated = model.generate(
+            *_model_inputs(inputs), num_beams=num_beams, num_return_sequences=1, do_sample=False,
+            max_new_tokens=max_new_tokens,
+        )
+        predictions.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+        references.extend(record["target"] for record in records)
+    bleu = load_metric("bleu_nmt").compute(predictions=predictions, references=references)
+    rouge_metric = load_metric("rouge_f1")
+    rouge = rouge_metric.compute(predictions=predictions, references=references)
+    # The reference code's (tensorflow/nmt) ROUGE, beside the standard one, for comparison with published tables.
+    rouge_nmt = rouge_metric.compute(predictions=predictions, references=references, variant="nmt")
+    return {
+        "bleu4": bleu["bleu"], "rouge1": rouge["rouge1"], "rouge2": rouge["rouge2"], "rougeL": rouge["rougeL"],
+        "rouge1_nmt": rouge_nmt["rouge1"], "rouge2_nmt": rouge_nmt["rouge2"], "rougeL_nmt": rouge_nmt["rougeL"],
+        "num_samples": len(predictions),
+    }, predictions
+
+
+# Baselines ------------------------------------------------------------------------------------------------------
+
+
+def _train_histories(histories: dict[int, list[int]]) -> dict[int, list[int]]:
+    return {user: items[:-2] for user, items in histories.items()}
+
+
+def build_baseline(name: str, prepared, seed: int = 0):
+    """A baseline trained on the training interactions (items[:-2]) of the prepared data.
+
+    PMF reuses the prepared folder's PMF factors (user_table.safetensors: user and item embeddings, trained on the
+    training interactions only) when they are there, else trains cornac PMF with the paper's settings. BPR is
+    always trained here (cornac BPR, k=64, 200 epochs).
+    """
+    if name == "popularity":
+        return PopularityBaseline(_train_histories(prepared.histories), prepared.num_items)
+    if name == "pmf":
+        if getattr(prepared, "item_embeddings", None) is not None:
+            return PMFBaseline(prepared.user_embeddings, prepared.item_embeddings)
+        return PMFBaseline.fit(_train_histories(prepared.histories), prepared.num_users, prepared.num_items, seed=seed)
+    if name == "bpr":
+        return BPRBaseline.fit(_train_histories(prepared.histories), prepared.num_users, prepared.num_items, seed=seed)
+    raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
+
+
+def evaluate_baseline(baseline, prepared, split: str, task_rows: dict, top_k: int = 10, exclude_history: bool = False):
+    """The baseline's ranking metrics on the same rows as the model: {"sequential": {...}, "topn": {...}}."""
+    results = {}
+    for task, rows in task_rows.items():
+        if task == "explanation" or not rows:
+            continue
+        dataset = prepared.dataset[f"{task}_{split}"]
+        columns = dataset[rows]
+        users = [int(u) for u in columns["user_id"]]
+        targets = [int(i) for i in columns["item_id"]]
+        if task == "sequential":
+            # The input history of the split: items[:-2] for validation, items[:-1] for test (SPEC §2).
+            end = -2 if split == "validation" else -1
+            histories = {user: prepared.histories[user][:end] for user in users}
+            ranked = recommend_sequential(baseline, users, top_k, histories, exclude_history=exclude_history)
+        else:
+            ranked = recommend_topn(baseline, users, columns["candidates"], top_k)
+        results[task] = _ranking_scores(ranked, targets)
+    return results
+
+
+# The runner -----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    model,
+    tokenizer,
+    prepared,
+    split: str = "test",
+    tasks: Sequence[str] = TASKS,
+    max_users: int | None = None,
+    batch_size: int = 16,
+    num_beams: int = 20,
+    top_k: int = 10,
+    baselines: Sequence[str] = (),
+    exclude_history: bool = False,
+    max_explanation_tokens: int = 64,
+    max_source_length: int | None = None,
+    show_progress: bool = True,
+    seed: int = 0,
+    return_rankings: bool = False,
+) -> dict:
+    """Evaluate `model` (a PeaPODForConditionalGeneration, or None for baselines only) on `prepared`.
+
+    `prepared` is `datasets_scripts.load_prepared(path)`. Tasks whose split is absent from the data (e.g.
+    explanation on data without reviews) are skipped and listed under "skipped_tasks". `max_source_length` cuts
+    inputs from the left like the training collator (None = full inputs): pass the value training used.
+
+    Returns a JSON-ready dict: "results" {name: metrics}, "baselines" {baseline: {task: metrics}}, "users"
+    (evaluated / excluded), "timing" (seconds, samples/s and users/s per task) and "settings". `return_rankings=True` adds "rankings":
+    {name: {"user_ids", "targets", "ranked"}} (the model's ranked lists, row by row) for per-user analysis.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
+    unknown = [name for name in baselines if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; expected a subset of {BASELINES}")
+    if model is None and not baselines:
+        raise ValueError("nothing to evaluate: no model and no baselines")
+    if not 1 <= top_k <= num_beams:
+        raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if model is not None:
+        check_user_table(model, prepared.num_users)
+        configured_items = getattr(model.config, "num_items", 0)
+        if configured_items and configured_items != prepared.num_items:
+            raise ValueError(
+                f"the checkpoint was built for num_items={configured_items} but the prepared data has "
+                f"{prepared.num_items} items"
+            )
+    torch.manual_seed(seed)
+
+    # Which rows: the same for the model and every baseline.
+    present = [task for task in tasks if f"{task}_{split}" in prepared.dataset]
+    skipped = [task for task in tasks if task not in present]
+    all_users = sorted({int(u) for task in present for u in prepared.dataset[f"{task}_{split}"]["user_id"]})
+    excluded = users_absent_from_table(model, all_users)
+    task_rows = {
+        task: select_rows(prepared.dataset[f"{task}_{split}"], max_users, set(excluded)) for task in present
+    }
+    if "explanation" in task_rows:
+        check_explanation_references(prepared.dataset[f"explanation_{split}"], task_rows["explanation"], split)
+
+    report = {
+        "split": split,
+        "tasks": present,
+        "skipped_tasks": {task: f"the prepared data has no {task}_{split} split" for task in skipped},
+        "users": {
+            "excluded_absent_from_user_table": {"count": len(excluded), "user_ids": excluded},
+            "evaluated_per_task": {
+                task: len({int(u) for u in prepared.dataset[f"{task}_{split}"][rows]["user_id"]}) if rows else 0
+                for task, rows in task_rows.items()
+            },
+        },
+        "results": {},
+        "baselines": {},
+        "timing": {},
+        "settings": {
+            "num_beams": num_beams, "top_k": top_k, "batch_size": batch_size, "max_users": max_users,
+            "ranking_k": list(RANKING_K), "exclude_history_in_baselines": exclude_history,
+            "history_excluded_by_model": False, "max_explanation_tokens": max_explanation_tokens, "seed": seed,
+            "max_source_length": max_source_length,
+            "tie_break": "lower item id first",
+        },
+        "explanations": {},
+    }
+
+    if model is not None:
+        model.eval()
+        item_trie = None
+        if {"sequential", "topn"} & set(present):
+            item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
+        for task in present:
+            rows = task_rows[task]
+            dataset = prepared.dataset[f"{task}_{split}"]
+            num_users = report["users"]["evaluated_per_task"][task]
+            if not rows:
+                continue
+            started = time.perf_counter()
+            if task == "explanation":
+                scores, predictions = _run_explanation(
+                    model, tokenizer, dataset, rows, batch_size, num_beams, max_explanation_tokens,
+                    max_source_length, show_progress,
+                )
+                report["results"]["explanation"] = scores
+                report["explanations"] = {"first_predictions": predictions[:5]}
+            else:
+                for name, (ranked, targets) in _run_ranking_task(
+                    model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k,
+                    max_source_length, show_progress,
+                ).items():
+                    report["results"][name] = _ranking_scores(ranked, targets)
+                    if return_rankings:
+                        report.setdefault("rankings", {})[name] = {
+                            "user_ids": [int(u) for u in dataset[rows]["user_id"]],
+                            "targets": targets,
+                            "ranked": ranked,
+                        }
+            seconds = time.perf_counter() - started
+            report["timing"][task] = {
+                "seconds": round(seconds, 3),
+                "samples_per_second": round(len(rows) / seconds, 3),
+                "users_per_second": round(num_users / seconds, 3),
+            }
+
+    for name in baselines:
+        started = time.perf_counter()
+        baseline = build_baseline(name, prepared, seed=seed)
+        report["baselines"][name] = evaluate_baseline(baseline, prepared, split, task_rows, top_k, exclude_history)
+        report["timing"][f"baseline_{name}"] = {"seconds": round(time.perf_counter() - started, 3)}
+    return report
+
+
+# Output ---------------------------------------------------------------------------------------------------------
+
+
+def _format(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def markdown_table(report: dict, model_name: str = "model") -> str:
+    """The report as markdown: one ranking table (HR/NDCG) and one explanation table (BLEU/ROUGE)."""
+    lines = [f"Split: `{report['split']}`. Users excluded (absent from the user table): "
+             f"{report['users']['excluded_absent_from_user_table']['count']}.", ""]
+    ranking_rows = []
+    labels = {"sequential": "sequential (beam)", "topn_beam": "top-n (beam)", "topn_likelihood": "top-n (likelihood)"}
+    for name in ("sequential", "topn_beam", "topn_likelihood"):
+        if name in report["results"]:
+            ranking_rows.append((f"{model_name}", labels[name], report["results"][name]))
+    for baseline, tasks in report["baselines"].items():
+        for task, metrics in tasks.items():
+            ranking_rows.append((baseline, "sequential (full ranking)" if task == "sequential" else "top-n", metrics))
+    if ranking_rows:
+        header = ["method", "task", *(column.upper() for column in RANKING_COLUMNS), "users"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method, task, metrics in ranking_rows:
+            cells = [method, task, *(_format(metrics.get(c)) for c in RANKING_COLUMNS), str(metrics["num_users"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if "explanation" in report["results"]:
+        metrics = report["results"]["explanation"]
+        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "samples"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS), str(metrics["num_samples"])]
+        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    timing = [
+        f"{task}: {t['users_per_second']} users/s ({t['seconds']} s)"
+        for task, t in report["timing"].items()
+        if "users_per_second" in t
+    ]
+    if timing:
+        lines.append("Throughput: " + "; ".join(timing) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict, output_dir, model_name: str = "model") -> tuple[Path, Path]:
+    """Write `results.json` and `results.md` into `output_dir` (created if needed), each atomically."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = output_dir / "results.json", output_dir / "results.md"
+    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    _atomic_write(markdown_path, markdown_table(report, model_name))
+    return json_path, markdown_path
