@@ -77,16 +77,17 @@ SIMILARITY_RESOLUTION = 1e6  # cosine similarities are ranked as integers of 1e-
 
 @torch.no_grad()
 def build_user_neighbors(
-    user_embeddings: torch.Tensor, num_neighbors: int, chunk_size: int = 2048
+    user_embeddings: torch.Tensor, num_neighbors: int, chunk_size: int = 2048, column_block: int = 16384
 ) -> torch.LongTensor:
     """The n most cosine-similar other users of every user: S_u of the paper's §4.2.
 
     `user_embeddings` is [num_users + 1, d_u] with row 0 the unknown user. Returns [num_users + 1, n] user ids
     ordered by decreasing similarity; the user itself and row 0 are never neighbours, ties go to the lower user
-    id, and row 0's neighbours are all 0 (the unknown user attends over unknown users). Exact, and computed
-    `chunk_size` rows at a time so memory stays O(chunk_size x num_users), never a num_users² matrix.
+    id, and row 0's neighbours are all 0 (the unknown user attends over unknown users). Exact, and computed in
+    [chunk_size x column_block] tiles whose top n + 1 are merged, so memory stays O(chunk_size x column_block),
+    never a num_users² matrix (and the tiles stay cache-sized, which is faster than whole rows).
     Similarities are compared at a resolution of 1e-6: float32 matrix products give equal cosines that differ in
-    their last bits depending on the chunking, and that noise must not decide who is a neighbour.
+    their last bits depending on the tiling, and that noise must not decide who is a neighbour.
     """
     if user_embeddings.dim() != 2:
         raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
@@ -97,39 +98,64 @@ def build_user_neighbors(
             f"num_neighbors={num_neighbors} must be between 1 and num_users - 1 = {num_users - 1} "
             f"(a user cannot be its own neighbour; the table has {num_users} users plus the unknown row 0)"
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size < 1 or column_block < 1:
+        raise ValueError(f"chunk_size and column_block must be >= 1, got {chunk_size} and {column_block}")
     unit = F.normalize(user_embeddings.float(), dim=1)  # zero rows stay zero: similarity 0 to everyone
     neighbors = torch.zeros(num_rows, num_neighbors, dtype=torch.long, device=user_embeddings.device)
     for start in range(1, num_rows, chunk_size):
         end = min(start + chunk_size, num_rows)
-        similarity = (unit[start:end] @ unit.T).mul_(SIMILARITY_RESOLUTION).round_()  # [chunk, num_rows]
-        rows = torch.arange(end - start, device=similarity.device)
-        similarity[rows, rows + start] = -math.inf  # self
-        similarity[:, 0] = -math.inf  # the unknown user
-        neighbors[start:end] = _top_n_lowest_index_on_ties(similarity, num_neighbors)
+        neighbors[start:end] = _chunk_neighbors(unit, start, end, num_neighbors, column_block)
     return neighbors
 
 
-def _top_n_lowest_index_on_ties(scores: torch.Tensor, n: int) -> torch.LongTensor:
-    """Row-wise top-n column indices by decreasing score; equal scores are taken lowest column first.
+def _rounded_cosines(unit: torch.Tensor, first: int, last: int, column: int, column_end: int) -> torch.Tensor:
+    """Cosines (at 1e-6 resolution) of users first..last-1 against users column..column_end-1; oneself and the
+    unknown user 0 are masked with -inf."""
+    tile = (unit[first:last] @ unit[column:column_end].T).mul_(SIMILARITY_RESOLUTION).round_()
+    overlap = torch.arange(max(first, column), max(min(last, column_end), max(first, column)), device=tile.device)
+    tile[overlap - first, overlap - column] = -math.inf
+    if column == 0:
+        tile[:, 0] = -math.inf
+    return tile
 
-    `torch.topk` picks arbitrarily among ties, so rows whose n-th value is tied with values outside the top n
-    are resolved here: keep everything strictly above the threshold, then the first tied columns by index.
+
+def _chunk_neighbors(unit: torch.Tensor, start: int, end: int, n: int, column_block: int) -> torch.LongTensor:
+    """Neighbours of users start..end-1: each [chunk x column_block] tile keeps its top n + 1, then they merge."""
+    num_rows = unit.shape[0]
+    values, indices = [], []
+    for column in range(0, num_rows, column_block):
+        column_end = min(column + column_block, num_rows)
+        tile_values, tile_indices = _rounded_cosines(unit, start, end, column, column_end).topk(
+            min(n + 1, column_end - column), dim=1
+        )
+        values.append(tile_values)
+        indices.append(tile_indices + column)
+    return _top_n_lowest_index_on_ties(
+        torch.cat(values, dim=1), torch.cat(indices, dim=1), n,
+        full_row=lambda row: _rounded_cosines(unit, start + row, start + row + 1, 0, num_rows)[0],
+    )
+
+
+def _top_n_lowest_index_on_ties(values: torch.Tensor, indices: torch.Tensor, n: int, full_row) -> torch.LongTensor:
+    """Row-wise top-n columns by decreasing score, equal scores lowest column first.
+
+    `values`/`indices` hold candidate (score, column) pairs containing every row's top n + 1 scores (each tile's
+    top n + 1: whatever is in the row's top n + 1 is in its tile's). When the n-th and (n+1)-th scores differ the
+    top n are exactly the n best candidates. When they are equal, ties straddle the cut and `torch.topk` may have
+    dropped a lower-index tied column, so that row is resolved on its full scores, `full_row(row)`.
     """
-    values, indices = scores.topk(n, dim=1)
-    threshold = values[:, -1:]
-    at_threshold = scores == threshold
-    ambiguous = at_threshold.sum(1) > (values == threshold).sum(1)
-    if ambiguous.any():
-        for row in ambiguous.nonzero().flatten().tolist():
-            above = (scores[row] > threshold[row]).nonzero().flatten()
-            tied = at_threshold[row].nonzero().flatten()[: n - above.numel()]
-            indices[row] = torch.cat([above, tied])
-    # Order by (score desc, index asc): sort by index first, then a stable sort on the score.
-    indices, _ = indices.sort(dim=1)
-    order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
-    return indices.gather(1, order)
+    top_values, position = values.topk(n + 1, dim=1)
+    chosen, chosen_values = indices.gather(1, position)[:, :n].clone(), top_values[:, :n].clone()
+    for row in (top_values[:, n] == top_values[:, n - 1]).nonzero().flatten().tolist():
+        scores = full_row(row)
+        threshold = scores.topk(n).values[-1]
+        above = (scores > threshold).nonzero().flatten()
+        columns = torch.cat([above, (scores == threshold).nonzero().flatten()[: n - above.numel()]])
+        chosen[row], chosen_values[row] = columns, scores[columns]
+    # Order by (score desc, column asc): sort by column first, then a stable sort on the score.
+    chosen, by_column = chosen.sort(dim=1)
+    order = chosen_values.gather(1, by_column).sort(dim=1, descending=True, stable=True).indices
+    return chosen.gather(1, order)
 
 
 # 2. Collaborative user prompt ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ the method started (the interpreter, torch and the input matrix), i.e. the memor
 
 Methods:
   exact     `modeling_peapod.build_user_neighbors` (via `build_neighbor_table(backend="exact")`)
-  proposed  the change proposed to it in docs/embeddings.md, prototyped below (same output, checked)
   faiss     `build_neighbor_table(backend="faiss")` (needs faiss-cpu)
   dense     the naive way: the whole N x N similarity matrix, then topk (only where it fits in memory)
   gemm      the machine's GEMM throughput on one chunk-shaped product, extrapolated to the 2·N²·d FLOPs of
@@ -15,7 +14,7 @@ Methods:
 
 Usage (figures in docs/embeddings.md):
     python benchmarks/neighbors_benchmark.py --beauty_embeddings beauty_pmf.npy --output results.json
-    python benchmarks/neighbors_benchmark.py --sizes 200000 --methods exact proposed gemm
+    python benchmarks/neighbors_benchmark.py --sizes 200000 --methods exact gemm --query_rows 4096
 Without --beauty_embeddings the Beauty-sized run uses random normal embeddings of Beauty's shape (22,364 x 512).
 """
 
@@ -35,48 +34,18 @@ import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEAUTY_ROWS = 22_364  # 22,363 users + the unknown row 0
-METHODS = ("exact", "proposed", "faiss", "dense", "gemm")
+METHODS = ("exact", "faiss", "dense", "gemm")
 
 
-def proposed_top_n_lowest_index_on_ties(scores: torch.Tensor, n: int) -> torch.LongTensor:
-    """Drop-in for `modeling_peapod._top_n_lowest_index_on_ties`, with the tie check off the full matrix.
+def exact_for_first_users(user_embeddings, num_neighbors, chunk_size, query_rows):
+    """`build_user_neighbors`' own per-chunk step (`_chunk_neighbors`) for only the first `query_rows` users,
+    for timing at 200k: every chunk costs the same, so the full time is that x num_users / query_rows."""
+    from modeling_peapod import _chunk_neighbors
 
-    The lead's version finds rows whose n-th score is tied with a score outside the top n by comparing the whole
-    [chunk, N] block with the threshold and summing the booleans per row: two extra passes over chunk x N, and
-    torch's bool-sum over a long row is slow on CPU (profiled: 6.4 s of a 29.5 s chunk at N = 200k). Asking topk
-    for n + 1 answers the same question from its [chunk, n + 1] result: an element outside the top n equals the
-    n-th score exactly when the (n+1)-th largest does. Callers guarantee n + 1 <= N (n <= num_users - 1, and the
-    row has num_users + 1 columns). Only those ambiguous rows (rare in real data) touch the full block again.
-    """
-    values, indices = scores.topk(n + 1, dim=1)
-    ambiguous = (values[:, n] == values[:, n - 1]).nonzero().flatten()
-    values, indices = values[:, :n], indices[:, :n]
-    threshold = values[:, -1:]
-    for row in ambiguous.tolist():
-        above = (scores[row] > threshold[row]).nonzero().flatten()
-        tied = (scores[row] == threshold[row]).nonzero().flatten()[: n - above.numel()]
-        indices[row] = torch.cat([above, tied])
-    # Order by (score desc, index asc): sort by index first, then a stable sort on the score (as the lead's).
-    indices, _ = indices.sort(dim=1)
-    order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
-    return indices.gather(1, order)
-
-
-def chunked_neighbors(user_embeddings, num_neighbors, chunk_size, select, query_rows=None):
-    """The loop of `modeling_peapod.build_user_neighbors`, line for line, with the per-chunk selection `select`
-    pluggable and, for timing at 200k, optionally only the first `query_rows` users (every chunk costs the same,
-    so the full time is that x num_users / query_rows)."""
-    num_rows = user_embeddings.shape[0]
     unit = F.normalize(user_embeddings.float(), dim=1)
-    neighbors = torch.zeros(num_rows, num_neighbors, dtype=torch.long)
-    for start in range(1, min(num_rows, 1 + (query_rows or num_rows)), chunk_size):
-        end = min(start + chunk_size, num_rows)
-        similarity = unit[start:end] @ unit.T
-        rows = torch.arange(end - start)
-        similarity[rows, rows + start] = -math.inf
-        similarity[:, 0] = -math.inf
-        neighbors[start:end] = select(similarity, num_neighbors)
-    return neighbors
+    last = min(unit.shape[0], 1 + query_rows)
+    return [_chunk_neighbors(unit, start, min(start + chunk_size, last), num_neighbors, 16384)
+            for start in range(1, last, chunk_size)]
 
 
 def _data(rows: int, dim: int, embeddings: str | None) -> torch.Tensor:
@@ -108,17 +77,12 @@ def _child(args) -> dict:
     start = time.perf_counter()
     result = {}
     if args.child == "exact" and args.query_rows:
-        from modeling_peapod import _top_n_lowest_index_on_ties
-
-        table = chunked_neighbors(matrix, args.num_neighbors, args.chunk_size, _top_n_lowest_index_on_ties,
-                                  args.query_rows)
+        exact_for_first_users(matrix, args.num_neighbors, args.chunk_size, args.query_rows)
+        table = None
     elif args.child == "exact":
         table = build_neighbor_table(matrix, args.num_neighbors, backend="exact", chunk_size=args.chunk_size)
     elif args.child == "faiss":
         table = build_neighbor_table(matrix, args.num_neighbors, backend="faiss", chunk_size=args.chunk_size)
-    elif args.child == "proposed":
-        table = chunked_neighbors(matrix, args.num_neighbors, args.chunk_size, proposed_top_n_lowest_index_on_ties,
-                                  args.query_rows)
     elif args.child == "dense":
         unit = F.normalize(matrix, dim=1)
         similarity = unit @ unit.T
@@ -140,7 +104,7 @@ def _child(args) -> dict:
         result = {"gemm_gflops": gflops, "bare_gemm_s": 2 * args.rows**2 * args.dim / (gflops * 1e9)}
         table = None
     seconds = time.perf_counter() - start
-    if args.query_rows and args.child in ("exact", "proposed"):
+    if args.query_rows and args.child == "exact":
         result = {"measured_s": seconds, "query_rows": args.query_rows}
         seconds *= (args.rows - 1) / args.query_rows  # extrapolated to every user
     if table is not None and args.save_table:
@@ -161,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip `dense` above this N x N size")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--check", action="store_true", help="check that every method's table equals `exact`'s")
-    parser.add_argument("--query_rows", type=int, help="time exact/proposed on the first QUERY_ROWS users only, "
+    parser.add_argument("--query_rows", type=int, help="time exact on the first QUERY_ROWS users only, "
                         "against all N, and scale to N (for 200k on a small machine); a multiple of --chunk_size")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -184,7 +148,7 @@ def main(argv=None):
                        "--num_neighbors", str(args.num_neighbors), "--chunk_size", str(args.chunk_size)]
             if embeddings:
                 command += ["--embeddings", embeddings]
-            if args.query_rows and method in ("exact", "proposed"):
+            if args.query_rows and method == "exact":
                 command += ["--query_rows", str(args.query_rows)]
             if args.check and method != "gemm" and not args.query_rows:
                 tables[method] = f"/tmp/neighbors_benchmark_{rows}_{method}.pt"

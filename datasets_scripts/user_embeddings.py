@@ -41,28 +41,42 @@ NEIGHBOR_BACKENDS = ("exact", "faiss")
 # Collaborative-filtering models (cornac) -------------------------------------------------------------------
 
 
-def _cornac_train_set(train_histories: Mapping[int, Sequence[int]], num_users: int, num_items: int, seed: int):
+def cornac_train_set(
+    train_histories: Mapping[int, Sequence[int]], num_users: int, num_items: int, seed: int,
+    negatives_per_positive: int = 0,
+):
     """A cornac `Dataset` of implicit (user, item, 1.0) triples, validated against our id ranges first.
 
     A repeated (user, item) pair is kept once (cornac would drop it with a warning anyway): an implicit rating
-    says "interacted", not how often.
+    says "interacted", not how often. `negatives_per_positive` > 0 adds, per user, that many times as many
+    (user, item, 0.0) triples for items the user never interacted with, drawn uniformly with `seed`.
     """
     import cornac
 
+    rng = np.random.default_rng(seed)
     triples = []
     for user, items in train_histories.items():
         if not 1 <= int(user) <= num_users:
             raise ValueError(f"user id {user} is outside 1..num_users={num_users}")
-        for item in dict.fromkeys(items):
-            if not 1 <= int(item) <= num_items:
+        positives = list(dict.fromkeys(int(item) for item in items))
+        for item in positives:
+            if not 1 <= item <= num_items:
                 raise ValueError(f"item id {item} of user {user} is outside 1..num_items={num_items}")
-            triples.append((int(user), int(item), 1.0))
+            triples.append((int(user), item, 1.0))
+        wanted = min(negatives_per_positive * len(positives), num_items - len(positives))
+        negatives: set[int] = set()
+        seen = set(positives)
+        while len(negatives) < wanted:
+            for item in rng.integers(1, num_items + 1, size=2 * (wanted - len(negatives))).tolist():
+                if item not in seen and len(negatives) < wanted:
+                    negatives.add(item)
+        triples += [(int(user), item, 0.0) for item in sorted(negatives)]
     if not triples:
         raise ValueError("train_histories holds no interactions: there is nothing to train the embeddings on")
     return cornac.data.Dataset.from_uir(triples, seed=seed)
 
 
-def _rows_by_our_ids(factors: np.ndarray, id_map: Mapping[int, int], num_rows: int) -> torch.Tensor:
+def rows_by_our_ids(factors: np.ndarray, id_map: Mapping[int, int], num_rows: int) -> torch.Tensor:
     """[num_rows, k] float32 with row `our_id` = factors[cornac_index]; rows cornac never saw stay zero."""
     table = torch.zeros(num_rows, factors.shape[1], dtype=torch.float32)
     our_ids = torch.tensor(list(id_map.keys()), dtype=torch.long)
@@ -80,24 +94,29 @@ def train_pmf(
     max_iter: int = 100,
     learning_rate: float = 1e-3,
     lambda_reg: float = 1e-3,
+    negatives_per_positive: int = 1,
     verbose: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PMF user and item factors (Mnih & Salakhutdinov 2008) with cornac, the paper's default user embedding.
 
     Every observed (user, item) pair is an implicit rating 1.0 (cornac's default non-linear variant maps ratings
-    to [0, 1] and fits sigmoid(u·v) to them). Returns `user_embeddings` [num_users + 1, k] and `item_embeddings`
+    to [0, 1] and fits sigmoid(u·v) to them). With positives alone, sigmoid(u·v) -> 1 is fitted by pointing every
+    user the same way (median cosine between two Beauty users 0.999999), which leaves nothing for the neighbour
+    table to find; so, as is usual for PMF on implicit feedback, `negatives_per_positive` unobserved items per
+    observed one are added with rating 0 (seeded). The paper does not say how it handled this; 0 restores the
+    positives-only fit. Returns `user_embeddings` [num_users + 1, k] and `item_embeddings`
     [num_items + 1, k], float32, aligned to our ids; row 0 and users/items without training interactions are
     zeros (so the unknown user has cosine similarity 0 to everyone).
     """
     import cornac
 
-    train_set = _cornac_train_set(train_histories, num_users, num_items, seed)
+    train_set = cornac_train_set(train_histories, num_users, num_items, seed, negatives_per_positive)
     model = cornac.models.PMF(
         k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=verbose
     )
     model.fit(train_set)
-    user_embeddings = _rows_by_our_ids(model.U, train_set.uid_map, num_users + 1)
-    item_embeddings = _rows_by_our_ids(model.V, train_set.iid_map, num_items + 1)
+    user_embeddings = rows_by_our_ids(model.U, train_set.uid_map, num_users + 1)
+    item_embeddings = rows_by_our_ids(model.V, train_set.iid_map, num_items + 1)
     return user_embeddings, item_embeddings
 
 
@@ -117,11 +136,11 @@ def train_bivae(
     """
     import cornac
 
-    train_set = _cornac_train_set(train_histories, num_users, num_items, seed)
+    train_set = cornac_train_set(train_histories, num_users, num_items, seed)
     model = cornac.models.BiVAECF(k=k, seed=seed, **kwargs)
     with torch.random.fork_rng(devices=[]):
         model.fit(train_set)
-    return _rows_by_our_ids(model.get_user_vectors(), train_set.uid_map, num_users + 1)
+    return rows_by_our_ids(model.get_user_vectors(), train_set.uid_map, num_users + 1)
 
 
 # A user-supplied matrix --------------------------------------------------------------------------------------

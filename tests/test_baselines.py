@@ -71,15 +71,18 @@ def test_pmf_scores_are_dot_products():
 BLOCKS = {user: [1, 2, 3] if user <= 4 else [4, 5, 6] for user in range(1, 9)}  # two groups, two item blocks
 
 
-def test_pmf_fit_is_seeded_but_positive_only_pmf_does_not_separate_blocks():
+def test_pmf_fit_is_seeded_and_needs_negatives_to_separate_blocks():
     first = PMFBaseline.fit(BLOCKS, num_users=8, num_items=6, k=4, seed=0, max_iter=300, learning_rate=0.05)
     second = PMFBaseline.fit(BLOCKS, num_users=8, num_items=6, k=4, seed=0, max_iter=300, learning_rate=0.05)
     np.testing.assert_array_equal(first.score_items([1, 5]), second.score_items([1, 5]))
-    # Every observed rating is 1.0: PMF fits them all with large dot products (sigmoid near 1 everywhere) and
-    # does not recover both blocks (the documented caveat; BPR below does).
-    assert first.score_items([1, 5])[:, 1:].min() > 1.0
+    # With sampled unobserved items as rating 0 (train_pmf's default) PMF recovers both blocks ...
     ranked = recommend_sequential(first, [1, 5], top_k=3)
-    assert sorted(ranked[0]) != [1, 2, 3] or sorted(ranked[1]) != [4, 5, 6]
+    assert sorted(ranked[0]) == [1, 2, 3] and sorted(ranked[1]) == [4, 5, 6]
+    # ... while on positives alone every observed rating is 1.0 and PMF fits them all with large dot products
+    # (sigmoid near 1 everywhere) without separating the blocks.
+    positives_only = PMFBaseline.fit(BLOCKS, num_users=8, num_items=6, k=4, seed=0, max_iter=300,
+                                     learning_rate=0.05, negatives_per_positive=0)
+    assert positives_only.score_items([1, 5])[:, 1:].min() > 1.0
 
 
 def test_bpr_fit_is_seeded_and_learns_the_block_structure():

@@ -204,14 +204,15 @@ def brute_force_neighbors(embeddings: torch.Tensor, n: int) -> torch.Tensor:
     return table
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
-def test_neighbor_table_equals_brute_force_with_ties(chunk_size):
+@pytest.mark.parametrize("chunk_size,column_block", [(1, 1), (7, 5), (3, 13), (1000, 16384)])
+def test_neighbor_table_equals_brute_force_with_ties(chunk_size, column_block):
     continuous = torch.randn(60, 6)
     tied = torch.randint(-1, 2, (60, 3)).float()  # few distinct directions: many exact ties
     for embeddings in (continuous, tied):
         embeddings[0] = 0
-        assert torch.equal(build_user_neighbors(embeddings, 9, chunk_size), brute_force_neighbors(embeddings, 9))
-    table = build_user_neighbors(continuous, 9, chunk_size)
+        assert torch.equal(build_user_neighbors(embeddings, 9, chunk_size, column_block),
+                           brute_force_neighbors(embeddings, 9))
+    table = build_user_neighbors(continuous, 9, chunk_size, column_block)
     assert table[0].eq(0).all()
     assert not (table[1:] == torch.arange(1, 60)[:, None]).any()  # never oneself
     assert not table[1:].eq(0).any()  # never the unknown user

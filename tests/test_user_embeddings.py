@@ -49,7 +49,9 @@ def test_pmf_rows_are_cornac_factors_at_our_ids():
     import cornac
 
     histories = _community_histories()
-    users, items = train_pmf(histories, num_users=10, num_items=20, k=8, seed=3, max_iter=30)
+    # Positives only here, so that an independent cornac fit on the same triples can be compared row by row.
+    users, items = train_pmf(histories, num_users=10, num_items=20, k=8, seed=3, max_iter=30,
+                             negatives_per_positive=0)
     assert users.shape == (11, 8) and items.shape == (21, 8) and users.dtype == torch.float32
     assert users[0].abs().sum() == 0 and items[0].abs().sum() == 0
     assert users[9].abs().sum() == 0 and users[10].abs().sum() == 0  # no training interactions
@@ -108,7 +110,10 @@ def test_pmf_on_real_beauty_slice():
     assert users[0].abs().sum() == 0
     trained_items = {i for hist in histories.values() for i in hist}
     assert all(items[i].abs().sum() > 0 for i in trained_items)
-    assert all(items[i].abs().sum() == 0 for i in set(range(1, num_items + 1)) - trained_items)
+    # Items never trained on as positives get factors only when drawn as sampled negatives (rating 0).
+    _, positives_only_items = train_pmf(histories, num_users=300, num_items=num_items, k=16,
+                                                           seed=0, negatives_per_positive=0)
+    assert all(positives_only_items[i].abs().sum() == 0 for i in set(range(1, num_items + 1)) - trained_items)
     # Aligned: a user scores its own training items above the items of the other users' histories on average.
     scores = users[1:] @ items.T
     own = torch.zeros_like(scores, dtype=torch.bool)

@@ -83,10 +83,9 @@ class PMFBaseline:
     Build it from factors you already have (e.g. the prepared folder's PMF user table) or with `fit`. Users or
     items without training interactions have zero factors, hence score 0 for everything (ties -> lower id).
 
-    Caveat (measured, see tests/test_baselines.py): trained on implicit data alone every observed rating is 1.0,
-    so PMF can fit them all with large dot products and need not separate a user's items from the rest; its
-    ranking then tracks item-factor norms more than taste. `BPRBaseline` is the implicit-feedback MF that learns
-    to rank observed above unobserved items.
+    On implicit data `train_pmf` adds sampled unobserved items as rating 0 (one per observed item by default):
+    trained on positives alone every rating is 1.0, PMF fits them all with large dot products and does not separate
+    a user's items from the rest (tests/test_baselines.py). `BPRBaseline` is the pairwise-ranking alternative.
     """
 
     name = "pmf"
@@ -157,16 +156,16 @@ class BPRBaseline(PMFBaseline):
         import cornac
 
         # The same validated, id-mapped cornac training set as the PMF user table (datasets_scripts).
-        from datasets_scripts.user_embeddings import _cornac_train_set, _rows_by_our_ids
+        from datasets_scripts.user_embeddings import cornac_train_set, rows_by_our_ids
 
-        train_set = _cornac_train_set(dict(train_histories), num_users, num_items, seed)
+        train_set = cornac_train_set(dict(train_histories), num_users, num_items, seed)
         model = cornac.models.BPR(
             k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=False
         )
         model.fit(train_set)
-        users = _rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
-        items = _rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
-        biases = _rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1)
+        users = rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
+        items = rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
+        biases = rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1)
         return cls(users, items, biases)
 
 
