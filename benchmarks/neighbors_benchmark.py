@@ -40,11 +40,11 @@ METHODS = ("exact", "faiss", "dense", "gemm")
 def exact_for_first_users(user_embeddings, num_neighbors, chunk_size, query_rows):
     """`build_user_neighbors`' own per-chunk step (`_chunk_neighbors`) for only the first `query_rows` users,
     for timing at 200k: every chunk costs the same, so the full time is that x num_users / query_rows."""
-    from modeling_peapod import _chunk_neighbors
+    from modeling_peapod import NEIGHBOR_COLUMN_BLOCK, _chunk_neighbors
 
     unit = F.normalize(user_embeddings.float(), dim=1)
     last = min(unit.shape[0], 1 + query_rows)
-    return [_chunk_neighbors(unit, start, min(start + chunk_size, last), num_neighbors, 16384)
+    return [_chunk_neighbors(unit, start, min(start + chunk_size, last), num_neighbors, NEIGHBOR_COLUMN_BLOCK)
             for start in range(1, last, chunk_size)]
 
 
@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--num_neighbors", type=int, default=20)
-    parser.add_argument("--chunk_size", type=int, default=2048)
+    parser.add_argument("--chunk_size", type=int, default=4096)
     parser.add_argument("--beauty_embeddings", help="real user matrix for the Beauty-sized run (.npy/.safetensors/.csv)")
     parser.add_argument("--dense_limit_gib", type=float, default=8.0, help="skip `dense` above this N x N size")
     parser.add_argument("--output", help="write the results as JSON here")

@@ -251,7 +251,7 @@ def load_user_matrix(path, num_users: int, allow_pickle: bool = False) -> torch.
 
 
 def build_neighbor_table(
-    user_embeddings: torch.Tensor, num_neighbors: int, backend: str = "exact", chunk_size: int = 2048
+    user_embeddings: torch.Tensor, num_neighbors: int, backend: str = "exact", chunk_size: int = 4096
 ) -> torch.LongTensor:
     """[num_users + 1, n] ids of each user's n most cosine-similar other users (S_u of §4.2).
 
