@@ -77,7 +77,9 @@ class DataArguments:
     ranking_eval_users: int = field(
         default=0, metadata={"help": "Validation users for ranking metrics at each evaluation (0: losses only)."}
     )
-    max_source_length: int = field(default=512, metadata={"help": "Longer sources lose their oldest items."})
+    max_source_length: int = field(
+        default=1024, metadata={"help": "Longer sources lose their oldest tokens (top-n prompts are ~500-600)."}
+    )
     max_target_length: int = field(default=128, metadata={"help": "A longer target is an error, never cut."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
