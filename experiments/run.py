@@ -28,7 +28,7 @@ DEFAULTS = dict(
     dataset="synthetic", reindex_items=False, max_users=None, shape="tiny", prompt_encoder="mha",
     prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=600,
     batch_size=32, learning_rate=1e-3, eval_users=200, num_beams=20, seeds=[0, 1, 2], tasks=None,
-    max_source_length=512, data_seed=0,
+    max_source_length=1024, data_seed=0,
 )
 
 
