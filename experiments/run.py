@@ -26,8 +26,8 @@ REAL_DATA = {
 }
 DEFAULTS = dict(
     dataset="synthetic", reindex_items=False, max_users=None, shape="tiny", prompt_encoder="mha",
-    prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=600,
-    batch_size=32, learning_rate=1e-3, eval_users=200, num_beams=20, seeds=[0, 1, 2], tasks=None,
+    prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=300,
+    batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
     max_source_length=1024, data_seed=0,
 )
 

@@ -48,10 +48,15 @@ class TrainingSummary:
     extra_limitations: list[str] = field(default_factory=list)
 
 
+def _metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The scores of a task's results, without its bookkeeping entries (num_users, num_samples)."""
+    return {name: value for name, value in metrics.items() if not name.startswith("num_")}
+
+
 def _results_table(results: dict[str, dict[str, float]]) -> str:
     rows = ["| task | metric | value |", "| --- | --- | --- |"]
     for task, metrics in results.items():
-        rows += [f"| {task} | {metric} | {value:.4f} |" for metric, value in metrics.items()]
+        rows += [f"| {task} | {metric} | {value:.4f} |" for metric, value in _metrics(metrics).items()]
     return "\n".join(rows) if results else ""
 
 
@@ -63,7 +68,7 @@ def _eval_results(summary: TrainingSummary) -> list[EvalResult]:
             metric_type=metric, metric_name=metric, metric_value=float(value),
         )
         for task, metrics in summary.results.items()
-        for metric, value in metrics.items()
+        for metric, value in _metrics(metrics).items()
     ]
 
 
