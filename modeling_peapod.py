@@ -95,12 +95,7 @@ def build_user_neighbors(
     if user_embeddings.dim() != 2:
         raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
     num_rows = user_embeddings.shape[0]
-    num_users = num_rows - 1
-    if num_neighbors < 1 or num_neighbors > num_users - 1:
-        raise ValueError(
-            f"num_neighbors={num_neighbors} must be between 1 and num_users - 1 = {num_users - 1} "
-            f"(a user cannot be its own neighbour; the table has {num_users} users plus the unknown row 0)"
-        )
+    check_num_neighbors(num_rows - 1, num_neighbors)
     if chunk_size < 1 or column_block < 1:
         raise ValueError(f"chunk_size and column_block must be >= 1, got {chunk_size} and {column_block}")
     unit = F.normalize(user_embeddings.float(), dim=1)  # zero rows stay zero: similarity 0 to everyone
@@ -109,6 +104,15 @@ def build_user_neighbors(
         end = min(start + chunk_size, num_rows)
         neighbors[start:end] = _chunk_neighbors(unit, start, end, num_neighbors, column_block)
     return neighbors
+
+
+def check_num_neighbors(num_users: int, num_neighbors: int) -> None:
+    """A user has at most num_users - 1 neighbours: everyone but itself (and never the unknown user 0)."""
+    if num_neighbors < 1 or num_neighbors > num_users - 1:
+        raise ValueError(
+            f"num_neighbors={num_neighbors} must be between 1 and num_users - 1 = {num_users - 1} "
+            f"(a user cannot be its own neighbour; the table has {num_users} users plus the unknown row 0)"
+        )
 
 
 def _cosines(unit: torch.Tensor, first: int, last: int, column: int, column_end: int, out=None) -> torch.Tensor:

@@ -32,8 +32,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2"],
-        "dev": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2", "ruff"],
+        "test": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2", "faiss-cpu"],
+        "dev": ["pytest>=8", "sacrebleu>=2.0", "rouge-score>=0.1.2", "faiss-cpu", "ruff"],
         "faiss": ["faiss-cpu"],
     },
     entry_points={

@@ -286,13 +286,11 @@ def _faiss_neighbors(user_embeddings: torch.Tensor, num_neighbors: int, chunk_si
         raise ImportError(
             "backend='faiss' needs faiss: pip install faiss-cpu (or peapod-rec[faiss]); backend='exact' needs nothing"
         ) from error
+    from modeling_peapod import check_num_neighbors
+
     num_rows = user_embeddings.shape[0]
     num_users = num_rows - 1
-    if num_neighbors < 1 or num_neighbors > num_users - 1:
-        raise ValueError(
-            f"num_neighbors={num_neighbors} must be between 1 and num_users - 1 = {num_users - 1} "
-            f"(a user cannot be its own neighbour; the table has {num_users} users plus the unknown row 0)"
-        )
+    check_num_neighbors(num_users, num_neighbors)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
