@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("[3/5] evaluating on the test split (constrained beam search, likelihood ranking, baselines)")
     prepared = load_prepared(prepared_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)  # the folder's config is ours
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     report = evaluate_checkpoint(model, tokenizer, prepared, split="test", max_users=args.eval_users,
                                  num_beams=args.num_beams, baselines=("popularity", "pmf"), seed=args.seed,

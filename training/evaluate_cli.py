@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint, trust_remote_code=True)
 
     report = evaluate_checkpoint(
         model, tokenizer, prepared, split=args.split, tasks=args.tasks, max_users=args.max_users,
