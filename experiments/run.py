@@ -85,8 +85,9 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str) -> dic
     prepared = load_prepared(prepared_dir)
     tasks = [t for t in (config["tasks"] or ("sequential", "topn", "explanation"))
              if f"{t}_test" in prepared.dataset]
-    report = evaluate_checkpoint(model, AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True), prepared, split="test",
-                                 tasks=tasks, max_users=config["eval_users"], num_beams=config["num_beams"],
+    tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+    report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=tasks,
+                                 max_users=config["eval_users"], num_beams=config["num_beams"],
                                  baselines=("popularity", "pmf"), seed=seed, show_progress=False)
     heads = 0 if config["prompt_encoder"] == "mlp" else config["prompt_encoder_heads"]
     return {
