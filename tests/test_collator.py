@@ -92,3 +92,15 @@ def test_bad_rows_are_rejected(tokenizer):
         PeaPODDataCollator(tokenizer)([{**good, "whole_word_ids": good["whole_word_ids"][:-1]}])
     with pytest.raises(ValueError, match="empty batch"):
         PeaPODDataCollator(tokenizer)([])
+
+
+def test_top_n_prompts_are_never_cut(tokenizer):
+    candidates = ", ".join(f"item_{item}" for item in range(100, 140))
+    topn = row(tokenizer, f"Recommend one item to user_4 from the candidates: {candidates}", "120", user_id=4,
+               task_id=1)
+    limit = len(topn["input_ids"]) - 5
+    with pytest.raises(ValueError, match=rf"task 1\): the source has {len(topn['input_ids'])} tokens, more than "
+                                         rf"max_source_length={limit}"):
+        PeaPODDataCollator(tokenizer, max_source_length=limit)([topn])
+    sequential = {**topn, "task_id": 0}  # the same length is cut for a history prompt
+    assert PeaPODDataCollator(tokenizer, max_source_length=limit)([sequential])["input_ids"].shape[1] <= limit

@@ -196,6 +196,8 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         model = PeaPODForConditionalGeneration.from_shape(random_shape, **peapod_fields)
     elif is_peapod_checkpoint(base):
         model = PeaPODForConditionalGeneration.from_pretrained(base)
+        logger.warning("Continuing from the PeaPOD checkpoint %s: its own config fixes the model (prompt encoder, "
+                       "sizes, dropout); the model flags of this command are not applied", base)
         if model.has_collaborative_prompt and model.config.num_users != prepared.num_users:
             raise ValueError(
                 f"{base} has a user table of {model.config.num_users} users but the prepared data has "
@@ -259,7 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     prepared = load_prepared_data(data_args, training_args.output_dir, training_args.seed, model_args.tokenizer)
-    tokenizer_name = model_args.tokenizer or prepared.config.get("tokenizer") or model_args.base_model
+    # The tokenizer the prepared folder was tokenised with, unless one is named: token ids must agree.
+    prepared_tokenizer = prepared.config.get("arguments", {}).get("tokenizer")
+    tokenizer_name = model_args.tokenizer or prepared_tokenizer or model_args.base_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     model = build_model(model_args, prepared)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_file = Path(training_args.output_dir) / RUN_FILE
     run_file.write_text(json.dumps(run_description, indent=2, sort_keys=True))
     summary = TrainingSummary(
-        dataset_name=Path(str(prepared.path)).name, dataset_description=prepared.config.get("source", str(prepared.path)),
+        dataset_name=Path(str(prepared.path)).name,
+        dataset_description=prepared.config.get("source_notes", {}).get("source", str(prepared.path)),
         id_space="leakage-free re-indexed item ids" if prepared.item_reindex else "P5/POD integer ids",
         base_model=None if resolve_base_model(model_args)[1] or model_args.random_init else model_args.base_model,
         base_shape=model_args.base_model.removeprefix("random:"),

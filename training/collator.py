@@ -5,7 +5,9 @@ first) before the instruction and the final EOS, so a left cut drops the oldest 
 ones, the end of the prompt and the EOS. The user's identity survives the cut through `user_ids` (the
 collaborative prompt) even when the `user_…` word at the start is dropped. Targets are never cut: a target longer
 than `max_target_length` is an error, because training on a silently shortened item id or sentence teaches the
-model wrong answers.
+model wrong answers. Only tasks whose prompts hold a history may be cut (`truncatable_task_ids`, default the
+sequential task 0): a top-n prompt starts with the instruction and the user and ends with the candidate list, so
+a left cut would drop the user and candidates (possibly the target) — such a row raises instead.
 """
 
 from __future__ import annotations
@@ -53,9 +55,14 @@ class PeaPODDataCollator:
         tokenizer: supplies the pad id.
         max_source_length: longer sources are cut from the left (see `truncate_source_left`); None = no limit.
         max_target_length: a longer target raises ValueError; None = no limit.
+        truncatable_task_ids: tasks whose sources may be cut (their prompts hold a history); a longer source of
+            another task raises ValueError. Default: (0,), the sequential task.
     """
 
-    def __init__(self, tokenizer, max_source_length: int | None = None, max_target_length: int | None = None):
+    def __init__(
+        self, tokenizer, max_source_length: int | None = None, max_target_length: int | None = None,
+        truncatable_task_ids: Sequence[int] = (0,),
+    ):
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no pad token; PeaPOD pads with it")
         for name, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
@@ -65,6 +72,7 @@ class PeaPODDataCollator:
         self.pad_token_id = tokenizer.pad_token_id
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
+        self.truncatable_task_ids = set(truncatable_task_ids)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -88,7 +96,14 @@ class PeaPODDataCollator:
                     f"{len(labels)} tokens, more than max_target_length={self.max_target_length}; targets are "
                     "never cut: raise max_target_length or shorten the target when preparing the data"
                 )
-            if self.max_source_length is not None:
+            if self.max_source_length is not None and len(input_ids) > self.max_source_length:
+                if int(row["task_id"]) not in self.truncatable_task_ids:
+                    raise ValueError(
+                        f"batch row {position} (user {row['user_id']}, task {row['task_id']}): the source has "
+                        f"{len(input_ids)} tokens, more than max_source_length={self.max_source_length}, and this "
+                        "task's prompt has no history to cut (top-n would lose its user and candidates): raise "
+                        "max_source_length"
+                    )
                 input_ids, whole_word_ids = truncate_source_left(input_ids, whole_word_ids, self.max_source_length)
             sources.append(input_ids)
             words.append(whole_word_ids)

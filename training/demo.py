@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("[4/5] writing the model card and reloading the Hub-ready folder with trust_remote_code=True")
     ranking = {name: {k: v for k, v in metrics.items()} for name, metrics in report["results"].items()}
     summary = TrainingSummary(
-        dataset_name=f"{args.data}", dataset_description=prepared.config.get("source", args.data),
+        dataset_name=args.data,
+        dataset_description=prepared.config.get("source_notes", {}).get("source", args.data),
         base_shape=args.shape, user_embedding_source=f"cornac PMF, k = {args.embedding_dim}, training interactions",
         optimisation=f"AdamW lr {args.learning_rate}, batch {args.batch_size}, {args.max_steps} steps",
         seed=args.seed, hardware=cli.hardware_description(), train_time=f"{train_seconds:.0f} s",
