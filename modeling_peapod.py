@@ -344,24 +344,33 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             self.task_prompts = nn.Embedding(len(config.tasks), config.task_prompt_length * d_model)
         self.whole_word_embeddings = nn.Embedding(config.max_whole_word_ids, d_model, padding_idx=0)
         self.post_init()
+        self._init_peapod_modules()
 
     def _init_weights(self, module):
         super()._init_weights(module)
+        if isinstance(module, (CollaborativePromptEncoder, PeaPODForConditionalGeneration)):
+            self._init_peapod_modules()
+
+    def _init_peapod_modules(self) -> None:
+        """Initialise the parts T5 does not have (weights loaded from a checkpoint are left alone by `init.*`).
+
+        Called explicitly from `__init__` too: transformers' `post_init` already ran inside T5's constructor, and
+        the generic initialisation it gives modules added afterwards is N(0, 1) for every `nn.Linear`, which
+        saturates the prompt encoder's softmax from the first step.
+        """
         factor = self.config.initializer_factor
-        if isinstance(module, CollaborativePromptEncoder):
-            # Modules are initialised children first, so this overrides the generic N(0, factor) of nn.Linear.
-            for linear in module.modules():
-                if isinstance(linear, nn.Linear):
+        if self.has_collaborative_prompt:
+            for linear in self.prompt_encoder.modules():
+                if isinstance(linear, nn.Linear):  # fan-in scaled, like T5's own projections
                     init.normal_(linear.weight, mean=0.0, std=factor * linear.in_features**-0.5)
                     if linear.bias is not None:
                         init.zeros_(linear.bias)
-        elif isinstance(module, PeaPODForConditionalGeneration):
-            # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
-            if hasattr(module, "task_prompts"):
-                init.normal_(module.task_prompts.weight, mean=0.0, std=factor * 1.0)
-            # Index 0 (every non-ID token) adds nothing, so a pretrained T5 sees its own embeddings there.
-            init.normal_(module.whole_word_embeddings.weight, mean=0.0, std=factor * 1.0)
-            init.zeros_(module.whole_word_embeddings.weight[0])
+        # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
+        if self.config.use_task_prompts:
+            init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)
+        # Index 0 (every non-ID token) adds nothing, so a pretrained T5 sees its own embeddings there.
+        init.normal_(self.whole_word_embeddings.weight, mean=0.0, std=factor * 1.0)
+        init.zeros_(self.whole_word_embeddings.weight[0])
 
     # -- user table ---------------------------------------------------------------------------------------
 

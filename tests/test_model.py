@@ -123,6 +123,17 @@ def test_prompt_encoder_matches_the_equations(heads):
     torch.testing.assert_close(attention.sum(-1), torch.ones(3, heads))
 
 
+def test_fresh_prompt_encoder_is_fan_in_scaled_and_not_saturated():
+    """A regression test: transformers' generic init gave the prompt encoder N(0, 1) weights, whose softmax was
+    one-hot from the first step (each head attending to a single neighbour)."""
+    model = PeaPODForConditionalGeneration.from_shape("tiny", num_users=30, user_embedding_dim=512, num_neighbors=5)
+    for linear in (model.prompt_encoder.query, model.prompt_encoder.head_key, model.prompt_encoder.to_prompt):
+        assert linear.weight.std().item() == pytest.approx(linear.in_features**-0.5, rel=0.15)
+    model.set_user_table(torch.randn(31, 512) * 0.12)  # PMF-like scale: norms around 2.7
+    _, attention = model.collaborative_prompt(torch.arange(1, 31), output_attentions=True)
+    assert attention.max() < 0.5  # near uniform over 5 neighbours, not one-hot
+
+
 def test_mlp_and_none_variants():
     mlp = CollaborativePromptEncoder(PeaPODConfig.from_t5("tiny", num_users=NUM_USERS, user_embedding_dim=D_USER,
                                                           num_neighbors=4, prompt_encoder="mlp"))
