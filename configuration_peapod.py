@@ -154,4 +154,4 @@ class PeaPODConfig(T5Config):
         return cls(**{**t5_fields, **peapod_fields})
 
 
-__all__ = ["PeaPODConfig", "NAMED_SHAPES", "PROMPT_ENCODERS", "DEFAULT_TASKS"]
+__all__ = ["DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "PeaPODConfig"]

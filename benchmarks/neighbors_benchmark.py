@@ -66,9 +66,8 @@ def _peak_mib() -> float:
 def _child(args) -> dict:
     """Runs in the fresh subprocess: one method on one data size."""
     sys.path.insert(0, str(REPO_ROOT))
-    from datasets_scripts.user_embeddings import build_neighbor_table
-
     import modeling_peapod  # noqa: F401  (imports transformers: seconds and MiB that are not the method's)
+    from datasets_scripts.user_embeddings import build_neighbor_table
 
     if args.child == "faiss":
         import faiss  # noqa: F401

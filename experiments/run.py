@@ -59,10 +59,11 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
 
 
 def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str) -> dict:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
     from datasets_scripts import load_prepared
     from training import cli
     from training.evaluation import evaluate_checkpoint
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
     started = time.perf_counter()

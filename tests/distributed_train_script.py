@@ -19,11 +19,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script, or under pytest without the root on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import AutoTokenizer, Seq2SeqTrainingArguments, TrainerCallback  # noqa: E402
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, Seq2SeqTrainingArguments, TrainerCallback
 
-from training.collator import PeaPODDataCollator  # noqa: E402
+from training.collator import PeaPODDataCollator
 
 TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "tokenizers" / "t5"
 NUM_USERS = 12

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import TOKENIZER_DIR
 from transformers import AutoModelForSeq2SeqLM
 
-from conftest import TOKENIZER_DIR
 from training import cli
 
 

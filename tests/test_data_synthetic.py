@@ -8,8 +8,18 @@ import pytest
 
 from datasets_scripts.build_dataset import build_samples
 from datasets_scripts.splits import fixed_negatives, leave_one_out
-from datasets_scripts.synthetic import CATEGORY_FEATURES, SyntheticConfig, generate_synthetic
-from datasets_scripts.templates import EVAL_TEMPLATES, MAX_HISTORY, TASKS, TRAIN_TEMPLATES, render
+from datasets_scripts.synthetic import (
+    CATEGORY_FEATURES,
+    SyntheticConfig,
+    generate_synthetic,
+)
+from datasets_scripts.templates import (
+    EVAL_TEMPLATES,
+    MAX_HISTORY,
+    TASKS,
+    TRAIN_TEMPLATES,
+    render,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from distributed_train_script import REPO_ROOT, tiny_dataset
+from safetensors.torch import load_file
 
 
 def free_port() -> int:

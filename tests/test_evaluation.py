@@ -12,15 +12,23 @@ TOKENIZER = SHARED / "tokenizers" / "t5"
 if not TOKENIZER.is_dir():
     pytest.skip(f"the T5 tokenizer is not at {TOKENIZER}", allow_module_level=True)
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
-from datasets_scripts.build_dataset import build_dataset_dict  # noqa: E402
-from datasets_scripts.prepared import PreparedData  # noqa: E402
-from datasets_scripts.splits import enforce_explanation_rules, fixed_negatives, leave_one_out  # noqa: E402
-from datasets_scripts.synthetic import SyntheticConfig, generate_synthetic  # noqa: E402
-from modeling_peapod import PeaPODConfig, PeaPODForConditionalGeneration, build_user_neighbors  # noqa: E402
-from training.collator import PeaPODDataCollator  # noqa: E402
-from training.evaluation import evaluate_checkpoint, markdown_table  # noqa: E402
+from datasets_scripts.build_dataset import build_dataset_dict
+from datasets_scripts.prepared import PreparedData
+from datasets_scripts.splits import (
+    enforce_explanation_rules,
+    fixed_negatives,
+    leave_one_out,
+)
+from datasets_scripts.synthetic import SyntheticConfig, generate_synthetic
+from modeling_peapod import (
+    PeaPODConfig,
+    PeaPODForConditionalGeneration,
+    build_user_neighbors,
+)
+from training.collator import PeaPODDataCollator
+from training.evaluation import evaluate_checkpoint, markdown_table
 
 # Small and fast, still the real protocol shape (100 candidates per top-n user).
 FAST = dict(batch_size=4, num_beams=10, top_k=5, max_explanation_tokens=8, show_progress=False)

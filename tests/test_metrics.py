@@ -115,7 +115,7 @@ def test_bleu_empty_reference_is_an_error_and_empty_prediction_scores_zero(bleu)
 def _random_corpus(seed, size=60):
     rng = random.Random(seed)
     vocab = ["The", "cat", "sat", "on", "mat", "a", "good", "price", "Quality", "is", "great", "fit", "small"]
-    sentence = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 14)))  # noqa: E731
+    sentence = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 14)))
     references = [sentence() for _ in range(size)]
     # Predictions share material with their reference so higher n-gram orders are non-zero.
     predictions = [" ".join(ref.split()[: rng.randint(2, 10)] + sentence().split()[:3]) for ref in references]

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,6 @@ from safetensors import safe_open
 from configuration_peapod import PeaPODConfig
 from modeling_peapod import (
     CollaborativePromptEncoder,
-    ItemIdTrie,
     PeaPODForConditionalGeneration,
     build_user_neighbors,
     compute_whole_word_ids,

@@ -5,7 +5,12 @@ import torch
 from PIL import Image
 
 from modeling_peapod import PeaPODForConditionalGeneration
-from training.plots import explain_user_main, heads_figure, plot_user_attention, user_attention
+from training.plots import (
+    explain_user_main,
+    heads_figure,
+    plot_user_attention,
+    user_attention,
+)
 
 
 def test_attention_heatmap_and_cli(tmp_path):

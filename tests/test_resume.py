@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from distributed_train_script import REPO_ROOT, run_training
 
 # 23 rows -> 13 batches of <= 2 per epoch; a checkpoint every 4 steps; killed right after checkpoint-16, i.e.
@@ -71,9 +70,14 @@ def test_sampler_epoch_is_set_from_the_trainer_state_at_each_epoch_start(tmp_pat
     # Trainer._run_epoch's set_epoch cannot reach the sampler (BatchSamplerShard has no set_epoch); the
     # trainer's callback must set it from TrainerState.epoch instead.
     from accelerate.data_loader import BatchSamplerShard
+    from distributed_train_script import (
+        RecordingCollator,
+        tiny_dataset,
+        tiny_model,
+        training_arguments,
+    )
     from transformers import TrainerControl, TrainerState
 
-    from distributed_train_script import RecordingCollator, tiny_dataset, tiny_model, training_arguments
     from training.trainer import PeaPODTrainer
 
     assert not hasattr(BatchSamplerShard([[0]], 2, 0), "set_epoch")

@@ -4,10 +4,20 @@ import json
 
 import pytest
 import torch
+from distributed_train_script import (
+    RecordingCollator,
+    tiny_dataset,
+    tiny_model,
+    training_arguments,
+)
 from safetensors import safe_open
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    TrainerCallback,
+)
 
-from distributed_train_script import RecordingCollator, tiny_dataset, tiny_model, training_arguments
 from training.collator import PeaPODDataCollator
 from training.sampler import TaskAlternatingBatchSampler
 from training.trainer import PeaPODTrainer

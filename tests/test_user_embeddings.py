@@ -181,7 +181,7 @@ def test_neighbors_equal_brute_force_on_random_data(backend, num_neighbors):
     # The float32 GEMM may order two users whose cosines differ by less than its rounding (~1e-7) either way:
     # a differing id is allowed only where the float64 cosine at that rank is the same to 1e-6.
     unit = torch.nn.functional.normalize(matrix.double(), dim=1)
-    cosine_at_rank = lambda ids: (unit[:, None, :] * unit[ids]).sum(-1)  # noqa: E731
+    cosine_at_rank = lambda ids: (unit[:, None, :] * unit[ids]).sum(-1)
     near_tie = (cosine_at_rank(table) - cosine_at_rank(expected)).abs() < 1e-6
     assert ((table == expected) | near_tie).all()
     assert (table == expected).all(1).float().mean() > 0.9

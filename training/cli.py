@@ -23,7 +23,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
 
 from configuration_peapod import NAMED_SHAPES
 from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from .evaluation import BASELINES, SPLITS, TASKS, evaluate_checkpoint, markdown_table, write_report
+from .evaluation import (
+    BASELINES,
+    SPLITS,
+    TASKS,
+    evaluate_checkpoint,
+    markdown_table,
+    write_report,
+)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from statistics import mean, pstdev
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForSeq2SeqLM, HfArgumentParser  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from transformers import AutoModelForSeq2SeqLM, HfArgumentParser
 
 
 def _save_figure(figure, output: str | os.PathLike) -> Path:
