@@ -4,7 +4,7 @@
 `load_prepared(path)` reads one back; see docs/data.md.
 """
 
-__all__ = ["PrepareArguments", "PreparedData", "load_prepared", "prepare"]
+__all__ = ["PrepareArguments", "PreparedData", "load_prepared", "prepare", "rebuild_dataset"]
 
 
 def __getattr__(name):

@@ -300,6 +300,37 @@ def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
     return lines
 
 
+def rebuild_dataset(path: str | os.PathLike, tokenizer: str | None = None, num_proc: int | None = None) -> Path:
+    """Re-create a prepared folder's tokenised `dataset/` from the folder's own files; returns its path.
+
+    The samples are a pure function of what the folder keeps (histories, fixed negatives, explanation splits,
+    seed) and the tokenizer, so the rebuilt dataset equals the one `prepare` wrote. This lets a prepared folder
+    travel without `dataset/`, most of its bytes (e.g. to a lent GPU machine, experiments/gpu/), and be rebuilt
+    there. `tokenizer` defaults to the one recorded in prepare_config.json; it must be the same tokenizer (a path
+    to a copy of it is fine). The new `dataset/` replaces the old one only once it is completely written.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    prepared = load_prepared(path, load_dataset=False)
+    tokenizer_name = tokenizer or prepared.config.get("arguments", {}).get("tokenizer")
+    if not tokenizer_name:
+        raise ValueError(f"{path / 'prepare_config.json'} names no tokenizer; pass tokenizer=")
+    if "seed" not in prepared.config:
+        raise ValueError(f"{path / 'prepare_config.json'} has no seed: cannot rebuild the samples it describes")
+    dataset = build_dataset_dict(
+        prepared.histories, prepared.num_items, prepared.negatives, prepared.explanations,
+        AutoTokenizer.from_pretrained(tokenizer_name), prepared.config["seed"], num_proc=num_proc,
+    )
+    temporary = Path(tempfile.mkdtemp(dir=path, prefix=".dataset.tmp-"))
+    try:
+        dataset.save_to_disk(str(temporary / "dataset"))
+        _replace_folder(temporary / "dataset", path / "dataset")
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return path / "dataset"
+
+
 def _replace_folder(temporary: Path, output: Path) -> None:
     """Rename `temporary` to `output`; an existing output is moved aside first and deleted only afterwards."""
     backup = None
@@ -327,7 +358,7 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
         raise FileNotFoundError(f"prepared folder {path} does not exist")
     config_path = path / "prepare_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    required = list(REQUIRED_FILES)
+    required = [name for name in REQUIRED_FILES if load_dataset or not name.startswith("dataset/")]
     if config.get("has_explanations"):
         required.append("explanation.json")
     if config.get("reindexed_items"):

@@ -1,7 +1,12 @@
-"""Collect experiments/results/*.json into one table (mean ± std over seeds) and the heads figure.
+"""Collect experiments/results/*.json into tables (mean ± std over seeds) and the heads figure.
 
-    python experiments/collect.py             # prints the table, writes experiments/results/README.md
+    python experiments/collect.py             # prints the summary, writes experiments/results/README.md (all tables)
     python experiments/collect.py --readme    # also replaces the block between the results markers in README.md
+
+Records are grouped into sections by data (dataset, id space, user slice) and budget (shape, steps, time box,
+batch, lr, evaluated users): only rows of one section are comparable. Baselines come from the records themselves
+or, for runs made without them (the GPU script), from the `baselines-<prepared folder>-<N>users.json` files that
+`run.py --baselines_only` writes for the same prepared folder and users.
 """
 
 from __future__ import annotations
@@ -21,51 +26,123 @@ COLUMNS = {
     "topn_likelihood": ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"),
     "explanation": ("bleu4", "rouge1", "rouge2", "rougeL"),
 }
-BASELINE_TASKS = {"sequential": "sequential", "topn": "topn_beam"}  # baseline rankings sit beside these rows
+# The README's one-line-per-row summary: (column title, result task, metric).
+SUMMARY = (("seq HR@10", "sequential", "hr@10"), ("seq NDCG@10", "sequential", "ndcg@10"),
+           ("top-n HR@10", "topn_beam", "hr@10"), ("top-n NDCG@10", "topn_beam", "ndcg@10"),
+           ("top-n HR@10 (likelihood)", "topn_likelihood", "hr@10"), ("BLEU-4", "explanation", "bleu4"),
+           ("ROUGE-L", "explanation", "rougeL"))
+BASELINE_TASKS = {"sequential": "sequential", "topn_beam": "topn"}  # result task -> the baselines' task name
+BUDGET_KEYS = ("shape", "max_steps", "max_train_seconds", "batch_size", "learning_rate", "eval_users", "num_beams")
 
 
 def load_records() -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*-seed*.json"))]
 
 
+def load_baseline_files() -> dict[tuple[str, int], dict]:
+    files = {}
+    for path in sorted(RESULTS.glob("baselines-*.json")):
+        record = json.loads(path.read_text())
+        files[(record["prepared"], record["eval_users"])] = record["baselines"]
+    return files
+
+
 def summarise(values: list[float]) -> str:
     return f"{mean(values):.4f} ± {pstdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def tables(records: list[dict]) -> str:
-    grouped: dict[tuple, list[dict]] = defaultdict(list)
+def section_key(record: dict) -> tuple:
+    config = record["config"]
+    return (record["dataset"], bool(record["reindex_items"]), config.get("max_users") or 0,
+            *(config.get(key) or 0 for key in BUDGET_KEYS))
+
+
+def section_title(record: dict) -> str:
+    config = record["config"]
+    users = f"first {config['max_users']:,} users" if config.get("max_users") else "all users"
+    space = "re-indexed ids" if record["reindex_items"] else "P5 ids"
+    budget = f"{config['max_steps']} steps" if not config.get("max_train_seconds") else (
+        f"time-boxed to {config['max_train_seconds']} s of training")
+    return (f"{record['dataset']} ({users}), {space} — {config['shape']} shape, random init, {budget} of batch "
+            f"{config['batch_size']}, lr {config['learning_rate']}, test split, first {config['eval_users']} "
+            f"users, {config['num_beams']} beams; hardware: {record['hardware']}")
+
+
+def section_baselines(records: list[dict], files: dict) -> dict:
     for record in records:
-        space = "re-indexed ids" if record["reindex_items"] else "P5 ids"
-        grouped[(record["dataset"], space, record["model"])].append(record)
+        if record.get("baselines"):
+            return record["baselines"]
+    return files.get((records[0].get("prepared"), records[0]["config"]["eval_users"]), {})
+
+
+def sections(records: list[dict]) -> list[tuple[str, dict[str, list[dict]], dict]]:
+    """[(title, {model: records}, baselines)] in a stable order."""
+    grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        grouped[section_key(record)][record["model"]].append(record)
+    files = load_baseline_files()
+    out = []
+    for key in sorted(grouped, key=str):
+        rows = grouped[key]
+        every = [r for group in rows.values() for r in group]
+        out.append((section_title(every[0]), dict(sorted(rows.items())), section_baselines(every, files)))
+    return out
+
+
+def full_tables(records: list[dict]) -> str:
     lines = []
-    for dataset, space in sorted({key[:2] for key in grouped}):
-        rows = {model: group for (d, s, model), group in grouped.items() if (d, s) == (dataset, space)}
-        some = next(iter(rows.values()))[0]
-        config = some["config"]
-        lines += [f"\n**{dataset}, {space}** — {config['shape']} shape, random init, {config['max_steps']} steps of "
-                  f"batch {config['batch_size']}, lr {config['learning_rate']}, test split, first "
-                  f"{config['eval_users']} users, {config['num_beams']} beams; mean ± std (population) over the "
-                  f"seeds counted in each row; hardware: {some['hardware']}.\n"]
+    for title, rows, baselines in sections(records):
+        lines.append(f"\n**{title}.** Mean ± std (population) over the seeds counted in each row.\n")
         for task, metrics in COLUMNS.items():
             if not any(task in r["results"] for group in rows.values() for r in group):
                 continue
             lines.append(f"| {task} | seeds | " + " | ".join(metrics) + " |")
             lines.append("|---" * (len(metrics) + 2) + "|")
-            for model, group in sorted(rows.items()):
+            for model, group in rows.items():
                 present = [r for r in group if task in r["results"]]
                 if present:
                     cells = [summarise([r["results"][task][m] for r in present]) for m in metrics]
                     lines.append(f"| {model} | {len(present)} | " + " | ".join(cells) + " |")
-            baseline_task = {v: k for k, v in BASELINE_TASKS.items()}.get(task)
-            if baseline_task:
-                for name, by_task in sorted(some["baselines"].items()):
-                    if baseline_task in by_task:
-                        cells = [f"{by_task[baseline_task][m]:.4f}" for m in metrics]
-                        lines.append(f"| {name} (baseline) | – | " + " | ".join(cells) + " |")
+            for name, by_task in sorted(baselines.items()):
+                if BASELINE_TASKS.get(task) in by_task:
+                    cells = [f"{by_task[BASELINE_TASKS[task]][m]:.4f}" for m in metrics]
+                    lines.append(f"| {name} (baseline) | – | " + " | ".join(cells) + " |")
             lines.append("")
         seconds = [r["train_seconds"] for group in rows.values() for r in group]
-        lines.append(f"Training wall time per run: {min(seconds):.0f}-{max(seconds):.0f} s.\n")
+        steps = sorted({r.get("train_steps") for group in rows.values() for r in group} - {None})
+        lines.append(f"Training wall time per run: {min(seconds):.0f}-{max(seconds):.0f} s"
+                     + (f"; optimizer steps: {steps[0]}-{steps[-1]}" if steps else "") + ".\n")
     return "\n".join(lines)
+
+
+def summary_table(records: list[dict]) -> str:
+    lines = []
+    for title, rows, baselines in sections(records):
+        columns = [c for c in SUMMARY if any(c[1] in r["results"] for g in rows.values() for r in g)]
+        lines += [f"\n**{title}.**\n", "| model | seeds | " + " | ".join(c[0] for c in columns) + " |",
+                  "|---" * (len(columns) + 2) + "|"]
+        for model, group in rows.items():
+            cells = [summarise([r["results"][task][m] for r in group if task in r["results"]]) for _, task, m in
+                     columns]
+            lines.append(f"| {model} | {len(group)} | " + " | ".join(cells) + " |")
+        for name, by_task in sorted(baselines.items()):
+            cells = [f"{by_task[BASELINE_TASKS[task]][m]:.4f}" if BASELINE_TASKS.get(task) in by_task else "–"
+                     for _, task, m in columns]
+            lines.append(f"| {name} (baseline) | – | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def heads_records(records: list[dict]) -> list[dict]:
+    """The section with the most distinct head counts (PeaPOD with task prompts; MLP counts as 0 heads)."""
+    best: list[dict] = []
+    by_section: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        if record["model"].startswith("PeaPOD") and "no task" not in record["model"]:
+            by_section[section_key(record)].append(record)
+    for group in by_section.values():
+        if len({r["heads"] for r in group}) > len({r["heads"] for r in best}):
+            best = group
+    return best
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -75,23 +152,25 @@ def main(argv: list[str] | None = None) -> str:
     records = load_records()
     if not records:
         raise SystemExit(f"no results in {RESULTS}: run experiments/run.py first")
-    text = tables(records)
-    (RESULTS / "README.md").write_text("# Experiment results (generated by experiments/collect.py)\n" + text + "\n")
-    heads = [r for r in records if r["dataset"] == records[0]["dataset"] and r["model"].startswith("PeaPOD")
-             and "no task" not in r["model"]]
+    summary = summary_table(records)
+    (RESULTS / "README.md").write_text("# Experiment results (generated by experiments/collect.py)\n"
+                                       + full_tables(records) + "\n")
+    heads = heads_records(records)
     if len({r["heads"] for r in heads}) > 1:
         from training.plots import heads_figure
 
         heads_figure(heads, "ndcg@10", RESULTS / "heads.png")
+        summary += (f"\n![metric vs heads](experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
+                    f"number of heads (0 = MLP) on {section_title(heads[0]).split(' — ')[0]}.\n")
     if args.readme:
         readme = (ROOT / "README.md").read_text()
         if START not in readme or END not in readme:
             raise SystemExit(f"README.md lacks the {START} ... {END} markers")
         before, rest = readme.split(START, 1)
         _, after = rest.split(END, 1)
-        (ROOT / "README.md").write_text(before + START + "\n" + text + "\n" + END + after)
-    print(text)
-    return text
+        (ROOT / "README.md").write_text(before + START + "\n" + summary + "\n" + END + after)
+    print(summary)
+    return summary
 
 
 if __name__ == "__main__":

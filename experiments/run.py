@@ -1,12 +1,19 @@
 """One experiment row: prepare (cached) -> train -> evaluate on the test split, for each seed; results as JSON.
 
-    python experiments/run.py experiments/configs/instruments-mha.yaml            # the config's seeds
-    python experiments/run.py experiments/configs/instruments-mha.yaml --seeds 0  # one seed
+    python experiments/run.py experiments/configs/instruments-p5-peapod.yaml            # the config's seeds
+    python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --seeds 0  # one seed
+    python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --baselines_only
 
 A config (YAML) names the data (`dataset`: synthetic | beauty | toys | instruments, `reindex_items`,
 `max_users`), the model row (`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the
-budget (`max_steps`, `batch_size`, `learning_rate`, `eval_users`). Prepared folders are cached under
-`prepared/`; checkpoints go to `runs/experiments/`; each (row, seed) writes `experiments/results/<row>-seed<k>.json`.
+budget (`max_steps`, `max_train_seconds`, `batch_size`, `learning_rate`, `eval_users`). Prepared folders are
+cached under `prepared/`; checkpoints go to `runs/experiments/`; each (row, seed) writes
+`experiments/results/<row>-seed<k>.json`. Training and evaluation use the GPU when there is one.
+
+The popularity and PMF baselines depend on the data and the evaluated users only (PMF scores with the prepared
+folder's own PMF factors), so `--baselines_only` writes them once per prepared folder as
+`experiments/results/baselines-<folder>-<users>users.json`; `--baselines` (none) skips them in model runs, as the
+GPU script does (experiments/gpu/).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ DEFAULTS = dict(
     dataset="synthetic", reindex_items=False, max_users=None, shape="tiny", prompt_encoder="mha",
     prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=300,
     batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
-    max_source_length=1024, data_seed=0,
+    max_source_length=1024, data_seed=0, max_train_seconds=None, lr_scheduler_type="linear", warmup_steps=None,
 )
+BASELINES = ("popularity", "pmf")
 
 
 def load_config(path: str) -> dict:
@@ -58,7 +66,8 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
     return folder
 
 
-def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str) -> dict:
+def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
+    import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from datasets_scripts import load_prepared
@@ -73,31 +82,63 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str) -> dic
         "--prompt_encoder_heads", str(config["prompt_encoder_heads"]),
         "--use_task_prompts", str(config["use_task_prompts"]), "--max_steps", str(config["max_steps"]),
         "--per_device_train_batch_size", str(config["batch_size"]), "--learning_rate", str(config["learning_rate"]),
-        "--warmup_steps", str(config["max_steps"] // 20), "--eval_strategy", "no", "--save_strategy", "no",
+        "--warmup_steps", str(config["max_steps"] // 20 if config["warmup_steps"] is None else config["warmup_steps"]),
+        "--lr_scheduler_type", config["lr_scheduler_type"], "--eval_strategy", "no", "--save_strategy", "no",
         "--logging_steps", str(max(config["max_steps"] // 10, 1)), "--seed", str(seed), "--report_to", "none",
         "--overwrite_output_dir", "True", "--disable_tqdm", "True", "--max_eval_samples_per_task", "64",
         "--max_source_length", str(config["max_source_length"]),
     ]
     if config["tasks"]:
         arguments += ["--tasks", *config["tasks"]]
+    if config["max_train_seconds"]:
+        arguments += ["--max_train_seconds", str(config["max_train_seconds"])]
     train_metrics = cli.main(arguments)
     train_seconds = time.perf_counter() - started
-    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval().to(device)
     prepared = load_prepared(prepared_dir)
     tasks = [t for t in (config["tasks"] or ("sequential", "topn", "explanation"))
              if f"{t}_test" in prepared.dataset]
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
     report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=tasks,
                                  max_users=config["eval_users"], num_beams=config["num_beams"],
-                                 baselines=("popularity", "pmf"), seed=seed, show_progress=False)
+                                 baselines=baselines, seed=seed, show_progress=False)
     heads = 0 if config["prompt_encoder"] == "mlp" else config["prompt_encoder_heads"]
     return {
-        "row": config["name"], "seed": seed, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
+        "row": config["name"], "seed": seed, "dataset": config["dataset"], "prepared": prepared_dir.name, "reindex_items": config["reindex_items"],
         "model": model_label(config), "heads": heads, "config": {k: v for k, v in config.items() if k != "seeds"},
         "results": report["results"], "baselines": report["baselines"], "users": report["users"],
         "train_loss": train_metrics.get("train_loss"), "train_seconds": round(train_seconds, 1),
+        "train_steps": train_metrics.get("global_step"),
+        "time_budget_stopped_at_step": train_metrics.get("time_budget_stopped_at_step"),
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1), "hardware": cli.hardware_description(),
     }
+
+
+def run_baselines(config: dict, prepared_dir: Path, tokenizer: str) -> dict:
+    """The baselines alone on the rows a model run of `config` evaluates (same split, users and candidates)."""
+    from transformers import AutoTokenizer
+
+    from datasets_scripts import load_prepared
+    from training import cli
+    from training.evaluation import evaluate_checkpoint
+
+    prepared = load_prepared(prepared_dir)
+    tasks = [t for t in (config["tasks"] or ("sequential", "topn")) if t != "explanation" and f"{t}_test" in
+             prepared.dataset]
+    report = evaluate_checkpoint(None, AutoTokenizer.from_pretrained(tokenizer), prepared, split="test", tasks=tasks,
+                                 max_users=config["eval_users"], baselines=BASELINES, seed=config["data_seed"],
+                                 show_progress=False)
+    return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
+            "eval_users": config["eval_users"], "baselines": report["baselines"], "users": report["users"],
+            "hardware": cli.hardware_description()}
+
+
+def write_json(target: Path, record: dict) -> None:
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
+    temporary.replace(target)
+    print(f"{target.relative_to(ROOT)}: {json.dumps(record.get('results', record.get('baselines')))}", flush=True)
 
 
 def model_label(config: dict) -> str:
@@ -114,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="*")
     parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                        help="Baselines evaluated beside each model run (none: --baselines with no names).")
+    parser.add_argument("--baselines_only", action="store_true", help="Write the baselines file and stop.")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     shared = Path(args.shared_dir)
@@ -121,13 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     prepared_dir = prepared_folder(config, shared, tokenizer)
     results_dir = ROOT / "experiments" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.baselines_only:
+        name = f"baselines-{prepared_dir.name}-{config['eval_users']}users.json"
+        write_json(results_dir / name, run_baselines(config, prepared_dir, tokenizer))
+        return
     for seed in args.seeds if args.seeds is not None else config["seeds"]:
-        record = run_seed(config, seed, prepared_dir, tokenizer)
-        target = results_dir / f"{config['name']}-seed{seed}.json"
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-        temporary.replace(target)
-        print(f"{target.relative_to(ROOT)}: {json.dumps(record['results'])}")
+        record = run_seed(config, seed, prepared_dir, tokenizer, tuple(args.baselines))
+        write_json(results_dir / f"{config['name']}-seed{seed}.json", record)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,25 @@ def test_train_writes_a_complete_hub_folder(prepared, tmp_path):
         cli.main(train_arguments(prepared, output, "--prompt_encoder", "mlp"))
 
 
+def test_time_box_stops_training_and_still_saves(prepared, tmp_path):
+    output = tmp_path / "boxed"
+    metrics = cli.main(train_arguments(prepared, output, "--max_steps", "100000", "--max_train_seconds", "1"))
+    assert 0 < metrics["global_step"] < 100000
+    assert metrics["time_budget_stopped_at_step"] == metrics["global_step"]
+    assert (output / "model.safetensors").exists()
+    assert "time-boxed to 1 s" in (output / "README.md").read_text()
+    # A run that ends before its time box says so (no stop step).
+    metrics = cli.main(train_arguments(prepared, tmp_path / "roomy", "--max_train_seconds", "3600"))
+    assert metrics["global_step"] == 2 and metrics["time_budget_stopped_at_step"] is None
+
+
+def test_time_box_must_be_positive():
+    from training.trainer import TimeBudgetCallback
+
+    with pytest.raises(ValueError, match="max_train_seconds must be positive, got 0"):
+        TimeBudgetCallback(0)
+
+
 def test_refusals_before_training(prepared, tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets_scripts import load_prepared, prepare
+from datasets_scripts import load_prepared, prepare, rebuild_dataset
 from datasets_scripts.cli import format_summary, main
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "t5"
@@ -101,6 +101,26 @@ def test_reindexed_pmf_variant(prepared, tmp_path, tokenizer_dir):
     train_pairs = {(r["user"], r["item"]) for r in reindexed.explanations["train"]}
     eval_pairs = {(user, items[-k]) for user, items in reindexed.histories.items() for k in (1, 2)}
     assert not train_pairs & eval_pairs
+
+
+@pytest.mark.parametrize("reindex_items", [False, True])
+def test_rebuilt_dataset_equals_the_prepared_one(prepared, tmp_path, tokenizer_dir, user_matrix, reindex_items):
+    original = prepared[0]
+    if reindex_items:
+        original = tmp_path / "reindexed"
+        prepare(original, synthetic=True, max_users=40, tokenizer=tokenizer_dir, embedding=str(user_matrix),
+                num_neighbors=5, reindex_items=True)
+    light = tmp_path / "light"
+    shutil.copytree(original, light, ignore=shutil.ignore_patterns("dataset"))
+    with pytest.raises(FileNotFoundError, match="missing dataset/dataset_dict.json"):
+        load_prepared(light)
+    rebuild_dataset(light, tokenizer=tokenizer_dir)
+    expected, rebuilt = load_prepared(original).dataset, load_prepared(light).dataset
+    assert set(rebuilt) == set(expected) and "explanation_train" in rebuilt
+    for name in expected:
+        assert rebuilt[name].features == expected[name].features
+        assert rebuilt[name].to_dict() == expected[name].to_dict(), name
+    assert [p.name for p in light.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
 def test_missing_piece_is_named(prepared, tmp_path):

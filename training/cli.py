@@ -86,6 +86,9 @@ class DataArguments:
         default=1024, metadata={"help": "Longer sources lose their oldest tokens (top-n prompts are ~500-600)."}
     )
     max_target_length: int = field(default=128, metadata={"help": "A longer target is an error, never cut."})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
     )
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     from training.collator import PeaPODDataCollator
     from training.hub import push_folder_to_hub
     from training.model_card import TrainingSummary, write_model_card
-    from training.trainer import PeaPODTrainer
+    from training.trainer import PeaPODTrainer, TimeBudgetCallback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, training_args = parse_arguments(argv)
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
         base_model=None if resolve_base_model(model_args)[1] or model_args.random_init else model_args.base_model,
         base_shape=model_args.base_model.removeprefix("random:"),
         optimisation=f"AdamW lr {training_args.learning_rate}, batch {training_args.per_device_train_batch_size} "
-                     f"per device, {training_args.num_train_epochs} epochs (max_steps {training_args.max_steps})",
+                     f"per device, {training_args.num_train_epochs} epochs (max_steps {training_args.max_steps})"
+                     + (f", time-boxed to {data_args.max_train_seconds:g} s" if data_args.max_train_seconds else ""),
         seed=training_args.seed, hardware=hardware_description(), repo_id=training_args.hub_model_id or
         "path/to/this-folder",
     )
@@ -305,10 +309,17 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
         processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
     )
+    time_budget = None
+    if data_args.max_train_seconds is not None:
+        time_budget = TimeBudgetCallback(data_args.max_train_seconds)
+        trainer.add_callback(time_budget)
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     summary.train_time = f"{time.perf_counter() - started:.0f} s"
     metrics = dict(train_result.metrics)
+    metrics["global_step"] = trainer.state.global_step
+    if time_budget is not None:
+        metrics["time_budget_stopped_at_step"] = time_budget.stopped_at_step
     if eval_sets:
         metrics.update(trainer.evaluate())
     trainer.save_model(training_args.output_dir)

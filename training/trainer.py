@@ -256,6 +256,30 @@ class PeaPODTrainer(Seq2SeqTrainer):
         write_model_card(output_dir, model.config, summary)
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training once `seconds` of it have passed (time-boxed runs, e.g. a lent GPU's minutes).
+
+    The stop is the Trainer's own (`should_training_stop`), so whatever follows a finished run (final save, model
+    card, evaluation) still happens; `stopped_at_step` says where it cut (None: the run ended first). The clock
+    starts at `on_train_begin`, so model loading and data preparation do not count.
+    """
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f"max_train_seconds must be positive, got {seconds}")
+        self.seconds = seconds
+        self.stopped_at_step: int | None = None
+        self._started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self._started >= self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+
+
 class _SamplerEpochCallback(TrainerCallback):
     """Sets the task-alternating sampler's epoch at every epoch start, resumed epochs included.
 
