@@ -191,8 +191,9 @@ def _content_word(word: str) -> bool:
     return len(word) >= 3 and word.isalpha() and word not in STOP_WORDS
 
 
-def mine_features(texts: list[str], config: ExtractorConfig = ExtractorConfig()) -> list[str]:
+def mine_features(texts: list[str], config: ExtractorConfig | None = None) -> list[str]:
     """The feature vocabulary of a corpus (module docstring, step 4): most frequent first."""
+    config = config or ExtractorConfig()
     review_count: Counter = Counter()
     occurrences: Counter = Counter()
     after_determiner: Counter = Counter()
@@ -258,9 +259,10 @@ def _contains_whole_words(sentence: str, feature: str) -> bool:
 
 
 def extract_explanation(
-    text: str, vocabulary: frozenset[str], config: ExtractorConfig = ExtractorConfig()
+    text: str, vocabulary: frozenset[str], config: ExtractorConfig | None = None
 ) -> tuple[str, str] | None:
     """(sentence, feature) chosen from one review by the rules of the module docstring, or None."""
+    config = config or ExtractorConfig()
     best, best_key = None, None
     for index, sentence in enumerate(split_sentences(text)):
         words = words_of(sentence)
@@ -284,9 +286,10 @@ def reviews_to_p5(
     path: str | os.PathLike,
     k: int = 5,
     seed: int = 0,
-    extractor: ExtractorConfig = ExtractorConfig(),
+    extractor: ExtractorConfig | None = None,
 ) -> P5Data:
     """Read a raw review dump and return P5 data with extracted, split explanations (module docstring)."""
+    extractor = extractor or ExtractorConfig()
     if k < 3:
         raise ValueError(f"k={k}: leave-one-out needs every user to keep at least 3 items, use k >= 3")
     raw = read_reviews(path)

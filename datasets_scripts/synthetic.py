@@ -84,8 +84,9 @@ class SyntheticConfig:
             raise ValueError("p_chain + p_category must be within [0, 1]")
 
 
-def generate_synthetic(config: SyntheticConfig = SyntheticConfig()) -> P5Data:
+def generate_synthetic(config: SyntheticConfig | None = None) -> P5Data:
     """The synthetic data set as P5 data (histories, datamaps, split explanations); see the module docstring."""
+    config = config or SyntheticConfig()
     config.validate()
     rng = np.random.default_rng(config.seed)
     items = rng.permutation(config.num_items) + 1
