@@ -56,3 +56,23 @@ def test_collect_groups_by_data_and_budget_and_finds_baselines_files(tmp_path, m
     assert tiny_p5[2]["popularity"]["topn"]["hr@10"] == 0.21
     table = collect.summary_table(records)
     assert "| PeaPOD | 2 | 0.3000 ± 0.1000 |" in table and "| popularity (baseline) | – | 0.2100 |" in table
+
+
+def test_a_row_runs_and_its_baselines_alone_match_the_in_run_ones(tmp_path, monkeypatch, tokenizer):
+    from conftest import TOKENIZER_DIR
+
+    from datasets_scripts import prepare
+
+    folder = tmp_path / "prepared"
+    prepare(folder, synthetic=True, tokenizer=str(TOKENIZER_DIR), max_users=30, embedding_dim=8, num_neighbors=3,
+            pmf_max_iter=5)
+    monkeypatch.setattr(run, "ROOT", tmp_path)  # checkpoints under tmp_path/runs/experiments
+    config = {**run.DEFAULTS, "name": "tiny-row", "max_steps": 2, "batch_size": 4, "eval_users": 5, "num_beams": 10,
+              "tasks": ["sequential", "topn"]}
+    record = run.run_seed(config, 0, folder, str(TOKENIZER_DIR))
+    assert record["train_steps"] == 2 and record["time_budget_stopped_at_step"] is None
+    assert record["prepared"] == "prepared" and record["model"] == "PeaPOD"
+    assert {name: metrics["num_users"] for name, metrics in record["results"].items()} == {
+        "sequential": 5, "topn_beam": 5, "topn_likelihood": 5}
+    alone = run.run_baselines(config, folder, str(TOKENIZER_DIR))
+    assert alone["baselines"] == record["baselines"] and set(alone["baselines"]) == {"popularity", "pmf"}
