@@ -198,3 +198,16 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
     assert written["results"] == report["results"]
     assert set(written["baselines"]) == {"popularity", "pmf"}
     assert "| popularity |" in (output / "results.md").read_text()
+    # --update_model_card puts the numbers into the checkpoint's card (model-index and a section).
+    from huggingface_hub import ModelCard
+
+    from training.model_card import TrainingSummary, write_model_card
+
+    write_model_card(checkpoint, model.config, TrainingSummary(dataset_name="synthetic"))
+    main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
+          "--num_beams", "4", "--top_k", "2", "--update_model_card", "True"])
+    card = ModelCard.load(checkpoint / "README.md")
+    assert {r.metric_type for r in card.data.eval_results} >= {"hr@1", "ndcg@5"}
+    assert "`peapod-evaluate` on `unused`: test split, 2 users, 4 beams" in card.text
+    with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
+        main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])

@@ -6,7 +6,7 @@ from huggingface_hub import ModelCard
 
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.hub import check_hub_folder, push_folder_to_hub
-from training.model_card import TrainingSummary, write_model_card
+from training.model_card import TrainingSummary, add_evaluation_to_card, write_model_card
 
 
 @pytest.fixture
@@ -45,6 +45,26 @@ def test_card_without_results_has_no_model_index(checkpoint):
     card = ModelCard.load(folder / "README.md")
     assert "model-index" not in card.data.to_dict() and card.data.base_model == "t5-small"
     assert "No pretrained T5 weights" not in card.text
+
+
+def test_evaluation_goes_into_the_card_once_per_split(checkpoint, tmp_path):
+    model, folder = checkpoint
+    summary = TrainingSummary(dataset_name="beauty", results={"sequential": {"hr@10": 0.25}}, eval_split="validation")
+    write_model_card(folder, model.config, summary)
+    report = {"split": "test", "results": {"topn_beam": {"hr@10": 0.5, "num_users": 4}}}
+    add_evaluation_to_card(folder, report, "first run")
+    report["results"]["topn_beam"]["hr@10"] = 0.75
+    add_evaluation_to_card(folder, report, "second run")
+    card = ModelCard.load(folder / "README.md")
+    splits = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert splits == {("validation", "hr@10"): 0.25, ("test", "hr@10"): 0.75}  # the test split's entry replaced
+    text = card.text
+    assert text.count("## Evaluation (test split)") == 1 and "second run" in text and "first run" not in text
+    assert "| topn_beam | hr@10 | 0.7500 |" in text and "num_users" not in text.split("## Evaluation (test")[1]
+    assert text.index("## Evaluation (test split)") < text.index("## Use")  # before the usage section
+    assert "## Evaluation (validation split)" in text  # the training-time section stays
+    with pytest.raises(FileNotFoundError, match="README.md does not exist: train with peapod-train"):
+        add_evaluation_to_card(tmp_path, report, "x")
 
 
 class RecordingApi:

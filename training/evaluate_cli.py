@@ -52,6 +52,9 @@ class EvaluateArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results.json and results.md."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available)."})
     seed: int = field(default=0, metadata={"help": "Seed set before evaluation (decoding itself is deterministic)."})
+    update_model_card: bool = field(
+        default=False, metadata={"help": "Write the results into the checkpoint's model card (table + model-index)."}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--split must be one of {SPLITS}, got {args.split!r}")
     if args.checkpoint is None and not args.baselines:
         raise ValueError("give --checkpoint, --baselines, or both")
+    if args.update_model_card and args.checkpoint is None:
+        raise ValueError("--update_model_card needs --checkpoint (the card to update is the checkpoint's README.md)")
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint folder {args.checkpoint} does not exist")
 
@@ -93,6 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(json.dumps(report["results"], indent=2))
     print(markdown_table(report, model_name))
+    if args.update_model_card:
+        from .model_card import add_evaluation_to_card
+
+        users = report["users"]["evaluated_per_task"]
+        description = (
+            f"`peapod-evaluate` on `{Path(args.prepared_dir).name}`: {args.split} split, "
+            f"{max(users.values(), default=0)} users, {args.num_beams} beams constrained to valid item ids, top-n over "
+            f"the 100 fixed candidates (by beam search and by likelihood); explanation by beam search."
+        )
+        print(f"updated {add_evaluation_to_card(args.checkpoint, report, description)}")
     return report
 
 

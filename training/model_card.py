@@ -60,14 +60,14 @@ def _results_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows) if results else ""
 
 
-def _eval_results(summary: TrainingSummary) -> list[EvalResult]:
+def _eval_results(results: dict[str, dict[str, float]], dataset_name: str, split: str) -> list[EvalResult]:
     return [
         EvalResult(
             task_type="text2text-generation", task_name=f"{task} recommendation" if task != "explanation" else task,
-            dataset_type=summary.dataset_name, dataset_name=summary.dataset_name, dataset_split=summary.eval_split,
+            dataset_type=dataset_name, dataset_name=dataset_name, dataset_split=split,
             metric_type=metric, metric_name=metric, metric_value=float(value),
         )
-        for task, metrics in summary.results.items()
+        for task, metrics in results.items()
         for metric, value in _metrics(metrics).items()
     ]
 
@@ -89,7 +89,7 @@ def build_model_card(config, summary: TrainingSummary) -> ModelCard:
         datasets=[summary.dataset_name],
         base_model=summary.base_model,
         model_name=f"PeaPOD ({variant}) on {summary.dataset_name}",
-        eval_results=_eval_results(summary) or None,
+        eval_results=_eval_results(summary.results, summary.dataset_name, summary.eval_split) or None,
     )
     limitations = list(BASE_LIMITATIONS) + summary.extra_limitations
     if summary.base_model is None:
@@ -133,13 +133,49 @@ def build_model_card(config, summary: TrainingSummary) -> ModelCard:
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, config, summary: TrainingSummary) -> Path:
-    """Write `README.md` into a checkpoint folder (atomically: a temporary file renamed into place)."""
-    card = build_model_card(config, summary)
-    output_dir = Path(output_dir)
+def _write_card(output_dir: Path, card: ModelCard) -> Path:
+    """Write `README.md` atomically: a temporary file renamed into place."""
     handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".README.", suffix=".tmp")
     os.close(handle)
     Path(temporary).write_text(str(card), encoding="utf-8")
     target = output_dir / "README.md"
     os.replace(temporary, target)
     return target
+
+
+def write_model_card(output_dir: str | os.PathLike, config, summary: TrainingSummary) -> Path:
+    """Write `README.md` into a checkpoint folder (atomically: a temporary file renamed into place)."""
+    return _write_card(Path(output_dir), build_model_card(config, summary))
+
+
+def add_evaluation_to_card(checkpoint: str | os.PathLike, report: dict, description: str) -> Path:
+    """Put an evaluation report (`evaluate_checkpoint`'s) into a checkpoint's model card.
+
+    The card's `model-index` gets the report's metrics for its split (replacing earlier ones of that split and
+    dataset), and the Markdown gets an "Evaluation" section with the table and `description` (how the numbers were
+    made), replacing an earlier section of the same split. Baselines stay out of the model-index: they are not
+    this model's results. Written atomically.
+    """
+    folder = Path(checkpoint)
+    path = folder / "README.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: train with peapod-train (it writes the card) first")
+    card = ModelCard.load(path)
+    split = report["split"]
+    dataset = (card.data.datasets or ["unknown"])[0]
+    kept = [r for r in (card.data.eval_results or []) if (r.dataset_split, r.dataset_name) != (split, dataset)]
+    card.data.eval_results = kept + _eval_results(report["results"], dataset, split) or None
+    if card.data.eval_results and not card.data.model_name:
+        card.data.model_name = folder.name  # the Hub requires a model name beside a model-index
+    heading = f"## Evaluation ({split} split)"
+    section = f"{heading}\n\n{description}\n\n{_results_table(report['results'])}\n"
+    text = card.text
+    if heading in text:  # replace the earlier section, up to the next heading
+        before, rest = text.split(heading, 1)
+        next_heading = rest.find("\n## ")
+        text = before + section + ("\n" + rest[next_heading + 1:] if next_heading >= 0 else "")
+    else:
+        marker = "\n## Use\n"
+        text = text.replace(marker, f"\n{section}{marker}", 1) if marker in text else f"{text}\n{section}"
+    card.text = text
+    return _write_card(folder, card)
