@@ -108,6 +108,7 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
         "row": config["name"], "seed": seed, "dataset": config["dataset"], "prepared": prepared_dir.name, "reindex_items": config["reindex_items"],
         "model": model_label(config), "heads": heads, "config": {k: v for k, v in config.items() if k != "seeds"},
         "results": report["results"], "baselines": report["baselines"], "users": report["users"],
+        "explanation_examples": report.get("explanations", {}).get("first_predictions"),
         "train_loss": train_metrics.get("train_loss"), "train_seconds": round(train_seconds, 1),
         "train_steps": train_metrics.get("global_step"),
         "time_budget_stopped_at_step": train_metrics.get("time_budget_stopped_at_step"),
