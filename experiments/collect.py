@@ -57,15 +57,19 @@ def section_key(record: dict) -> tuple:
             *(config.get(key) or 0 for key in BUDGET_KEYS))
 
 
-def section_title(record: dict) -> str:
-    config = record["config"]
+def section_title(records: list[dict]) -> str:
+    record, config = records[0], records[0]["config"]
+    runs = defaultdict(int)
+    for each in records:
+        runs[each["hardware"]] += 1
+    hardware = ", ".join(f"{name} ({count} run{'s' * (count > 1)})" for name, count in sorted(runs.items()))
     users = f"first {config['max_users']:,} users" if config.get("max_users") else "all users"
     space = "re-indexed ids" if record["reindex_items"] else "P5 ids"
     budget = f"{config['max_steps']} steps" if not config.get("max_train_seconds") else (
         f"time-boxed to {config['max_train_seconds']} s of training")
     return (f"{record['dataset']} ({users}), {space} — {config['shape']} shape, random init, {budget} of batch "
             f"{config['batch_size']}, lr {config['learning_rate']}, test split, first {config['eval_users']} "
-            f"users, {config['num_beams']} beams; hardware: {record['hardware']}")
+            f"users, {config['num_beams']} beams; hardware: {hardware}")
 
 
 def section_baselines(records: list[dict], files: dict) -> dict:
@@ -85,7 +89,7 @@ def sections(records: list[dict]) -> list[tuple[str, dict[str, list[dict]], dict
     for key in sorted(grouped, key=str):
         rows = grouped[key]
         every = [r for group in rows.values() for r in group]
-        out.append((section_title(every[0]), dict(sorted(rows.items())), section_baselines(every, files)))
+        out.append((section_title(every), dict(sorted(rows.items())), section_baselines(every, files)))
     return out
 
 
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> str:
 
         heads_figure(heads, "ndcg@10", RESULTS / "heads.png")
         summary += (f"\n![metric vs heads](experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
-                    f"number of heads (0 = MLP) on {section_title(heads[0]).split(' — ')[0]}.\n")
+                    f"number of heads (0 = MLP) on {section_title(heads).split(' — ')[0]}.\n")
     if args.readme:
         readme = (ROOT / "README.md").read_text()
         if START not in readme or END not in readme:

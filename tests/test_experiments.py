@@ -9,9 +9,9 @@ import pytest
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import collect  # noqa: E402
-import grid  # noqa: E402
-import run  # noqa: E402
+import collect
+import grid
+import run
 
 
 def write_config(folder: Path, name: str, text: str) -> str:
@@ -50,8 +50,7 @@ def test_collect_groups_by_data_and_budget_and_finds_baselines_files(tmp_path, m
                                                                                                  "ndcg@10": 0.1}}}}))
     found = collect.sections(records)
     assert len(found) == 3  # P5 ids tiny, re-indexed tiny, P5 ids t5-small: never averaged together
-    titles = [title for title, _, _ in found]
-    tiny_p5 = found[[i for i, t in enumerate(titles) if "P5 ids" in t and "tiny" in t][0]]
+    tiny_p5 = next(section for section in found if "P5 ids" in section[0] and "tiny" in section[0])
     assert {model: len(group) for model, group in tiny_p5[1].items()} == {"POD": 1, "PeaPOD": 2}
     assert tiny_p5[2]["popularity"]["topn"]["hr@10"] == 0.21
     table = collect.summary_table(records)

@@ -6,7 +6,11 @@ from huggingface_hub import ModelCard
 
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.hub import check_hub_folder, push_folder_to_hub
-from training.model_card import TrainingSummary, add_evaluation_to_card, write_model_card
+from training.model_card import (
+    TrainingSummary,
+    add_evaluation_to_card,
+    write_model_card,
+)
 
 
 @pytest.fixture
