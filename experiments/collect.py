@@ -93,6 +93,14 @@ def sections(records: list[dict]) -> list[tuple[str, dict[str, list[dict]], dict
     return out
 
 
+def wall_times(rows: dict[str, list[dict]]) -> str:
+    every = [r for group in rows.values() for r in group]
+    train, evaluation = [r["train_seconds"] for r in every], [r.get("eval_seconds", 0) for r in every]
+    steps = sorted({r.get("train_steps") for r in every} - {None})
+    return (f"Wall time per run: training {min(train):.0f}-{max(train):.0f} s, evaluation {min(evaluation):.0f}-"
+            f"{max(evaluation):.0f} s" + (f"; optimizer steps {steps[0]}-{steps[-1]}" if steps else "") + ".\n")
+
+
 def full_tables(records: list[dict]) -> str:
     lines = []
     for title, rows, baselines in sections(records):
@@ -112,10 +120,7 @@ def full_tables(records: list[dict]) -> str:
                     cells = [f"{by_task[BASELINE_TASKS[task]][m]:.4f}" for m in metrics]
                     lines.append(f"| {name} (baseline) | – | " + " | ".join(cells) + " |")
             lines.append("")
-        seconds = [r["train_seconds"] for group in rows.values() for r in group]
-        steps = sorted({r.get("train_steps") for group in rows.values() for r in group} - {None})
-        lines.append(f"Training wall time per run: {min(seconds):.0f}-{max(seconds):.0f} s"
-                     + (f"; optimizer steps: {steps[0]}-{steps[-1]}" if steps else "") + ".\n")
+        lines.append(wall_times(rows))
     return "\n".join(lines)
 
 
@@ -133,6 +138,7 @@ def summary_table(records: list[dict]) -> str:
             cells = [f"{by_task[BASELINE_TASKS[task]][m]:.4f}" if BASELINE_TASKS.get(task) in by_task else "–"
                      for _, task, m in columns]
             lines.append(f"| {name} (baseline) | – | " + " | ".join(cells) + " |")
+        lines.append("\n" + wall_times(rows))
     return "\n".join(lines) + "\n"
 
 
