@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
 
+from run import DEFAULTS  # older records lack newer keys: they ran with the defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -32,7 +34,8 @@ SUMMARY = (("seq HR@10", "sequential", "hr@10"), ("seq NDCG@10", "sequential", "
            ("top-n HR@10 (likelihood)", "topn_likelihood", "hr@10"), ("BLEU-4", "explanation", "bleu4"),
            ("ROUGE-L", "explanation", "rougeL"))
 BASELINE_TASKS = {"sequential": "sequential", "topn_beam": "topn"}  # result task -> the baselines' task name
-BUDGET_KEYS = ("shape", "max_steps", "max_train_seconds", "batch_size", "learning_rate", "eval_users", "num_beams")
+BUDGET_KEYS = ("shape", "max_steps", "max_train_seconds", "batch_size", "learning_rate", "lr_scheduler_type",
+               "warmup_steps", "eval_users", "num_beams", "num_neighbors", "embedding_dim")
 
 
 def load_records() -> list[dict]:
@@ -48,13 +51,15 @@ def load_baseline_files() -> dict[tuple[str, int], dict]:
 
 
 def summarise(values: list[float]) -> str:
+    if not values:
+        return "–"
     return f"{mean(values):.4f} ± {pstdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
 def section_key(record: dict) -> tuple:
     config = record["config"]
     return (record["dataset"], bool(record["reindex_items"]), config.get("max_users") or 0,
-            *(config.get(key) or 0 for key in BUDGET_KEYS))
+            tuple(config.get("tasks") or ()), *(str(config.get(key, DEFAULTS.get(key))) for key in BUDGET_KEYS))
 
 
 def section_title(records: list[dict]) -> str:

@@ -84,13 +84,13 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
         "--per_device_train_batch_size", str(config["batch_size"]), "--learning_rate", str(config["learning_rate"]),
         "--warmup_steps", str(config["max_steps"] // 20 if config["warmup_steps"] is None else config["warmup_steps"]),
         "--lr_scheduler_type", config["lr_scheduler_type"], "--eval_strategy", "no", "--save_strategy", "no",
-        "--logging_steps", str(max(config["max_steps"] // 10, 1)), "--seed", str(seed), "--report_to", "none",
+        "--logging_steps", str(50 if config["max_train_seconds"] else max(config["max_steps"] // 10, 1)), "--seed", str(seed), "--report_to", "none",
         "--overwrite_output_dir", "True", "--disable_tqdm", "True", "--max_eval_samples_per_task", "64",
         "--max_source_length", str(config["max_source_length"]),
     ]
     if config["tasks"]:
         arguments += ["--tasks", *config["tasks"]]
-    if config["max_train_seconds"]:
+    if config["max_train_seconds"] is not None:
         arguments += ["--max_train_seconds", str(config["max_train_seconds"])]
     train_metrics = cli.main(arguments)
     train_seconds = time.perf_counter() - started

@@ -55,11 +55,15 @@ def test_time_box_stops_training_and_still_saves(prepared, tmp_path):
     assert metrics["global_step"] == 2 and metrics["time_budget_stopped_at_step"] is None
 
 
-def test_time_box_must_be_positive():
+def test_time_box_must_be_positive(prepared, tmp_path):
     from training.trainer import TimeBudgetCallback
 
     with pytest.raises(ValueError, match="max_train_seconds must be positive, got 0"):
         TimeBudgetCallback(0)
+    for bad in ("0", "-5", "nan"):
+        with pytest.raises(ValueError, match=f"--max_train_seconds must be a positive number of seconds, got {bad}"):
+            cli.main(train_arguments(prepared, tmp_path / "never", "--max_train_seconds", bad))
+        assert not (tmp_path / "never").exists()  # refused before anything was written
 
 
 def test_refusals_before_training(prepared, tmp_path):

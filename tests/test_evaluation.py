@@ -208,6 +208,10 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
           "--num_beams", "4", "--top_k", "2", "--update_model_card", "True"])
     card = ModelCard.load(checkpoint / "README.md")
     assert {r.metric_type for r in card.data.eval_results} >= {"hr@1", "ndcg@5"}
-    assert "`peapod-evaluate` on `unused`: test split, 2 users, 4 beams" in card.text
+    assert "`peapod-evaluate` on `unused`, test split, 2 users: sequential by 4-beam search constrained" in card.text
+    assert "top-n" not in card.text.split("## Evaluation (test split)")[1].split("##")[0]
+    (checkpoint / "README.md").unlink()
+    with pytest.raises(FileNotFoundError, match="--update_model_card: .*README.md does not exist"):
+        main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
     with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
         main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])

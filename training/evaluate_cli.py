@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("give --checkpoint, --baselines, or both")
     if args.update_model_card and args.checkpoint is None:
         raise ValueError("--update_model_card needs --checkpoint (the card to update is the checkpoint's README.md)")
+    if args.update_model_card and not (Path(args.checkpoint) / "README.md").is_file():
+        raise FileNotFoundError(f"--update_model_card: {Path(args.checkpoint) / 'README.md'} does not exist (peapod-train "
+                                "writes it; training.model_card.write_model_card writes one)")
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint folder {args.checkpoint} does not exist")
 
@@ -102,12 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
         from .model_card import add_evaluation_to_card
 
         users = report["users"]["evaluated_per_task"]
-        description = (
-            f"`peapod-evaluate` on `{Path(args.prepared_dir).name}`: {args.split} split, "
-            f"{max(users.values(), default=0)} users, {args.num_beams} beams constrained to valid item ids, top-n over "
-            f"the 100 fixed candidates (by beam search and by likelihood); explanation by beam search."
-        )
-        print(f"updated {add_evaluation_to_card(args.checkpoint, report, description)}")
+        how = {"sequential": f"sequential by {args.num_beams}-beam search constrained to valid item ids",
+               "topn": "top-n over the 100 fixed candidates by constrained beam search and by likelihood",
+               "explanation": "explanation by beam search"}
+        description = (f"`peapod-evaluate` on `{Path(args.prepared_dir).name}`, {args.split} split, "
+                       f"{max(users.values(), default=0)} users: "
+                       + "; ".join(how[task] for task in report["tasks"] if task in how) + ".")
+        card = add_evaluation_to_card(args.checkpoint, report, description, dataset_name=Path(args.prepared_dir).name)
+        print(f"updated {card}")
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -148,13 +149,15 @@ def write_model_card(output_dir: str | os.PathLike, config, summary: TrainingSum
     return _write_card(Path(output_dir), build_model_card(config, summary))
 
 
-def add_evaluation_to_card(checkpoint: str | os.PathLike, report: dict, description: str) -> Path:
+def add_evaluation_to_card(
+    checkpoint: str | os.PathLike, report: dict, description: str, dataset_name: str | None = None
+) -> Path:
     """Put an evaluation report (`evaluate_checkpoint`'s) into a checkpoint's model card.
 
-    The card's `model-index` gets the report's metrics for its split (replacing earlier ones of that split and
-    dataset), and the Markdown gets an "Evaluation" section with the table and `description` (how the numbers were
-    made), replacing an earlier section of the same split. Baselines stay out of the model-index: they are not
-    this model's results. Written atomically.
+    The card's `model-index` gets the report's metrics for its split and `dataset_name` (default: the card's
+    training dataset), replacing earlier ones of that split and dataset, and the Markdown gets an "Evaluation"
+    section with the table and `description` (how the numbers were made), replacing an earlier section of the
+    same split. Baselines stay out of the model-index: they are not this model's results. Written atomically.
     """
     folder = Path(checkpoint)
     path = folder / "README.md"
@@ -162,7 +165,7 @@ def add_evaluation_to_card(checkpoint: str | os.PathLike, report: dict, descript
         raise FileNotFoundError(f"{path} does not exist: train with peapod-train (it writes the card) first")
     card = ModelCard.load(path)
     split = report["split"]
-    dataset = (card.data.datasets or ["unknown"])[0]
+    dataset = dataset_name or (card.data.datasets or ["unknown"])[0]
     kept = [r for r in (card.data.eval_results or []) if (r.dataset_split, r.dataset_name) != (split, dataset)]
     card.data.eval_results = kept + _eval_results(report["results"], dataset, split) or None
     if card.data.eval_results and not card.data.model_name:
@@ -170,10 +173,10 @@ def add_evaluation_to_card(checkpoint: str | os.PathLike, report: dict, descript
     heading = f"## Evaluation ({split} split)"
     section = f"{heading}\n\n{description}\n\n{_results_table(report['results'])}\n"
     text = card.text
-    if heading in text:  # replace the earlier section, up to the next heading
-        before, rest = text.split(heading, 1)
-        next_heading = rest.find("\n## ")
-        text = before + section + ("\n" + rest[next_heading + 1:] if next_heading >= 0 else "")
+    earlier = re.search(rf"^{re.escape(heading)}$", text, flags=re.MULTILINE)
+    if earlier:  # replace the earlier section, up to the next second-level heading
+        following = re.search(r"^## ", text[earlier.end():], flags=re.MULTILINE)
+        text = text[:earlier.start()] + section + ("\n" + text[earlier.end() + following.start():] if following else "")
     else:
         marker = "\n## Use\n"
         text = text.replace(marker, f"\n{section}{marker}", 1) if marker in text else f"{text}\n{section}"

@@ -265,7 +265,7 @@ class TimeBudgetCallback(TrainerCallback):
     """
 
     def __init__(self, seconds: float):
-        if seconds <= 0:
+        if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"max_train_seconds must be positive, got {seconds}")
         self.seconds = seconds
         self.stopped_at_step: int | None = None

@@ -14,9 +14,11 @@ A lent machine is bare, offline, and takes at most 64 MiB of working tree, so th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,18 +33,28 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 LIMIT_MIB = 60
 
 
+def built_in_place(target: Path, build) -> None:
+    """Run `build(folder)` on a temporary sibling and rename it to `target`: an interrupted pack leaves nothing
+    that a later run would take for finished."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        build(temporary)
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 def light_copy(folder: Path, target: Path) -> None:
     from datasets_scripts.user_embeddings import load_user_table, save_user_table
 
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(folder, target, ignore=shutil.ignore_patterns("dataset", "user_table.safetensors"))
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns("dataset", "user_table.safetensors"),
+                    dirs_exist_ok=True)
     table = load_user_table(folder / "user_table.safetensors")
     save_user_table(target / "user_table.safetensors", table["user_embeddings"], table["user_neighbors"])
 
 
 def download_wheels(target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
     platforms = [option for platform in PLATFORMS for option in ("--platform", platform)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(target), *WHEELS],
@@ -66,14 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.configs:
         folder = prepared_folder(load_config(path), shared, str(tokenizer))
         if not (output / "prepared" / folder.name).exists():
-            light_copy(folder, output / "prepared" / folder.name)
+            built_in_place(output / "prepared" / folder.name, lambda target, folder=folder: light_copy(folder, target))
     if not (output / "shared" / "tokenizers" / "t5").exists():
-        shutil.copytree(tokenizer, output / "shared" / "tokenizers" / "t5")
+        built_in_place(output / "shared" / "tokenizers" / "t5",
+                       lambda target: shutil.copytree(tokenizer, target, dirs_exist_ok=True))
     if not (output / "wheels").exists():
-        download_wheels(output / "wheels")
+        built_in_place(output / "wheels", download_wheels)
     total = size_mib(output) + size_mib(ROOT / "experiments") + 2  # + the tracked sources, roughly
     for part in sorted(output.iterdir()):
-        print(f"{part.relative_to(ROOT)}: {size_mib(part):.1f} MiB")
+        print(f"{part}: {size_mib(part):.1f} MiB")
     if total > LIMIT_MIB:
         raise SystemExit(f"{output} and the repository come to about {total:.0f} MiB: over the {LIMIT_MIB} MiB a "
                          "device call carries; pack fewer configs")

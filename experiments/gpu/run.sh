@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One lent-GPU session in one command, from the repository root of a copy that carries .device/ (pack.py):
-#   bash experiments/gpu/run.sh [CONFIG ...]       (default: every config under experiments/configs/)
+#   bash experiments/gpu/run.sh CONFIG... [grid.py options, e.g. --seeds 1]   (the configs pack.py packed)
 # installs the carried wheels, rebuilds the prepared folders' datasets, runs the rows on the GPU
 # (experiments/grid.py, no baselines) until a deadline, and packs results + logs into $OUT/results.tgz.
 # Budget knobs (seconds from the start of this script): PEAPOD_DEADLINE_S (no job starts later, default 330),
-# PEAPOD_JOBS (parallel jobs, default 14).
-set -u
+# PEAPOD_HARD_DEADLINE_S (running jobs are killed, default 540: the results are packed even then, inside a
+# 600 s command limit), PEAPOD_JOBS (parallel jobs, default 14).
+set -u -o pipefail
+if [ $# -eq 0 ]; then echo "usage: bash experiments/gpu/run.sh CONFIG... [grid.py options]" >&2; exit 2; fi
 started=$(date +%s)
 out=${OUT:-runs/gpu-out}
 mkdir -p "$out"
@@ -27,11 +29,16 @@ for folder in prepared/*; do
 rebuild_dataset('$folder', tokenizer='.device/shared/tokenizers/t5', num_proc=3)" > "runs/logs/rebuild-$(basename "$folder").log" 2>&1 &
 done
 wait
+for folder in prepared/*; do
+  [ -e "$folder/dataset/dataset_dict.json" ] || { echo "rebuilding $folder failed: runs/logs/rebuild-$(basename "$folder").log"; tail -5 "runs/logs/rebuild-$(basename "$folder").log"; exit 1; }
+done
 echo "datasets rebuilt after $(( $(date +%s) - started )) s"
-if [ $# -eq 0 ]; then set -- experiments/configs/*.yaml; fi
-deadline=$(( ${PEAPOD_DEADLINE_S:-330} - ($(date +%s) - started) ))
-python3 experiments/grid.py "$@" --jobs "${PEAPOD_JOBS:-14}" --deadline_s "$deadline" --baselines \
-  --shared_dir .device/shared 2>&1 | tee "$out/grid.log"
+elapsed=$(( $(date +%s) - started ))
+python3 experiments/grid.py "$@" --jobs "${PEAPOD_JOBS:-14}" --deadline_s $(( ${PEAPOD_DEADLINE_S:-330} - elapsed )) \
+  --hard_deadline_s $(( ${PEAPOD_HARD_DEADLINE_S:-540} - elapsed )) --baselines --shared_dir .device/shared 2>&1 \
+  | tee "$out/grid.log"
+status=$?
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 tar czf "$out/results.tgz" experiments/results runs/logs
 echo "finished after $(( $(date +%s) - started )) s"
+exit $status
