@@ -99,11 +99,18 @@ def sections(records: list[dict]) -> list[tuple[str, dict[str, list[dict]], dict
 
 
 def wall_times(rows: dict[str, list[dict]]) -> str:
-    every = [r for group in rows.values() for r in group]
-    train, evaluation = [r["train_seconds"] for r in every], [r.get("eval_seconds", 0) for r in every]
-    steps = sorted({r.get("train_steps") for r in every} - {None})
-    return (f"Wall time per run: training {min(train):.0f}-{max(train):.0f} s, evaluation {min(evaluation):.0f}-"
-            f"{max(evaluation):.0f} s" + (f"; optimizer steps {steps[0]}-{steps[-1]}" if steps else "") + ".\n")
+    """Wall time per run, per hardware (runs on different machines are not comparable in time)."""
+    by_hardware: dict[str, list[dict]] = defaultdict(list)
+    for record in (r for group in rows.values() for r in group):
+        by_hardware[record["hardware"]].append(record)
+    parts = []
+    for hardware, runs in sorted(by_hardware.items()):
+        train, evaluation = [r["train_seconds"] for r in runs], [r.get("eval_seconds", 0) for r in runs]
+        parts.append(f"{hardware}: training {min(train):.0f}-{max(train):.0f} s, evaluation "
+                     f"{min(evaluation):.0f}-{max(evaluation):.0f} s")
+    steps = sorted({r.get("train_steps") for group in rows.values() for r in group} - {None})
+    return ("Wall time per run — " + "; ".join(parts)
+            + (f". Optimizer steps {steps[0]}-{steps[-1]}" if steps else "") + ".\n")
 
 
 def full_tables(records: list[dict]) -> str:
