@@ -70,9 +70,7 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from datasets_scripts import load_prepared
     from training import cli
-    from training.evaluation import evaluate_checkpoint
 
     output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
     started = time.perf_counter()
@@ -84,7 +82,8 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
         "--per_device_train_batch_size", str(config["batch_size"]), "--learning_rate", str(config["learning_rate"]),
         "--warmup_steps", str(config["max_steps"] // 20 if config["warmup_steps"] is None else config["warmup_steps"]),
         "--lr_scheduler_type", config["lr_scheduler_type"], "--eval_strategy", "no", "--save_strategy", "no",
-        "--logging_steps", str(50 if config["max_train_seconds"] else max(config["max_steps"] // 10, 1)), "--seed", str(seed), "--report_to", "none",
+        "--logging_steps", str(50 if config["max_train_seconds"] else max(config["max_steps"] // 10, 1)),
+        "--seed", str(seed), "--report_to", "none",
         "--overwrite_output_dir", "True", "--disable_tqdm", "True", "--max_eval_samples_per_task", "64",
         "--max_source_length", str(config["max_source_length"]),
     ]
@@ -96,16 +95,12 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
     train_seconds = time.perf_counter() - started
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval().to(device)
-    prepared = load_prepared(prepared_dir)
-    tasks = [t for t in (config["tasks"] or ("sequential", "topn", "explanation"))
-             if f"{t}_test" in prepared.dataset]
     tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
-    report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=tasks,
-                                 max_users=config["eval_users"], num_beams=config["num_beams"],
-                                 baselines=baselines, seed=seed, show_progress=False)
+    report = evaluate_on_test(config, prepared_dir, model, tokenizer, baselines, seed)
     heads = 0 if config["prompt_encoder"] == "mlp" else config["prompt_encoder_heads"]
     return {
-        "row": config["name"], "seed": seed, "dataset": config["dataset"], "prepared": prepared_dir.name, "reindex_items": config["reindex_items"],
+        "row": config["name"], "seed": seed, "dataset": config["dataset"], "prepared": prepared_dir.name,
+        "reindex_items": config["reindex_items"],
         "model": model_label(config), "heads": heads, "config": {k: v for k, v in config.items() if k != "seeds"},
         "results": report["results"], "baselines": report["baselines"], "users": report["users"],
         "explanation_examples": report.get("explanations", {}).get("first_predictions"),
@@ -116,20 +111,27 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
     }
 
 
+def evaluate_on_test(config: dict, prepared_dir: Path, model, tokenizer, baselines, seed: int) -> dict:
+    """`evaluate_checkpoint` on the test split of the first `eval_users` users: the same rows for a model run and
+    for `--baselines_only` (model None: the ranking tasks only, baselines have no explanations)."""
+    from datasets_scripts import load_prepared
+    from training.evaluation import TASKS, evaluate_checkpoint
+
+    prepared = load_prepared(prepared_dir)
+    tasks = [task for task in (config["tasks"] or TASKS) if f"{task}_test" in prepared.dataset
+             and (model is not None or task != "explanation")]
+    return evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=tasks, max_users=config["eval_users"],
+                               num_beams=config["num_beams"], baselines=baselines, seed=seed, show_progress=False)
+
+
 def run_baselines(config: dict, prepared_dir: Path, tokenizer: str) -> dict:
     """The baselines alone on the rows a model run of `config` evaluates (same split, users and candidates)."""
     from transformers import AutoTokenizer
 
-    from datasets_scripts import load_prepared
     from training import cli
-    from training.evaluation import evaluate_checkpoint
 
-    prepared = load_prepared(prepared_dir)
-    tasks = [t for t in (config["tasks"] or ("sequential", "topn")) if t != "explanation" and f"{t}_test" in
-             prepared.dataset]
-    report = evaluate_checkpoint(None, AutoTokenizer.from_pretrained(tokenizer), prepared, split="test", tasks=tasks,
-                                 max_users=config["eval_users"], baselines=BASELINES, seed=config["data_seed"],
-                                 show_progress=False)
+    report = evaluate_on_test(config, prepared_dir, None, AutoTokenizer.from_pretrained(tokenizer), BASELINES,
+                              config["data_seed"])
     return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
             "eval_users": config["eval_users"], "baselines": report["baselines"], "users": report["users"],
             "hardware": cli.hardware_description()}

@@ -58,10 +58,10 @@ def test_time_box_stops_training_and_still_saves(prepared, tmp_path):
 def test_time_box_must_be_positive(prepared, tmp_path):
     from training.trainer import TimeBudgetCallback
 
-    with pytest.raises(ValueError, match="max_train_seconds must be positive, got 0"):
+    with pytest.raises(ValueError, match="max_train_seconds must be a positive number of seconds, got 0"):
         TimeBudgetCallback(0)
     for bad in ("0", "-5", "nan"):
-        with pytest.raises(ValueError, match=f"--max_train_seconds must be a positive number of seconds, got {bad}"):
+        with pytest.raises(ValueError, match=f"max_train_seconds must be a positive number of seconds, got {bad}"):
             cli.main(train_arguments(prepared, tmp_path / "never", "--max_train_seconds", bad))
         assert not (tmp_path / "never").exists()  # refused before anything was written
 

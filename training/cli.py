@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -91,10 +90,11 @@ class DataArguments:
         default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
     )
 
-    def __post_init__(self):
-        if self.max_train_seconds is not None and not (math.isfinite(self.max_train_seconds) and
-                                                       self.max_train_seconds > 0):
-            raise ValueError(f"--max_train_seconds must be a positive number of seconds, got {self.max_train_seconds}")
+    def __post_init__(self):  # refused while parsing, before any model or data is loaded
+        if self.max_train_seconds is not None:
+            from training.trainer import check_time_budget
+
+            check_time_budget(self.max_train_seconds)
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
     )

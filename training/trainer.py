@@ -256,6 +256,13 @@ class PeaPODTrainer(Seq2SeqTrainer):
         write_model_card(output_dir, model.config, summary)
 
 
+def check_time_budget(seconds: float) -> float:
+    """A time box must be a positive, finite number of seconds (NaN would never stop a run)."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"max_train_seconds must be a positive number of seconds, got {seconds}")
+    return seconds
+
+
 class TimeBudgetCallback(TrainerCallback):
     """Ends training once `seconds` of it have passed (time-boxed runs, e.g. a lent GPU's minutes).
 
@@ -265,9 +272,7 @@ class TimeBudgetCallback(TrainerCallback):
     """
 
     def __init__(self, seconds: float):
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"max_train_seconds must be positive, got {seconds}")
-        self.seconds = seconds
+        self.seconds = check_time_budget(seconds)
         self.stopped_at_step: int | None = None
         self._started = 0.0
 
