@@ -20,6 +20,15 @@ NAMED_SHAPES: dict[str, dict[str, int]] = {
 }
 
 
+class PeaPODInputError(ValueError):
+    """A user's mistake (a bad file, flag, checkpoint or argument), as opposed to a bug of ours.
+
+    The message names the file, line, flag or value and what was expected. The console scripts turn it into a
+    one-line `<prog>: error: ...` and exit status 2; any other exception is a bug and keeps its traceback.
+    It subclasses `ValueError` so existing `except ValueError` callers keep working.
+    """
+
+
 class PeaPODConfig(T5Config):
     r"""
     Configuration of [`PeaPODForConditionalGeneration`]: every field of [`T5Config`] plus the following.
@@ -154,4 +163,4 @@ class PeaPODConfig(T5Config):
         return cls(**{**t5_fields, **peapod_fields})
 
 
-__all__ = ["DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "PeaPODConfig"]
+__all__ = ["DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "PeaPODConfig", "PeaPODInputError"]
