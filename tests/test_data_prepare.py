@@ -132,8 +132,16 @@ def test_missing_piece_is_named(prepared, tmp_path):
 
 
 def test_summary_table(prepared):
-    table = format_summary(prepared[1])
-    assert "topn_test" in table and "users" in table and "40" in table
+    config = prepared[1]
+    lines = format_summary(config).splitlines()
+    rows = dict(line.rsplit(None, 1) for line in lines[2:-2])  # "name   count" rows between header and footer
+    statistics = config["statistics"]
+    expected = {"users": statistics["num_users"], "items": statistics["num_items"],
+                "interactions": statistics["num_interactions"], **statistics["split_sizes"]}
+    assert {name.strip(): int(count.replace(",", "")) for name, count in rows.items()} == expected
+    assert expected["users"] == 40 and len(rows) == 3 + 9
+    assert lines[-2] == "user table [41, 8], neighbours [41, 5]"
+    assert lines[-1].endswith(f"-> {config['arguments']['output_dir']}")
 
 
 # Failures leave the output folder as it was --------------------------------------------------------------------

@@ -2,6 +2,8 @@
 likelihood ranker, user-table checks, empty references, and the CLI."""
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ from training.collator import PeaPODDataCollator
 from training.evaluation import evaluate_checkpoint, markdown_table
 
 # Small and fast, still the real protocol shape (100 candidates per top-n user).
-FAST = dict(batch_size=4, num_beams=10, top_k=5, max_explanation_tokens=8, show_progress=False)
+FAST = {"batch_size": 4, "num_beams": 10, "top_k": 5, "max_explanation_tokens": 8, "show_progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,18 @@ def test_same_checkpoint_and_data_give_identical_numbers_twice(model, tokenizer,
     assert _without_timing(first) == _without_timing(second)
     assert set(first["results"]) == {"sequential", "topn_beam", "topn_likelihood", "explanation"}
     assert first["users"]["evaluated_per_task"]["sequential"] == 2
-    assert first["timing"]["topn"]["users_per_second"] > 0
+    # Throughput is what the report's own seconds and user counts say (seconds rounded to ms, rates to 0.001).
+    assert set(first["timing"]) == {"sequential", "topn", "explanation", "baseline_popularity"}
+    samples = {"sequential": first["results"]["sequential"]["num_users"],
+               "topn": first["results"]["topn_beam"]["num_users"],
+               "explanation": first["results"]["explanation"]["num_samples"]}
+    for task, timing in first["timing"].items():
+        if task.startswith("baseline_"):
+            continue
+        users = first["users"]["evaluated_per_task"][task]
+        assert users == 2 and timing["seconds"] > 0
+        assert timing["users_per_second"] == pytest.approx(users / timing["seconds"], rel=0.01, abs=2e-3)
+        assert timing["samples_per_second"] == pytest.approx(samples[task] / timing["seconds"], rel=0.01, abs=2e-3)
     table = markdown_table(first)
     assert "top-n (likelihood)" in table and "BLEU-4" in table and "popularity" in table
 
@@ -215,3 +228,105 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
         main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
     with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
         main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])
+
+
+# A real prepared folder (made by `peapod-prepare --synthetic`, tests/conftest.py) and a checkpoint on disk ----------
+
+REAL = {"max_users": 4, "batch_size": 4, "num_beams": 10, "top_k": 5, "max_explanation_tokens": 8,
+        "baselines": ("popularity",)}
+
+
+@pytest.fixture(scope="module")
+def real_run(synthetic_prepared, tokenizer, tmp_path_factory):
+    """A tiny model sized for the prepared folder, nudged for a few steps so that user 1's test item is ranked
+    first (so the metrics below are not all zero), saved as a checkpoint, and its in-memory report."""
+    from datasets_scripts import load_prepared
+
+    prepared = load_prepared(synthetic_prepared)
+    torch.manual_seed(0)
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=prepared.num_users, num_items=prepared.num_items, user_embedding_dim=8, num_neighbors=3,
+        dropout_rate=0.0,
+    )
+    model.set_user_table(prepared.user_embeddings, prepared.user_neighbors)
+    rows = [prepared.dataset["topn_test"][0], prepared.dataset["sequential_test"][0]]
+    assert [row["user_id"] for row in rows] == [1, 1]
+    batch = PeaPODDataCollator(tokenizer)(
+        [{**row, "labels": tokenizer(text_target=str(row["item_id"]))["input_ids"]} for row in rows]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    for _ in range(10):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    checkpoint = tmp_path_factory.mktemp("real") / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    report = evaluate_checkpoint(model, tokenizer, prepared, return_rankings=True, show_progress=False, **REAL)
+    return synthetic_prepared, checkpoint, report
+
+
+def test_peapod_evaluate_in_a_fresh_process_reproduces_the_in_memory_numbers(real_run, tmp_path):
+    """save -> load -> evaluate through the console script, on a real prepared folder, nothing mocked."""
+    import subprocess
+
+    from conftest import console_script
+
+    folder, checkpoint, expected = real_run
+    output = tmp_path / "eval"
+    command = [console_script("peapod-evaluate"), "--checkpoint", str(checkpoint), "--prepared_dir", str(folder),
+               "--max_users", str(REAL["max_users"]), "--batch_size", str(REAL["batch_size"]),
+               "--num_beams", str(REAL["num_beams"]), "--top_k", str(REAL["top_k"]),
+               "--max_explanation_tokens", str(REAL["max_explanation_tokens"]), "--baselines", "popularity",
+               "--output_dir", str(output)]
+    # The same float reductions as this process: the same number of threads.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    # TODO(after the console-script exit-code fix): assert done.returncode == 0.
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    written = json.loads((output / "results.json").read_text())
+    for key in ("results", "baselines", "users", "settings", "explanations", "tasks"):
+        assert written[key] == expected[key], key
+    assert set(written["results"]) == {"sequential", "topn_beam", "topn_likelihood", "explanation"}
+    assert written["checkpoint"] == str(checkpoint) and written["prepared_dir"] == str(folder)
+    assert (output / "results.md").read_text() in done.stdout  # the tables it printed are the ones it wrote
+
+
+def test_reported_hr_and_ndcg_equal_a_recount_from_the_ranked_lists_and_the_prepared_files(real_run):
+    folder, _, report = real_run
+    # The held-out test item is the last item of each user's line in sequential.txt (leave-one-out), and a top-n
+    # user's candidates are that item plus the 99 of its line in negatives_test.txt: read here from the raw files.
+    last_item = {}
+    for line in (folder / "sequential.txt").read_text().splitlines():
+        user, *items = map(int, line.split())
+        last_item[user] = items[-1]
+    negatives = {}
+    for line in (folder / "negatives_test.txt").read_text().splitlines():
+        user, *items = map(int, line.split())
+        negatives[user] = set(items)
+    num_items = len(json.loads((folder / "datamaps.json").read_text())["id2item"])
+    nontrivial = 0
+    for name in ("sequential", "topn_beam", "topn_likelihood"):
+        ranking = report["rankings"][name]
+        users, ranked = ranking["user_ids"], ranking["ranked"]
+        assert users == [1, 2, 3, 4] and ranking["targets"] == [last_item[user] for user in users]
+        for user, items in zip(users, ranked):
+            assert len(items) == len(set(items)) == REAL["top_k"] and all(1 <= item <= num_items for item in items)
+            if name != "sequential":
+                assert set(items) <= negatives[user] | {last_item[user]}
+        expected = {}
+        for k in (1, 5, 10):
+            ranks = [items[:k].index(last_item[user]) if last_item[user] in items[:k] else None
+                     for user, items in zip(users, ranked)]
+            expected[f"hr@{k}"] = sum(rank is not None for rank in ranks) / len(users)
+            if k > 1:
+                expected[f"ndcg@{k}"] = sum(1 / math.log2(rank + 2) for rank in ranks if rank is not None) / len(users)
+        metrics = report["results"][name]
+        assert metrics["num_users"] == len(users)
+        for metric, value in expected.items():
+            assert metrics[metric] == pytest.approx(value, abs=1e-12), (name, metric)
+        nontrivial += 0 < metrics["hr@5"] < 1
+    # The planted user 1 makes HR non-zero; the other random users keep it below 1, so the recount is not 0 == 0.
+    assert report["rankings"]["topn_likelihood"]["ranked"][0][0] == last_item[1]
+    assert nontrivial >= 2
