@@ -57,14 +57,52 @@ def test_collect_groups_by_data_and_budget_and_finds_baselines_files(tmp_path, m
     assert "| PeaPOD | 2 | 0.3000 ± 0.1000 |" in table and "| popularity (baseline) | – | 0.2100 |" in table
 
 
-def test_a_row_runs_and_its_baselines_alone_match_the_in_run_ones(tmp_path, monkeypatch, tokenizer):
+def baseline_metrics_by_hand(folder: Path, users: list[int], top_k: int = 10) -> dict:
+    """Popularity and PMF HR/NDCG recounted from the prepared folder's raw files, without training/baselines.py:
+    popularity = number of training interactions (items[:-2]); PMF = user . item factors of user_table.safetensors;
+    ties -> the lower item id; the test item = the last of the user's line; top-n candidates = it + its 99 negatives."""
+    import math
+
+    from safetensors.torch import load_file
+
+    histories = {}
+    for line in (folder / "sequential.txt").read_text().splitlines():
+        user, *items = map(int, line.split())
+        histories[user] = items
+    negatives = {}
+    for line in (folder / "negatives_test.txt").read_text().splitlines():
+        user, *items = map(int, line.split())
+        negatives[user] = items
+    counts: dict[int, int] = {}
+    for items in histories.values():
+        for item in items[:-2]:
+            counts[item] = counts.get(item, 0) + 1
+    table = load_file(str(folder / "user_table.safetensors"))
+    catalogue = range(1, table["item_embeddings"].shape[0])
+    scorers = {
+        "popularity": lambda user, item: counts.get(item, 0),
+        "pmf": lambda user, item: float(table["user_embeddings"][user] @ table["item_embeddings"][item]),
+    }
+    results = {}
+    for name, score in scorers.items():
+        results[name] = {}
+        for task in ("sequential", "topn"):
+            ranks = []
+            for user in users:
+                pool = catalogue if task == "sequential" else [histories[user][-1], *negatives[user]]
+                ranked = sorted(pool, key=lambda item: (-score(user, item), item))[:top_k]
+                ranks.append(ranked.index(histories[user][-1]) if histories[user][-1] in ranked else None)
+            metrics = {f"hr@{k}": sum(r is not None and r < k for r in ranks) / len(users) for k in (1, 5, 10)}
+            metrics |= {f"ndcg@{k}": sum(1 / math.log2(r + 2) for r in ranks if r is not None and r < k) / len(users)
+                        for k in (5, 10)}
+            results[name][task] = metrics | {"num_users": len(users)}
+    return results
+
+
+def test_a_row_runs_and_its_baselines_equal_a_recount_from_the_files(tmp_path, monkeypatch, synthetic_prepared):
     from conftest import TOKENIZER_DIR
 
-    from datasets_scripts import prepare
-
-    folder = tmp_path / "prepared"
-    prepare(folder, synthetic=True, tokenizer=str(TOKENIZER_DIR), max_users=30, embedding_dim=8, num_neighbors=3,
-            pmf_max_iter=5)
+    folder = synthetic_prepared
     monkeypatch.setattr(run, "ROOT", tmp_path)  # checkpoints under tmp_path/runs/experiments
     config = {**run.DEFAULTS, "name": "tiny-row", "max_steps": 2, "batch_size": 4, "eval_users": 5, "num_beams": 10,
               "tasks": ["sequential", "topn"]}
@@ -73,5 +111,77 @@ def test_a_row_runs_and_its_baselines_alone_match_the_in_run_ones(tmp_path, monk
     assert record["prepared"] == "prepared" and record["model"] == "PeaPOD"
     assert {name: metrics["num_users"] for name, metrics in record["results"].items()} == {
         "sequential": 5, "topn_beam": 5, "topn_likelihood": 5}
+    # The baselines of a model run and of --baselines_only, each against an independent recount from the files.
+    by_hand = baseline_metrics_by_hand(folder, users=[1, 2, 3, 4, 5])
     alone = run.run_baselines(config, folder, str(TOKENIZER_DIR))
-    assert alone["baselines"] == record["baselines"] and set(alone["baselines"]) == {"popularity", "pmf"}
+    for baselines in (record["baselines"], alone["baselines"]):
+        assert set(baselines) == {"popularity", "pmf"}
+        for name, tasks in by_hand.items():
+            for task, metrics in tasks.items():
+                reported = {key: baselines[name][task][key] for key in metrics}
+                assert reported == pytest.approx(metrics, abs=1e-12), (name, task)
+    assert any(value > 0 for tasks in by_hand.values() for metrics in tasks.values()
+               for key, value in metrics.items() if key != "num_users")  # not a comparison of zeros
+
+
+# The grid runner: real worker processes running a stand-in run.py (trivial jobs) ------------------------------
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch):
+    """ROOT with an experiments/run.py that sleeps, exits or succeeds as its config's row name says, and records
+    the command line it got; preparing data is recorded instead of done."""
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "run.py").write_text(
+        "import sys, time, pathlib\n"
+        "config, seed = sys.argv[1], sys.argv[sys.argv.index('--seeds') + 1]\n"
+        "name = pathlib.Path(config).stem\n"
+        "pathlib.Path(sys.argv[0]).with_name(f'{name}-{seed}.started').write_text(' '.join(sys.argv[1:]))\n"
+        "print('job', name, seed)\n"
+        "if name.startswith('slow'): time.sleep(60)\n"
+        "sys.exit(3 if name.startswith('bad') else 0)\n"
+    )
+    prepared = []
+    monkeypatch.setattr(grid, "ROOT", tmp_path)
+    monkeypatch.setattr(grid, "prepared_folder", lambda config, shared, tokenizer: prepared.append(config["name"]))
+    return tmp_path, prepared
+
+
+def test_grid_runs_every_job_and_exits_0_when_all_succeed(fake_root, tmp_path, capsys):
+    root, prepared = fake_root
+    good = write_config(tmp_path, "good", "seeds: [0, 1]\n")
+    other = write_config(tmp_path, "other", "seeds: [1]\n")
+    logs = tmp_path / "logs"
+    assert grid.main([good, other, "--jobs", "2", "--log_dir", str(logs), "--baselines"]) == 0
+    assert sorted(p.name for p in (root / "experiments").glob("*.started")) == [
+        "good-0.started", "good-1.started", "other-1.started"]
+    assert (root / "experiments" / "good-1.started").read_text() == f"{good} --seeds 1 --baselines"
+    assert (logs / "good-seed0.log").read_text() == "job good 0\n"  # each job's output in its own log
+    assert sorted(prepared) == ["good", "other"]  # each data configuration prepared once, before the jobs
+    assert "done: 3 ok, 0 failed, 0 killed at the hard deadline, 0 not started" in capsys.readouterr().out
+
+
+def test_grid_reports_a_failed_job_and_exits_1(fake_root, tmp_path, capsys):
+    good = write_config(tmp_path, "good", "seeds: [0]\n")
+    bad = write_config(tmp_path, "bad", "seeds: [0]\n")
+    assert grid.main([good, bad, "--log_dir", str(tmp_path / "logs")]) == 1
+    printed = capsys.readouterr().out
+    assert "bad seed 0: failed (exit 3, see logs/bad-seed0.log)" in printed
+    assert "good seed 0: ok" in printed and "done: 1 ok, 1 failed, 0 killed" in printed
+
+
+def test_grid_deadlines_kill_a_running_job_and_start_no_new_one(fake_root, tmp_path, capsys):
+    import time
+
+    root, _ = fake_root
+    slow = write_config(tmp_path, "slow", "seeds: [0, 1]\n")
+    started = time.monotonic()
+    # One worker: seed 0 starts at once and sleeps 60 s; it is killed at the 3 s hard deadline; seed 1 would start
+    # after the 1 s soft deadline, so it never starts.
+    code = grid.main([slow, "--jobs", "1", "--deadline_s", "1", "--hard_deadline_s", "3",
+                      "--log_dir", str(tmp_path / "logs")])
+    assert code == 1 and time.monotonic() - started < 50  # killed long before its 60 s sleep ended
+    printed = capsys.readouterr().out
+    assert "slow seed 0: killed (hard deadline)" in printed and "slow seed 1: not started (deadline)" in printed
+    assert "done: 0 ok, 0 failed, 1 killed at the hard deadline, 1 not started" in printed
+    assert not (root / "experiments" / "slow-1.started").exists()
