@@ -19,7 +19,6 @@ from transformers import (
 )
 
 from training.collator import PeaPODDataCollator
-from training.sampler import TaskAlternatingBatchSampler
 from training.trainer import PeaPODTrainer
 
 
@@ -72,7 +71,8 @@ def test_train_save_reload_gives_a_complete_hub_folder(tokenizer, train_set, tmp
     assert AutoTokenizer.from_pretrained(str(folder))("user_1 item_2").input_ids == tokenizer("user_1 item_2").input_ids
 
 
-def test_sampler_epoch_follows_the_trainer_epoch(tokenizer, train_set, tmp_path):
+def batches_per_epoch(tokenizer, train_set, output_dir, seed):
+    """The rows of every training batch the trainer collated, epoch by epoch (2 epochs, batch size 2)."""
     collator = RecordingCollator(tokenizer)
     seen = []
 
@@ -82,18 +82,32 @@ def test_sampler_epoch_follows_the_trainer_epoch(tokenizer, train_set, tmp_path)
             collator.batches = []
 
     trainer = PeaPODTrainer(
-        model=tiny_model(), args=training_arguments(tmp_path, num_train_epochs=2, seed=5),
+        model=tiny_model(), args=training_arguments(output_dir, num_train_epochs=2, seed=seed),
         train_dataset=train_set, data_collator=collator, callbacks=[EpochCut()],
     )
     trainer.train()
-    expected = TaskAlternatingBatchSampler(train_set["task_id"], batch_size=2, seed=5)
+    return seen
+
+
+def test_batches_follow_the_documented_rule_and_the_epoch(tokenizer, train_set, tmp_path):
+    # The expectation comes from the rule in training/sampler.py's docstring, not from the sampler: one process,
+    # batches of <= 2; task 0 has 6 rows (3 batches), task 1 has 4 (2), task 2 has 3 (a full batch, then the
+    # remaining row); tasks take turns batch by batch while several have batches left, then task 0's last one.
     tasks = train_set["task_id"]
-    for epoch in (0, 1):
-        expected.set_epoch(epoch)
-        assert seen[epoch] == list(expected)
-        assert sorted(row for batch in seen[epoch] for row in batch) == list(range(len(train_set)))
-        assert all(len({tasks[row] for row in batch}) == 1 for batch in seen[epoch])
-    assert seen[0] != seen[1]
+    assert [tasks.count(task) for task in (0, 1, 2)] == [6, 4, 3]
+    seen = batches_per_epoch(tokenizer, train_set, tmp_path / "a", seed=5)
+    assert len(seen) == 2
+    for batches in seen:
+        assert [tasks[batch[0]] for batch in batches] == [0, 1, 2, 0, 1, 2, 0]
+        assert all(len({tasks[row] for row in batch}) == 1 for batch in batches)  # one task per batch
+        assert [len(batch) for batch in batches] == [2, 2, 2, 2, 2, 1, 2]
+        assert sorted(row for batch in batches for row in batch) == list(range(len(train_set)))  # each row once
+    assert seen[0] != seen[1]  # reshuffled per epoch (the trainer's epoch reached the sampler)
+    in_order = {task: [row for batch in seen[0] for row in batch if tasks[row] == task] for task in (0, 1, 2)}
+    assert any(rows != sorted(rows) for rows in in_order.values())  # shuffled within a task, not file order
+    # A pure function of the seed: the same seed replays the same batches in a new run, another seed does not.
+    assert batches_per_epoch(tokenizer, train_set, tmp_path / "b", seed=5) == seen
+    assert batches_per_epoch(tokenizer, train_set, tmp_path / "c", seed=6) != seen
 
 
 def test_evaluation_reports_each_task_loss_and_the_ranking_metrics(tokenizer, train_set, eval_set, tmp_path):
