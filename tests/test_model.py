@@ -135,10 +135,14 @@ def test_fresh_prompt_encoder_is_fan_in_scaled_and_not_saturated():
 def test_mlp_and_none_variants():
     mlp = CollaborativePromptEncoder(PeaPODConfig.from_t5("tiny", num_users=NUM_USERS, user_embedding_dim=D_USER,
                                                           num_neighbors=4, prompt_encoder="mlp"))
+    for parameter in mlp.parameters():  # non-trivial biases too
+        torch.nn.init.normal_(parameter, std=0.3)
     u = torch.randn(2, D_USER)
     prompt, attention = mlp(u, torch.randn(2, 4, D_USER), output_attentions=True)
-    expected = (mlp.to_prompt(mlp.query(u))).view(2, 3, -1)  # p = W_I (W_Q u + b_Q) + b_I
-    torch.testing.assert_close(prompt, expected)
+    for b in range(2):  # p = W_I (W_Q u + b_Q) + b_I, from the raw weights, one user at a time
+        hidden = mlp.query.weight @ u[b] + mlp.query.bias
+        expected = (mlp.to_prompt.weight @ hidden + mlp.to_prompt.bias).view(3, mlp.d_model)
+        torch.testing.assert_close(prompt[b], expected, rtol=1e-4, atol=1e-5)
     assert attention is None and not hasattr(mlp, "key")
     # Neighbours do not matter to the mlp prompt.
     torch.testing.assert_close(mlp(u, torch.randn(2, 4, D_USER))[0], prompt)
@@ -235,11 +239,28 @@ def test_neighbor_table_rejects_too_many_neighbors():
 # -- generation and recommendation ------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def greedy_decode(model, inputs: dict, steps: int) -> torch.Tensor:
+    """Greedy decoding written out: feed the tokens so far, append the argmax of the last position's logits; a row
+    that has produced EOS gets padding from then on; stop when every row has."""
+    config = model.config
+    tokens = torch.full((inputs["input_ids"].shape[0], 1), config.decoder_start_token_id)
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        logits = model(**inputs, decoder_input_ids=tokens).logits[:, -1]
+        next_token = torch.where(finished, torch.tensor(config.pad_token_id), logits.argmax(-1))
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        finished |= next_token == config.eos_token_id
+        if finished.all():
+            break
+    return tokens
+
+
 def test_generate_plain_and_constrained(tokenizer, batch):
     model = tiny_model().eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    plain = model.generate(**inputs, max_new_tokens=4, num_beams=20)
-    assert plain.shape[0] == 2
+    plain = model.generate(**inputs, max_new_tokens=4, do_sample=False, num_beams=1)
+    assert torch.equal(plain, greedy_decode(model, inputs, 4))
     trie = model.item_trie(tokenizer)
     valid = {str(item) for item in range(1, NUM_ITEMS + 1)}
     ids, scores = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
@@ -286,21 +307,30 @@ def test_candidate_scoring_ranks_a_trained_item_first(tokenizer):
 # -- saving and loading -----------------------------------------------------------------------------------
 
 
-def test_save_load_in_process_identical_logits(tmp_path, batch):
+@pytest.mark.parametrize("variant", ["mha", "mlp", "none"])
+def test_save_load_in_process_identical_logits(tmp_path, batch, variant):
     from transformers import AutoModelForSeq2SeqLM
 
-    model = tiny_model().eval()
+    model = tiny_model(prompt_encoder=variant).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "peapod" and set(config["auto_map"]) == {"AutoConfig", "AutoModel",
                                                                              "AutoModelForSeq2SeqLM"}
+    assert config["prompt_encoder"] == variant
     assert (tmp_path / "modeling_peapod.py").exists() and (tmp_path / "configuration_peapod.py").exists()
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
-        assert torch.equal(weights.get_tensor("user_embeddings"), model.user_embeddings)
-        assert torch.equal(weights.get_tensor("user_neighbors"), model.user_neighbors)
+        saved = set(weights.keys())
+        if variant == "none":  # POD: no user table and no prompt encoder, by design
+            assert not any(name.startswith(("user_", "prompt_encoder.")) for name in saved)
+        else:
+            assert torch.equal(weights.get_tensor("user_embeddings"), model.user_embeddings)
+            assert torch.equal(weights.get_tensor("user_neighbors"), model.user_neighbors)
     for loaded in (PeaPODForConditionalGeneration.from_pretrained(tmp_path),
                    AutoModelForSeq2SeqLM.from_pretrained(tmp_path, trust_remote_code=True)):
         loaded.eval()
+        assert loaded.config.prompt_encoder == variant
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), name
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
 
 
@@ -361,13 +391,22 @@ def test_checkpoint_with_missing_or_misshaped_user_table_is_refused(tmp_path):
 def test_lora_adapter_trains_and_round_trips(tmp_path, batch):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    model = tiny_model()
+    model = tiny_model().eval()
     model.save_pretrained(tmp_path / "base")  # the frozen base, user table included
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        base_logits = model(**batch).logits
+    base_generated = model.generate(**inputs, max_new_tokens=3, num_beams=1, do_sample=False)
     # task_type stays unset: peft's PeftModelForSeq2SeqLM swallows a `task_ids` argument (its own multi-task
     # prompt tuning), while the plain PeftModel passes every input through to PeaPOD.
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"],
                       modules_to_save=["prompt_encoder", "task_prompts", "whole_word_embeddings"])
     peft_model = get_peft_model(model, lora)
+    # LoRA's B starts at zero and the saved modules start as copies: before training it is the base model.
+    with torch.no_grad():
+        assert torch.equal(peft_model(**batch).logits, base_logits)
+    assert torch.equal(peft_model.generate(**inputs, max_new_tokens=3, num_beams=1, do_sample=False), base_generated)
+    peft_model.train()
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
     assert any("lora_A" in name for name in trainable)
     assert any("prompt_encoder" in name for name in trainable) and any("task_prompts" in name for name in trainable)
@@ -384,8 +423,10 @@ def test_lora_adapter_trains_and_round_trips(tmp_path, batch):
     base = PeaPODForConditionalGeneration.from_pretrained(tmp_path / "base")
     reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     torch.testing.assert_close(reloaded(**batch).logits, expected)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    assert reloaded.generate(**inputs, max_new_tokens=3).shape[0] == 2
+    generated = reloaded.generate(**inputs, max_new_tokens=3, num_beams=1, do_sample=False)
+    assert torch.equal(generated, greedy_decode(reloaded, inputs, 3))  # decoding goes through the adapted weights
+    with torch.no_grad():
+        assert not torch.allclose(reloaded(**batch).logits, base_logits)  # and the adapter changed them
 
 
 # -- bad input -------------------------------------------------------------------------------------------
