@@ -1,7 +1,10 @@
 """peapod-train end to end on a small synthetic prepared folder, and its refusals before any training step."""
 
 import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +15,36 @@ from training import cli
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tokenizer):
-    from datasets_scripts import prepare
+def prepared(synthetic_prepared):
+    return synthetic_prepared  # 30 synthetic users by peapod-prepare (tests/conftest.py); never modified here
 
-    folder = tmp_path_factory.mktemp("data") / "prepared"
-    prepare(folder, synthetic=True, tokenizer=str(TOKENIZER_DIR), max_users=30, embedding_dim=8, num_neighbors=3,
-            pmf_max_iter=5)
-    return folder
+
+class StepClock:
+    """A stand-in for the time module of training/trainer.py: monotonic() starts at 0 s at the time box's
+    on_train_begin and advances 1 s per later call (the box reads it once per step), so a time box of S seconds
+    ends training at step ceil(S), whatever the machine's speed. Everything else is the real time module."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def monotonic(self) -> float:
+        self.calls += 1
+        return float(self.calls - 1)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def saved_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(first: dict, second: dict):
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
 
 
 def train_arguments(prepared, output_dir, *extra):
@@ -38,18 +64,31 @@ def test_train_writes_a_complete_hub_folder(prepared, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(output, trust_remote_code=True)
     assert model.config.num_users == 30 and model.config.num_neighbors == 3
     assert "random initialisation of the tiny shape" in (output / "README.md").read_text()
-    # Same run again into the same folder is fine (e.g. a resume); a different run is refused.
+    # The same run again into the same folder is allowed and replaces it with an identical run (same seed); the
+    # run description is unchanged. A different run is refused and leaves the folder as it was.
+    first, description = saved_weights(output), (output / "peapod_run.json").read_text()
+    (output / "model.safetensors").unlink()
+    again = cli.main(train_arguments(prepared, output))
+    assert again["global_step"] == metrics["global_step"] == 2
+    assert_same_weights(saved_weights(output), first)
+    assert (output / "peapod_run.json").read_text() == description
     with pytest.raises(ValueError, match=r"holds a different run \(differs in \['model'\]\)"):
         cli.main(train_arguments(prepared, output, "--prompt_encoder", "mlp"))
+    assert (output / "peapod_run.json").read_text() == description
+    assert_same_weights(saved_weights(output), first)
 
 
-def test_time_box_stops_training_and_still_saves(prepared, tmp_path):
+def test_time_box_stops_training_and_still_saves(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr("training.trainer.time", StepClock())
     output = tmp_path / "boxed"
-    metrics = cli.main(train_arguments(prepared, output, "--max_steps", "100000", "--max_train_seconds", "1"))
-    assert 0 < metrics["global_step"] < 100000
-    assert metrics["time_budget_stopped_at_step"] == metrics["global_step"]
-    assert (output / "model.safetensors").exists()
-    assert "time-boxed to 1 s" in (output / "README.md").read_text()
+    metrics = cli.main(train_arguments(prepared, output, "--max_steps", "100000", "--max_train_seconds", "2.5"))
+    # Step 3 is the first to end with 2.5 s of the box spent: training stops there, then saves as usual.
+    assert metrics["global_step"] == metrics["time_budget_stopped_at_step"] == 3
+    recorded = json.loads((output / "train_metrics.json").read_text())
+    assert recorded["global_step"] == recorded["time_budget_stopped_at_step"] == 3
+    assert "time-boxed to 2.5 s" in (output / "README.md").read_text()
+    assert AutoModelForSeq2SeqLM.from_pretrained(output, trust_remote_code=True).config.num_users == 30
+    monkeypatch.undo()
     # A run that ends before its time box says so (no stop step).
     metrics = cli.main(train_arguments(prepared, tmp_path / "roomy", "--max_train_seconds", "3600"))
     assert metrics["global_step"] == 2 and metrics["time_budget_stopped_at_step"] is None
@@ -100,12 +139,25 @@ def test_refusals_before_training(prepared, tmp_path):
 
 
 def test_push_to_hub_uploads_the_final_folder(prepared, tmp_path, monkeypatch):
+    from training.hub import NOT_UPLOADED
+
     uploads = []
     monkeypatch.setattr("training.hub.HfApi", lambda token=None: _RecordingApi(uploads))
-    cli.main(train_arguments(prepared, tmp_path / "run", "--push_to_hub", "True", "--hub_model_id", "me/peapod"))
+    output = tmp_path / "run"
+    cli.main(train_arguments(prepared, output, "--push_to_hub", "True", "--hub_model_id", "me/peapod",
+                             "--save_strategy", "steps", "--save_steps", "1"))
     (create, upload), = [tuple(uploads)]
-    assert create == ("create_repo", "me/peapod") and upload[0] == "upload_folder"
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["auto_map"]["AutoModelForSeq2SeqLM"]
+    assert create == ("create_repo", "me/peapod", {"private": False, "exist_ok": True, "repo_type": "model"})
+    name, folder, repo_id, options, files = upload
+    assert (name, folder, repo_id) == ("upload_folder", str(output), "me/peapod")
+    assert options["repo_type"] == "model" and options["ignore_patterns"] == NOT_UPLOADED
+    # What the folder held when it was sent: a loadable Hub repo (remote code, weights with the user table, card,
+    # tokenizer), besides the run's checkpoints, which the ignore patterns keep out of the upload.
+    assert {"config.json", "configuration_peapod.py", "modeling_peapod.py", "model.safetensors", "README.md",
+            "tokenizer.json", "generation_config.json"} <= files
+    assert {"checkpoint-1/model.safetensors", "checkpoint-2/optimizer.pt"} <= files
+    assert "me/peapod" in (output / "README.md").read_text()  # the card's usage snippet names the repo
+    assert json.loads((output / "config.json").read_text())["auto_map"]["AutoModelForSeq2SeqLM"]
 
 
 class _RecordingApi:
@@ -113,8 +165,87 @@ class _RecordingApi:
         self.calls = calls
 
     def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id))
+        self.calls.append(("create_repo", repo_id, kwargs))
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
-        self.calls.append(("upload_folder", folder_path, repo_id))
+        files = {str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file()}
+        self.calls.append(("upload_folder", folder_path, repo_id, kwargs, files))
         return "url"
+
+
+def test_resume_from_checkpoint_through_peapod_train_matches_the_uninterrupted_run(prepared, tmp_path, monkeypatch):
+    # 3 tasks x 8 samples in batches of 4: 6 steps per epoch; 8 steps cross into epoch 1; a checkpoint every 4.
+    steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4"]
+    reference = tmp_path / "reference"
+    cli.main(train_arguments(prepared, reference, *steps))
+    # The interrupted run: the same command, stopped by its time box at the end of step 4 (checkpoint-4 written).
+    stopped = tmp_path / "stopped"
+    monkeypatch.setattr("training.trainer.time", StepClock())
+    metrics = cli.main(train_arguments(prepared, stopped, *steps, "--max_train_seconds", "3.5"))
+    monkeypatch.undo()
+    assert metrics["time_budget_stopped_at_step"] == 4 and not (stopped / "checkpoint-8").exists()
+    # Resumed into the same folder from its checkpoint.
+    resumed = cli.main(train_arguments(prepared, stopped, *steps, "--resume_from_checkpoint",
+                                       str(stopped / "checkpoint-4")))
+    assert resumed["global_step"] == 8
+    assert_same_weights(saved_weights(stopped), saved_weights(reference))  # dropout on: its RNG state came back too
+    assert_same_weights(saved_weights(stopped / "checkpoint-8"), saved_weights(reference / "checkpoint-8"))
+    state = json.loads((stopped / "checkpoint-8" / "trainer_state.json").read_text())
+    expected = json.loads((reference / "checkpoint-8" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses == [entry["loss"] for entry in expected["log_history"] if "loss" in entry]
+
+
+def test_ranking_eval_users_is_the_metric_that_picks_the_best_checkpoint(prepared, tmp_path, tokenizer):
+    from datasets_scripts import load_prepared
+    from training.evaluation import evaluate_checkpoint
+
+    output = tmp_path / "best"
+    arguments = train_arguments(prepared, output, "--tasks", "topn", "--max_steps", "6", "--learning_rate", "0.01",
+                                "--ranking_eval_users", "10", "--eval_strategy", "steps", "--eval_steps", "2",
+                                "--save_strategy", "steps", "--save_steps", "2", "--load_best_model_at_end", "True",
+                                "--metric_for_best_model", "topn_likelihood_ndcg@10", "--greater_is_better", "True")
+    cli.main(arguments)
+    state = json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())
+    logged = {entry["step"]: entry["eval_topn_likelihood_ndcg@10"] for entry in state["log_history"]
+              if "eval_topn_likelihood_ndcg@10" in entry}
+    assert sorted(logged) == [2, 4, 6]
+    best_step = max(sorted(logged), key=lambda step: logged[step])  # the first of equal values wins
+    assert state["best_metric"] == logged[best_step]
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    # The logged metric is the real evaluation: recomputed here on each saved checkpoint (validation, 10 users).
+    data = load_prepared(prepared)
+    for step, value in logged.items():
+        model = AutoModelForSeq2SeqLM.from_pretrained(output / f"checkpoint-{step}", trust_remote_code=True)
+        report = evaluate_checkpoint(model, tokenizer, data, split="validation", tasks=["topn"], max_users=10,
+                                     show_progress=False)
+        assert report["results"]["topn_likelihood"]["ndcg@10"] == pytest.approx(value, abs=1e-9), step
+    assert any(value > 0 for value in logged.values())  # a metric that moved, so the choice means something
+    # The folder ends with the best checkpoint's weights.
+    assert_same_weights(saved_weights(output), saved_weights(output / f"checkpoint-{best_step}"))
+
+
+def test_torchrun_of_the_training_module_trains_with_two_processes(prepared, tmp_path):
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    from test_distributed import free_port
+
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "training.cli",
+               *train_arguments(prepared, output, "--max_steps", "3", "--per_device_train_batch_size", "2",
+                                "--use_cpu", "True")]  # on CPU, as docs/training.md says (gloo)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=400, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((output / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 3 and "train_loss" in metrics
+    model = AutoModelForSeq2SeqLM.from_pretrained(output, trust_remote_code=True)
+    assert model.config.num_users == 30
+    # Each of the two processes built its task-alternating sampler for 2 replicas (its INFO log line).
+    logged = done.stdout + done.stderr
+    assert logged.count("over 2 processes") == 2 * 3  # 2 processes x 3 tasks
