@@ -185,3 +185,13 @@ def test_grid_deadlines_kill_a_running_job_and_start_no_new_one(fake_root, tmp_p
     assert "slow seed 0: killed (hard deadline)" in printed and "slow seed 1: not started (deadline)" in printed
     assert "done: 0 ok, 0 failed, 1 killed at the hard deadline, 1 not started" in printed
     assert not (root / "experiments" / "slow-1.started").exists()
+
+
+def test_grid_refuses_bad_worker_counts_with_a_usage_error(fake_root, tmp_path, capsys):
+    config = write_config(tmp_path, "good", "seeds: [0]\n")
+    for flag in ("--jobs", "--threads"):
+        with pytest.raises(SystemExit) as stopped:
+            grid.main([config, flag, "0", "--log_dir", str(tmp_path / "logs")])
+        assert stopped.value.code == 2
+        assert "--jobs and --threads must be at least 1" in capsys.readouterr().err
+    assert not list((fake_root[0] / "experiments").glob("*.started"))  # nothing ran
