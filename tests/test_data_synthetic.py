@@ -293,6 +293,14 @@ def test_prepare_threads_the_variant_through(tokenizer, tmp_path):
     users = sorted(prepared.histories)
     scores = planted_oracle_scores(structure, users, {u: prepared.histories[u][:-1] for u in users}, prepared.num_items)
     assert scores.argmax(axis=1).tolist() == [prepared.histories[u][-1] for u in users]
+    # The same through the evaluation runner: the oracle baseline finds every test item first.
+    from training.evaluation import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        None, tokenizer, load_prepared(tmp_path / "history"), tasks=("sequential", "topn"), baselines=("oracle",),
+        show_progress=False,
+    )
+    assert {task: m["hr@1"] for task, m in report["baselines"]["oracle"].items()} == {"sequential": 1.0, "topn": 1.0}
     default = prepare(
         tmp_path / "default", synthetic=True, tokenizer=tokenizer.name_or_path, embedding_dim=8, num_neighbors=4,
         max_users=40, pmf_max_iter=2,
