@@ -466,12 +466,15 @@ def planted_structure(prepared) -> dict:
 
     The prepared folder keeps no ground truth; the generator is a function of (variant, seed), so it is generated
     again from prepare_config.json and mapped onto the folder's ids through the datamaps' names (which survive
-    `max_users` compaction and `reindex_items`). The histories must then agree exactly, else a ValueError.
+    `max_users` compaction and `reindex_items`). The histories must then agree exactly.
+    A folder that is not a planted variant, or whose histories differ, is a `PeaPODInputError` (a ValueError).
     """
+    from configuration_peapod import PeaPODInputError
+
     arguments = prepared.config.get("arguments", {})
     variant = arguments.get("synthetic_variant", "default")
     if not arguments.get("synthetic") or variant not in PLANTED_VARIANTS:
-        raise ValueError(
+        raise PeaPODInputError(
             f"{prepared.path}: not a planted-signal synthetic folder (prepare it with --synthetic "
             f"--synthetic_variant one of {', '.join(PLANTED_VARIANTS)}); the oracle needs the planted ground truth"
         )
@@ -482,7 +485,10 @@ def planted_structure(prepared) -> dict:
     users = {old: user_by_name[name] for old, name in data.id2user.items() if name in user_by_name}
     for old, user in users.items():
         if [items.get(item) for item in data.histories[old]] != prepared.histories[user]:
-            raise ValueError(f"{prepared.path}: user {user}'s history differs from the regenerated {variant} data")
+            raise PeaPODInputError(
+                f"{prepared.path}: user {user}'s history differs from the regenerated {variant} data (seed "
+                f"{prepared.config['seed']}): the folder was changed after preparing, or made by another version"
+            )
     source = data.extra["_structure"]
 
     def item_list(values):

@@ -306,5 +306,5 @@ def test_prepare_threads_the_variant_through(tokenizer, tmp_path):
         max_users=40, pmf_max_iter=2,
     )
     assert default["arguments"]["synthetic_variant"] == "default"
-    with pytest.raises(ValueError, match="not a planted-signal"):
+    with pytest.raises(PeaPODInputError, match="not a planted-signal"):
         planted_structure(load_prepared(tmp_path / "default", load_dataset=False))
