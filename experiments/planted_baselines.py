@@ -2,6 +2,7 @@
 
     python experiments/planted_baselines.py                      # every variant, every test user
     python experiments/planted_baselines.py --variants user      # one variant
+    python experiments/planted_baselines.py --embedding_dim 64   # folders with PMF k = 64 (-> *-pmf64-n20.*)
 
 For each variant of `peapod-prepare --synthetic --synthetic_variant` (docs/data.md) this prepares the folder
 exactly as `experiments/run.py` does for a config with `dataset: synthetic`, `synthetic_variant: <variant>` and the
@@ -42,7 +43,7 @@ def neighbour_recall(prepared) -> float:
     return sum(shares) / len(shares)
 
 
-def evaluate_variant(variant: str, shared: Path) -> dict:
+def evaluate_variant(variant: str, shared: Path, embedding_dim: int, num_neighbors: int) -> dict:
     from transformers import AutoTokenizer
 
     from datasets_scripts import load_prepared
@@ -50,7 +51,8 @@ def evaluate_variant(variant: str, shared: Path) -> dict:
     from training.evaluation import evaluate_checkpoint
 
     tokenizer = str(shared / "tokenizers" / "t5")
-    config = {**run.DEFAULTS, "dataset": "synthetic", "synthetic_variant": variant, "eval_users": None}
+    config = {**run.DEFAULTS, "dataset": "synthetic", "synthetic_variant": variant, "eval_users": None,
+              "embedding_dim": embedding_dim, "num_neighbors": num_neighbors}
     started = time.perf_counter()
     folder = run.prepared_folder(config, shared, tokenizer)
     prepared = load_prepared(folder)
@@ -88,7 +90,7 @@ def markdown(records: list[dict]) -> str:
               + "; ".join(notes) + "."]
     for record in records:
         if "clique_mates_among_neighbours" in record:
-            lines.append(f"neighbors: the prepared 20-neighbour lists (PMF cosine) hold "
+            lines.append(f"neighbors: the prepared neighbour lists ({record['prepared']}, PMF cosine) hold "
                          f"{record['clique_mates_among_neighbours']:.0%} of each user's clique-mates on average.")
     return "\n".join(lines) + "\n"
 
@@ -99,11 +101,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(PLANTED_VARIANTS), choices=PLANTED_VARIANTS)
     parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))
+    parser.add_argument("--embedding_dim", type=int, default=run.DEFAULTS["embedding_dim"],
+                        help="PMF k of the prepared folders (the model runs' embedding_dim; PMF scores with them).")
+    parser.add_argument("--num_neighbors", type=int, default=run.DEFAULTS["num_neighbors"])
     args = parser.parse_args(argv)
-    records = [evaluate_variant(variant, Path(args.shared_dir)) for variant in args.variants]
+    records = [evaluate_variant(variant, Path(args.shared_dir), args.embedding_dim, args.num_neighbors)
+               for variant in args.variants]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in ((RESULTS / "planted-baselines.json", json.dumps(records, indent=1) + "\n"),
-                       (RESULTS / "planted-baselines.md", markdown(records))):
+    default = (args.embedding_dim, args.num_neighbors) == (run.DEFAULTS["embedding_dim"], run.DEFAULTS["num_neighbors"])
+    stem = "planted-baselines" + ("" if default else f"-pmf{args.embedding_dim}-n{args.num_neighbors}")
+    for path, text in ((RESULTS / f"{stem}.json", json.dumps(records, indent=1) + "\n"),
+                       (RESULTS / f"{stem}.md", markdown(records))):
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_text(text)
         temporary.replace(path)
