@@ -149,9 +149,10 @@ def bootstrap_interval(
         raise ValueError(f"bootstrap_interval needs a non-empty 1-D vector of per-user values, got shape {values.shape}")
     if values.size == 1 or np.all(values == values[0]):
         return [float(values[0]), float(values[0])]  # every resample has the same mean
+    # batch: 100 resamples at a time bounds memory (100 x users) on large data; the draws are the same as unbatched.
     result = bootstrap(
         (values,), np.mean, n_resamples=num_resamples, confidence_level=confidence_level, method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
+        vectorized=True, batch=100, rng=np.random.default_rng(seed),
     )
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
