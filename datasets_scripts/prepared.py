@@ -121,16 +121,6 @@ def _check_arguments(args: PrepareArguments) -> None:
     sources = [name for name, value in given.items() if value]
     if len(sources) != 1:
         raise ValueError(f"give exactly one data source of --p5_dir, --reviews, --synthetic (got {sources or 'none'})")
-    from configuration_peapod import PeaPODInputError
-
-    from .synthetic import SYNTHETIC_VARIANTS
-
-    if args.synthetic_variant not in SYNTHETIC_VARIANTS:
-        raise PeaPODInputError(
-            f"--synthetic_variant {args.synthetic_variant!r}: expected one of {', '.join(SYNTHETIC_VARIANTS)}"
-        )
-    if args.synthetic_variant != "default" and not args.synthetic:
-        raise PeaPODInputError(f"--synthetic_variant {args.synthetic_variant} needs --synthetic")
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"output_dir {output} exists and is not a folder")
@@ -145,7 +135,22 @@ def _check_arguments(args: PrepareArguments) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
 
 
+def _check_synthetic_variant(args: PrepareArguments) -> None:
+    """--synthetic_variant: a known variant, and only with --synthetic."""
+    from configuration_peapod import PeaPODInputError
+
+    from .synthetic import SYNTHETIC_VARIANTS
+
+    if args.synthetic_variant not in SYNTHETIC_VARIANTS:
+        raise PeaPODInputError(
+            f"--synthetic_variant {args.synthetic_variant!r}: expected one of {', '.join(SYNTHETIC_VARIANTS)}"
+        )
+    if args.synthetic_variant != "default" and not args.synthetic:
+        raise PeaPODInputError(f"--synthetic_variant {args.synthetic_variant} needs --synthetic")
+
+
 def _load_source(args: PrepareArguments) -> P5Data:
+    _check_synthetic_variant(args)  # first: before the source is read
     if args.p5_dir:
         data = read_p5_dir(args.p5_dir)
         data.extra.setdefault("source", f"P5 folder {Path(args.p5_dir).name}")

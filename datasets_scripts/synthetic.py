@@ -514,6 +514,8 @@ def planted_structure(prepared) -> dict:
     else:
         structure["community_pools"] = [item_list(pool) for pool in source["community_pools"]]
         structure["clique_hits"] = [item_list(hits) for hits in source["clique_hits"]]
-        structure["clique_members"] = [[users[u] for u in members if u in users] for members in source["clique_members"]]
+        structure["clique_members"] = [
+            [users[u] for u in members if u in users] for members in source["clique_members"]
+        ]
         structure["user_clique"] = {users[u]: k for u, k in source["user_clique"].items() if u in users}
     return structure

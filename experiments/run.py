@@ -3,15 +3,18 @@
     python experiments/run.py experiments/configs/instruments-p5-peapod.yaml            # the config's seeds
     python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --seeds 0  # one seed
     python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --baselines_only
+    python experiments/run.py experiments/configs/instruments-reindexed-allusers.yaml --baselines_only \
+        --baselines popularity pmf bpr markov                                       # every test user, 4 baselines
 
 A config (YAML) names the data (`dataset`: synthetic | beauty | toys | instruments, `synthetic_variant`:
-default | history | user | neighbors (docs/data.md), `reindex_items`, `max_users`), the model row (`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the
-budget (`max_steps`, `max_train_seconds`, `batch_size`, `learning_rate`, `eval_users`). Prepared folders are
+default | history | user | neighbors (docs/data.md), `reindex_items`, `max_users`), the model row
+(`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the budget (`max_steps`,
+`max_train_seconds`, `batch_size`, `learning_rate`, `eval_users`: null for every user). Prepared folders are
 cached under `prepared/`; checkpoints go to `runs/experiments/`; each (row, seed) writes
 `experiments/results/<row>-seed<k>.json`. Training and evaluation use the GPU when there is one.
 
-The popularity, PMF and Markov-chain baselines depend on the data and the evaluated users only (PMF scores with the
-prepared folder's own PMF factors), so `--baselines_only` writes them once per prepared folder as
+The popularity and PMF baselines depend on the data and the evaluated users only (PMF scores with the prepared
+folder's own PMF factors), so `--baselines_only` writes them once per prepared folder as
 `experiments/results/baselines-<folder>-<users>users.json`; `--baselines` (none) skips them in model runs, as the
 GPU script does (experiments/gpu/).
 """
@@ -33,11 +36,11 @@ REAL_DATA = {
 }
 DEFAULTS = dict(
     dataset="synthetic", synthetic_variant="default", reindex_items=False, max_users=None, shape="tiny",
-    prompt_encoder="mha", prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=300,
-    batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
+    prompt_encoder="mha", prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512,
+    max_steps=300, batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
     max_source_length=1024, data_seed=0, max_train_seconds=None, lr_scheduler_type="linear", warmup_steps=None,
 )
-BASELINES = ("popularity", "pmf", "markov")  # the default set; any of training.evaluation.BASELINES may be named
+BASELINES = ("popularity", "pmf")  # the default set; --baselines names any of training.evaluation.BASELINES
 
 
 def load_config(path: str) -> dict:
@@ -54,7 +57,8 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
     variant = config["synthetic_variant"]
     if variant != "default" and config["dataset"] != "synthetic":
         raise ValueError(f"synthetic_variant {variant!r} needs dataset: synthetic (got {config['dataset']!r})")
-    parts = [config["dataset"]] + ([variant] if variant != "default" else []) + (["reindexed"] if config["reindex_items"] else []) + (
+    parts = [config["dataset"]] + ([variant] if variant != "default" else []) + (
+        ["reindexed"] if config["reindex_items"] else []) + (
         [f"{config['max_users']}users"] if config["max_users"] else []) + [f"pmf{config['embedding_dim']}",
                                                                           f"n{config['num_neighbors']}"]
     folder = ROOT / "prepared" / "-".join(parts)

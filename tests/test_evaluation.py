@@ -182,42 +182,6 @@ def test_bad_arguments_are_value_errors(model, tokenizer, prepared):
         evaluate_checkpoint(model, tokenizer, prepared, num_beams=5, top_k=10)
 
 
-def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
-    import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import main
-
-    checkpoint = tmp_path / "checkpoint"
-    model.save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    monkeypatch.setattr(prepared_module, "load_prepared", lambda path: prepared)
-    output = tmp_path / "eval"
-    report = main([
-        "--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
-        "--num_beams", "4", "--top_k", "2", "--baselines", "popularity", "pmf", "--output_dir", str(output),
-    ])
-    written = json.loads((output / "results.json").read_text())
-    assert written["results"] == report["results"]
-    assert set(written["baselines"]) == {"popularity", "pmf"}
-    assert "| popularity |" in (output / "results.md").read_text()
-    # --update_model_card puts the numbers into the checkpoint's card (model-index and a section).
-    from huggingface_hub import ModelCard
-
-    from training.model_card import TrainingSummary, write_model_card
-
-    write_model_card(checkpoint, model.config, TrainingSummary(dataset_name="synthetic"))
-    main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
-          "--num_beams", "4", "--top_k", "2", "--update_model_card", "True"])
-    card = ModelCard.load(checkpoint / "README.md")
-    assert {r.metric_type for r in card.data.eval_results} >= {"hr@1", "ndcg@5"}
-    assert "`peapod-evaluate` on `unused`, test split, 2 users: sequential by 4-beam search constrained" in card.text
-    assert "top-n" not in card.text.split("## Evaluation (test split)")[1].split("##")[0]
-    (checkpoint / "README.md").unlink()
-    with pytest.raises(FileNotFoundError, match="--update_model_card: .*README.md does not exist"):
-        main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
-    with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
-        main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])
-
-
 # Bootstrap intervals over users --------------------------------------------------------------------------------
 
 
@@ -280,3 +244,40 @@ def test_reports_carry_intervals_for_the_model_and_the_baselines(model, tokenize
     low, high = report["baselines"]["markov"]["sequential"]["hr@5_ci"]
     assert "| markov | sequential (full ranking) |" in table and f"{hr5:.4f} ({low:.4f}–{high:.4f})" in table
     json.dumps(report)  # JSON-ready
+
+
+def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
+    import datasets_scripts.prepared as prepared_module
+    from training.evaluate_cli import main
+
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    monkeypatch.setattr(prepared_module, "load_prepared", lambda path: prepared)
+    output = tmp_path / "eval"
+    report = main([
+        "--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
+        "--num_beams", "4", "--top_k", "2", "--baselines", "popularity", "pmf", "--output_dir", str(output),
+    ])
+    written = json.loads((output / "results.json").read_text())
+    assert written["results"] == report["results"]
+    assert set(written["baselines"]) == {"popularity", "pmf"}
+    assert "| popularity |" in (output / "results.md").read_text()
+    # --update_model_card puts the numbers into the checkpoint's card (model-index and a section).
+    from huggingface_hub import ModelCard
+
+    from training.model_card import TrainingSummary, write_model_card
+
+    write_model_card(checkpoint, model.config, TrainingSummary(dataset_name="synthetic"))
+    main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",
+          "--num_beams", "4", "--top_k", "2", "--update_model_card", "True"])
+    card = ModelCard.load(checkpoint / "README.md")
+    assert {r.metric_type for r in card.data.eval_results} >= {"hr@1", "ndcg@5"}
+    assert "`peapod-evaluate` on `unused`, test split, 2 users: sequential by 4-beam search constrained" in card.text
+    assert "top-n" not in card.text.split("## Evaluation (test split)")[1].split("##")[0]
+    (checkpoint / "README.md").unlink()
+    with pytest.raises(FileNotFoundError, match="--update_model_card: .*README.md does not exist"):
+        main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
+    with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
+        main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])
+

@@ -146,7 +146,7 @@ def bootstrap_interval(
 
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"bootstrap_interval needs a non-empty 1-D vector of per-user values, got shape {values.shape}")
+        raise ValueError(f"bootstrap_interval needs a non-empty 1-D vector of per-user values, got {values.shape}")
     if values.size == 1 or np.all(values == values[0]):
         return [float(values[0]), float(values[0])]  # every resample has the same mean
     # batch: 100 resamples at a time bounds memory (100 x users) on large data; the draws are the same as unbatched.
