@@ -280,4 +280,3 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
         main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
     with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
         main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])
-
