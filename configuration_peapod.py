@@ -141,7 +141,8 @@ class PeaPODConfig(T5Config):
             and all(isinstance(fingerprint.get(name), int) for name in ("num_users", "num_items"))
         ):
             raise PeaPODInputError(
-                f"data_fingerprint={fingerprint!r} must be None or {{'sha256': str, 'num_users': int, 'num_items': int}}"
+                f"data_fingerprint={fingerprint!r} must be None or "
+                "{'sha256': str, 'num_users': int, 'num_items': int}"
             )
 
     @property

@@ -446,7 +446,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                     "per user (use user id 0 for an unknown user)"
                 )
             if config.num_users == 0:
-                raise PeaPODInputError("no user table installed: call set_user_table(...) or load a checkpoint with one")
+                raise PeaPODInputError(
+                    "no user table installed: call set_user_table(...) or load a checkpoint with one"
+                )
             _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
         if config.use_task_prompts:
             if task_ids is None:
@@ -642,7 +644,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
         """
         batch = input_ids.shape[0]
-        if isinstance(candidate_batch_size, bool) or not isinstance(candidate_batch_size, int) or candidate_batch_size < 1:
+        if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
             raise PeaPODInputError(f"candidate_batch_size={candidate_batch_size!r} must be an integer >= 1")
         candidates = _check_candidate_ids(candidates, batch)
         if item_trie is None:
@@ -863,7 +865,7 @@ def check_safetensors_file(path: str | os.PathLike) -> None:
             header = json.loads(stream.read(header_length))
             end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # UnicodeDecodeError is a ValueError
-            raise PeaPODInputError(f"{path} has a damaged safetensors header: not a (complete) safetensors file") from None
+            raise PeaPODInputError(f"{path} has a damaged safetensors header: not a safetensors file") from None
     expected = 8 + header_length + int(end)
     if size < expected:
         raise PeaPODInputError(
@@ -896,10 +898,13 @@ def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
             labels).__name__
         raise PeaPODInputError(f"labels must be a 2-D integer tensor [batch, target length], got {described}")
     if batch is not None and labels.shape[0] != batch:
-        raise PeaPODInputError(f"labels has shape {tuple(labels.shape)}; expected {batch} rows, one per row of input_ids")
+        raise PeaPODInputError(
+            f"labels has shape {tuple(labels.shape)}; expected {batch} rows, one per row of input_ids"
+        )
     if decoder_input_ids is not None and tuple(decoder_input_ids.shape) != tuple(labels.shape):
         raise PeaPODInputError(
-            f"decoder_input_ids has shape {tuple(decoder_input_ids.shape)}; expected that of labels {tuple(labels.shape)}"
+            f"decoder_input_ids has shape {tuple(decoder_input_ids.shape)}; expected that of labels "
+            f"{tuple(labels.shape)}"
         )
 
 

@@ -260,6 +260,7 @@ def evaluate_checkpoint(
     show_progress: bool = True,
     seed: int = 0,
     return_rankings: bool = False,
+    allow_other_data: bool = False,
 ) -> dict:
     """Evaluate `model` (a PeaPODForConditionalGeneration, or None for baselines only) on `prepared`.
 
@@ -270,6 +271,8 @@ def evaluate_checkpoint(
     Returns a JSON-ready dict: "results" {name: metrics}, "baselines" {baseline: {task: metrics}}, "users"
     (evaluated / excluded), "timing" (seconds, samples/s and users/s per task) and "settings". `return_rankings=True` adds "rankings":
     {name: {"user_ids", "targets", "ranked"}} (the model's ranked lists, row by row) for per-user analysis.
+    A model whose config records another `data_fingerprint` than `prepared`'s is refused (PeaPODInputError)
+    unless `allow_other_data=True` (`datasets_scripts.prepared.check_data_fingerprint`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -287,6 +290,9 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model is not None:
         check_user_table(model, prepared.num_users)
+        from datasets_scripts.prepared import check_data_fingerprint
+
+        check_data_fingerprint(model.config, prepared, allow_other_data)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
             raise ValueError(
