@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from configuration_peapod import PeaPODInputError
+
 from .baselines import (
     BPRBaseline,
     PMFBaseline,
@@ -62,12 +64,12 @@ def check_user_table(model, num_users: int) -> None:
         return  # POD (prompt_encoder="none"): no user table by design
     table = getattr(model, "user_embeddings", None)
     if table is None or model.config.num_users == 0:
-        raise ValueError(
+        raise PeaPODInputError(
             "the checkpoint has no user table (config.num_users = 0 or no user_embeddings buffer): a PeaPOD "
             "checkpoint with a collaborative prompt must be saved after set_user_table(...)"
         )
     if table.shape[0] != num_users + 1:
-        raise ValueError(
+        raise PeaPODInputError(
             f"the checkpoint's user table has {table.shape[0]} rows (num_users={table.shape[0] - 1}) but the prepared "
             f"data has num_users={num_users} ({num_users + 1} rows expected): the checkpoint was trained on other data"
         )
@@ -295,7 +297,7 @@ def evaluate_checkpoint(
         check_data_fingerprint(model.config, prepared, allow_other_data)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
-            raise ValueError(
+            raise PeaPODInputError(
                 f"the checkpoint was built for num_items={configured_items} but the prepared data has "
                 f"{prepared.num_items} items"
             )
