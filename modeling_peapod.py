@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
+from transformers import AutoConfig, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
@@ -911,20 +911,9 @@ def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
 PeaPODConfig.register_for_auto_class()
 PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 if __name__ == "modeling_peapod":
-    # Installed (not remote code): let the Auto classes know `peapod`, so that AutoConfig, AutoModelForSeq2SeqLM and
-    # AutoTokenizer (which reads the model's config) resolve a saved folder to these classes without asking to run
-    # its copy of this file, and AutoTokenizer does not fall back to a bare config (the "model of type `peapod` to
-    # instantiate a model of type ``" warning).
+    # Installed (not remote code): AutoConfig knows `peapod`, so AutoTokenizer (which reads a folder's config.json to
+    # learn the model type) opens a saved folder without asking to run its copy of configuration_peapod.py and
+    # without falling back to a bare config (the "model of type `peapod` to instantiate a model of type ``"
+    # warning). The model class is deliberately not registered with AutoModelForSeq2SeqLM: a registered class
+    # would replace the folder's code even under trust_remote_code=True, which is how Hub users load it.
     AutoConfig.register(PeaPODConfig.model_type, PeaPODConfig, exist_ok=True)
-    AutoModelForSeq2SeqLM.register(PeaPODConfig, PeaPODForConditionalGeneration, exist_ok=True)
-
-__all__ = [
-    "CollaborativePromptEncoder",
-    "ItemIdTrie",
-    "PeaPODConfig",
-    "PeaPODForConditionalGeneration",
-    "build_user_neighbors",
-    "compute_whole_word_ids",
-    "prefix_allowed_tokens_fn",
-    "whole_word_ids_from_tokens",
-]

@@ -144,7 +144,7 @@ def test_surgery_opt_out_and_tied_weights(good_checkpoint, tmp_path, caplog):
     assert "task_prompts.weight" in caplog.text and "allow_missing_weights=True" in caplog.text
 
 
-def test_auto_classes_resolve_a_saved_folder_without_remote_code(good_checkpoint, tokenizer, tmp_path, caplog,
+def test_auto_tokenizer_opens_a_saved_folder_without_remote_code(good_checkpoint, tokenizer, tmp_path, caplog,
                                                                  monkeypatch):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -152,16 +152,18 @@ def test_auto_classes_resolve_a_saved_folder_without_remote_code(good_checkpoint
     shutil.copytree(good_checkpoint, folder)
     tokenizer.save_pretrained(folder)
     monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # let caplog see its warnings
-    # With the package installed, `peapod` is a known model type: no "run the custom code?" question, no
-    # "model of type `peapod` to instantiate a model of type ``" fallback (AutoTokenizer reads the model config),
-    # and the model gets the same load checks.
+    # With the package installed, `peapod` is a known config type: AutoTokenizer (which reads the model config)
+    # asks no "run the custom code?" question and does not fall back to a bare config with the warning "model of
+    # type `peapod` to instantiate a model of type ``".
     with caplog.at_level(logging.WARNING):
         loaded_tokenizer = AutoTokenizer.from_pretrained(folder)
         config = AutoConfig.from_pretrained(folder)
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
-    assert type(config).__module__ == "configuration_peapod" and type(model).__module__ == "modeling_peapod"
+    assert type(config).__module__ == "configuration_peapod"
     assert loaded_tokenizer("item_12").input_ids == tokenizer("item_12").input_ids
     assert "to instantiate a model of type" not in caplog.text
+    # The model itself still loads as the folder's remote code when asked to, as on the Hub.
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules")
 
 
 # -- bad data files -------------------------------------------------------------------------------------------
