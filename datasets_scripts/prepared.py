@@ -39,7 +39,6 @@ from .build_dataset import build_dataset_dict, write_dataset_card
 from .p5_format import (
     P5Data,
     atomic_write_json,
-    load_json,
     permissions_as_umask_allows,
     read_datamaps,
     read_explanations,
@@ -61,11 +60,6 @@ REQUIRED_FILES = (
     "README.md",
     "prepare_config.json",
 )
-# The files that say what the data is (users, items, interactions, explanation splits, item re-indexing); their
-# bytes are the data fingerprint. Negatives, the user table and the tokenised dataset are derived from them.
-FINGERPRINT_FILES = ("sequential.txt", "datamaps.json", "explanation.json", "item_reindex.json")
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -361,6 +355,7 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
     """Read a prepared folder, checking that every piece is there (a clear error names the missing file)."""
     from datasets import load_from_disk
 
+    from .p5_format import load_json
     from .user_embeddings import load_user_table
 
     path = Path(path)
@@ -425,6 +420,12 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
     )
 
 
+# The files that say what the data is (users, items, interactions, explanation splits, item re-indexing); their
+# bytes are the data fingerprint. Negatives, the user table and the tokenised dataset are derived from them.
+FINGERPRINT_FILES = ("sequential.txt", "datamaps.json", "explanation.json", "item_reindex.json")
+logger = logging.getLogger(__name__)
+
+
 def data_fingerprint(path: str | os.PathLike, num_users: int, num_items: int) -> dict:
     """The identity of a prepared folder's data: {"sha256": 16 hex digits, "num_users", "num_items"}.
 
@@ -455,6 +456,8 @@ def check_data_fingerprint(
     the model is now trained on this data).
     """
     current = getattr(prepared, "fingerprint", None)
+    from .p5_format import load_json
+
     recorded = {"the model's config": getattr(config, "data_fingerprint", None)}
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
         recorded[str(Path(checkpoint) / "config.json")] = load_json(Path(checkpoint) / "config.json").get(

@@ -264,7 +264,6 @@ def hardware_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from datasets_scripts.prepared import check_data_fingerprint
     from training.collator import PeaPODDataCollator
     from training.hub import push_folder_to_hub
     from training.model_card import TrainingSummary, write_model_card
@@ -284,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer_name = model_args.tokenizer or prepared_tokenizer or model_args.base_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     model = build_model(model_args, prepared)
+    from datasets_scripts.prepared import check_data_fingerprint
+
     # Refuse a checkpoint trained on other data; a fresh model records this data's fingerprint.
     check_data_fingerprint(model.config, prepared, data_args.allow_other_data, record=True,
                            checkpoint=training_args.resume_from_checkpoint)
