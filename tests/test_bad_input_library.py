@@ -122,6 +122,19 @@ def test_bad_checkpoint_is_refused_naming_the_culprit(case, good_checkpoint, tmp
         PeaPODForConditionalGeneration.from_pretrained(folder)
 
 
+def test_remote_code_refuses_the_same_checkpoints(good_checkpoint, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    folder = tmp_path / "hub_repo"
+    shutil.copytree(good_checkpoint, folder)
+    _edit_weights(lambda w: w.pop("prompt_encoder.to_prompt.weight"))(folder)
+    # The folder's own copy of modeling_peapod.py runs: its PeaPODInputError is that module's class (a ValueError).
+    with pytest.raises(ValueError, match=r"missing \['prompt_encoder.to_prompt.weight'\]") as error:
+        AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
+    assert type(error.value).__name__ == "PeaPODInputError"
+    assert type(error.value).__module__.startswith("transformers_modules")
+
+
 def test_missing_checkpoint_folder_is_named(tmp_path):
     with pytest.raises(PeaPODInputError, match=f"checkpoint folder {tmp_path / 'absent'} does not exist"):
         PeaPODForConditionalGeneration.from_pretrained(tmp_path / "absent")
