@@ -429,10 +429,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def _check_inputs(self, input_ids, user_ids, task_ids, whole_word_ids, attention_mask=None) -> None:
         """Every user mistake becomes a `PeaPODInputError` naming the value, before any tensor math."""
         config = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            described = f"shape {tuple(input_ids.shape)}, dtype {input_ids.dtype}" if isinstance(
-                input_ids, torch.Tensor) else type(input_ids).__name__
-            raise PeaPODInputError(f"input_ids must be a 2-D integer tensor [batch, length], got {described}")
+        if not _is_integer_matrix(input_ids):
+            raise PeaPODInputError(f"input_ids must be a 2-D integer tensor [batch, length], got {_describe(input_ids)}")
         batch = input_ids.shape[0]
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise PeaPODInputError(
@@ -891,12 +889,20 @@ def _check_candidate_ids(candidates, batch: int) -> torch.Tensor:
     return candidates
 
 
+def _is_integer_matrix(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and not (
+        value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex()
+    )
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
     """`labels` [batch, target length] of integer token ids (-100 = ignored), matching decoder_input_ids if given."""
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.dtype.is_floating_point:
-        described = f"shape {tuple(labels.shape)}, dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else type(
-            labels).__name__
-        raise PeaPODInputError(f"labels must be a 2-D integer tensor [batch, target length], got {described}")
+    if not _is_integer_matrix(labels):
+        raise PeaPODInputError(f"labels must be a 2-D integer tensor [batch, target length], got {_describe(labels)}")
     if batch is not None and labels.shape[0] != batch:
         raise PeaPODInputError(
             f"labels has shape {tuple(labels.shape)}; expected {batch} rows, one per row of input_ids"
@@ -917,3 +923,16 @@ if __name__ == "modeling_peapod":
     # warning). The model class is deliberately not registered with AutoModelForSeq2SeqLM: a registered class
     # would replace the folder's code even under trust_remote_code=True, which is how Hub users load it.
     AutoConfig.register(PeaPODConfig.model_type, PeaPODConfig, exist_ok=True)
+
+__all__ = [
+    "CollaborativePromptEncoder",
+    "ItemIdTrie",
+    "PeaPODConfig",
+    "PeaPODForConditionalGeneration",
+    "build_user_neighbors",
+    "check_safetensors_file",
+    "check_user_table_contents",
+    "compute_whole_word_ids",
+    "prefix_allowed_tokens_fn",
+    "whole_word_ids_from_tokens",
+]
