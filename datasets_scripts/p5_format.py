@@ -278,9 +278,6 @@ def load_json(path: str | os.PathLike):
         ) from None
 
 
-_load_json = load_json  # the name the readers below use
-
-
 def _int_keyed_map(path: Path, raw, name: str) -> dict[int, str]:
     if not isinstance(raw, dict):
         raise PeaPODInputError(
@@ -300,7 +297,7 @@ def _int_keyed_map(path: Path, raw, name: str) -> dict[int, str]:
 def read_datamaps(path: str | os.PathLike) -> tuple[dict[int, str], dict[int, str]]:
     """Read datamaps.json -> (id2user, id2item) with integer keys."""
     path = Path(path)
-    raw = _load_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or "id2user" not in raw or "id2item" not in raw:
         raise PeaPODInputError(f"{path}: expected an object with keys `id2user` and `id2item`")
     return _int_keyed_map(path, raw["id2user"], "id2user"), _int_keyed_map(path, raw["id2item"], "id2item")
@@ -309,7 +306,7 @@ def read_datamaps(path: str | os.PathLike) -> tuple[dict[int, str], dict[int, st
 def read_explanations(path: str | os.PathLike) -> dict[str, list[dict]]:
     """Read explanation.json: {split: [{user, item, explanation, feature}, ...]} for train/validation/test."""
     path = Path(path)
-    raw = _load_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or set(raw) != set(EXPLANATION_SPLITS):
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise PeaPODInputError(f"{path}: expected an object with exactly the keys {list(EXPLANATION_SPLITS)}, got {found}")

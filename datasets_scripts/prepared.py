@@ -455,9 +455,9 @@ def check_data_fingerprint(
     the field existed) is not compared. `record=True` then stores the folder's fingerprint in `config` (training:
     the model is now trained on this data).
     """
-    current = getattr(prepared, "fingerprint", None)
     from .p5_format import load_json
 
+    current = getattr(prepared, "fingerprint", None)
     recorded = {"the model's config": getattr(config, "data_fingerprint", None)}
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
         recorded[str(Path(checkpoint) / "config.json")] = load_json(Path(checkpoint) / "config.json").get(
