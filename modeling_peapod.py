@@ -716,10 +716,27 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         source = str(pretrained_model_name_or_path)
         _check_local_checkpoint(source, kwargs.get("subfolder", ""), config_given=bool(args) or "config" in kwargs)
-        # Load permissively, then judge the mismatches here, so the error can name the tensors.
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        # Load permissively, then judge the mismatches here, so the error can name the tensors. transformers'
+        # multi-line load report is held back meanwhile: a refused checkpoint gets our one-line error instead, an
+        # accepted one (or a failure inside transformers) still gets the report.
+        report_logger, held_reports = logging.get_logger("transformers.modeling_utils"), []
+
+        def hold_load_report(record) -> bool:
+            if "LOAD REPORT" in record.getMessage():
+                held_reports.append(record)
+                return False
+            return True
+
+        report_logger.addFilter(hold_load_report)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except BaseException:
+            _emit(report_logger, held_reports)
+            raise
+        finally:
+            report_logger.removeFilter(hold_load_report)
         model._check_loaded_weights(loading_info, source, allow_missing_weights, ignore_mismatched_sizes)
         if model.has_collaborative_prompt:
             check_user_table_contents(model.user_embeddings, model.user_neighbors, where=f"checkpoint {source}: ")
@@ -731,6 +748,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                     f"data_fingerprint records {fingerprint[name]} (the data the model was trained on): config.json "
                     "was edited or mixed with another run's; restore it"
                 )
+        _emit(report_logger, held_reports)
         return (model, loading_info) if want_loading_info else model
 
     def _check_loaded_weights(
@@ -887,6 +905,12 @@ def _check_candidate_ids(candidates, batch: int) -> torch.Tensor:
     if candidates.dim() != 2 or candidates.shape[0] != batch:
         raise PeaPODInputError(f"candidates must be [batch={batch}, C] item ids, got shape {tuple(candidates.shape)}")
     return candidates
+
+
+def _emit(logger_, records) -> None:
+    """Hand held-back log records to their logger's handlers."""
+    for record in records:
+        logger_.handle(record)
 
 
 def _is_integer_matrix(value) -> bool:

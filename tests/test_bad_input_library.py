@@ -140,6 +140,19 @@ def test_missing_checkpoint_folder_is_named(tmp_path):
         PeaPODForConditionalGeneration.from_pretrained(tmp_path / "absent")
 
 
+def test_refusal_is_one_line_without_transformers_load_report(good_checkpoint, tmp_path, caplog, monkeypatch):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(good_checkpoint, folder)
+    _edit_weights(lambda w: w.pop("task_prompts.weight"))(folder)
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # let caplog see its warnings
+    with caplog.at_level(logging.WARNING), pytest.raises(PeaPODInputError) as error:
+        PeaPODForConditionalGeneration.from_pretrained(folder)
+    assert "\n" not in str(error.value) and "LOAD REPORT" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # an accepted checkpoint still gets transformers' report
+        PeaPODForConditionalGeneration.from_pretrained(folder, allow_missing_weights=True)
+    assert "LOAD REPORT" in caplog.text
+
+
 def test_surgery_opt_out_and_tied_weights(good_checkpoint, tmp_path, caplog):
     folder = tmp_path / "checkpoint"
     shutil.copytree(good_checkpoint, folder)
