@@ -851,11 +851,23 @@ def _check_local_checkpoint(source: str, subfolder: str, config_given: bool) -> 
     folder = Path(source).expanduser() / (subfolder or "")
     if not folder.is_dir():
         raise PeaPODInputError(f"checkpoint folder {folder} does not exist (or is not a folder)")
-    if not config_given and not (folder / "config.json").is_file():
+    config_file = folder / "config.json"
+    if not config_given and not config_file.is_file():
         raise PeaPODInputError(
-            f"{folder / 'config.json'} does not exist: a PeaPOD checkpoint folder holds config.json beside "
+            f"{config_file} does not exist: a PeaPOD checkpoint folder holds config.json beside "
             "model.safetensors (written by save_pretrained)"
         )
+    if not config_given:  # read it once here, so a bad value is reported with the file's name
+        try:
+            model_type = json.loads(config_file.read_bytes()).get("model_type")
+            PeaPODConfig.from_json_file(config_file)
+        except (ValueError, TypeError, AttributeError) as error:  # bad JSON or UTF-8 (ValueErrors), bad values
+            raise PeaPODInputError(f"{config_file}: {error}") from None
+        if model_type != PeaPODConfig.model_type:
+            raise PeaPODInputError(
+                f"{config_file}: model_type {model_type!r}, not {PeaPODConfig.model_type!r}: not a PeaPOD checkpoint "
+                "(a T5 checkpoint starts a PeaPOD model through PeaPODForConditionalGeneration.from_t5_pretrained)"
+            )
     for weights in sorted(folder.glob("*.safetensors")):
         check_safetensors_file(weights)
 

@@ -108,7 +108,13 @@ BAD_CHECKPOINTS = {
         lambda f: (_edit_config(num_users=5)(f), _edit_weights(lambda w: w.update(
             user_embeddings=w["user_embeddings"][:6], user_neighbors=w["user_neighbors"][:6].clamp(max=5)))(f)),
         "config.json has num_users=5 but its data_fingerprint records 6"),
-    "malformed data_fingerprint": (_edit_config(data_fingerprint="abc"), "data_fingerprint='abc' must be None or"),
+    "malformed data_fingerprint": (_edit_config(data_fingerprint="abc"),
+                                   r"config.json: data_fingerprint='abc' must be None or"),
+    "unknown prompt encoder in config.json": (_edit_config(prompt_encoder="gru"),
+                                              r"config.json: prompt_encoder='gru' is not one of"),
+    "config.json that is not JSON": (lambda f: (f / "config.json").write_text('{"model_type": "peapod",'),
+                                     r"config.json: Expecting property name"),
+    "a T5 config.json": (_edit_config(model_type="t5"), r"config.json: model_type 't5', not 'peapod'"),
 }
 
 
