@@ -64,6 +64,13 @@ class PeaPODConfig(T5Config):
     decoder_start_token_id (`int`, defaults to 0):
         T5 starts decoding from the pad token; transformers 5.x no longer puts this in `T5Config`, so it is
         declared here to let a config built from scratch train and generate.
+    data_fingerprint (`dict`, *optional*):
+        The identity of the prepared data the model was trained on, recorded by `peapod-train`:
+        `{"sha256": <16 hex digits>, "num_users": U, "num_items": I}`, the hash over the files that define the data
+        (`datasets_scripts.prepared.data_fingerprint`). `peapod-train` (continuing a checkpoint) and
+        `peapod-evaluate` refuse a prepared folder with another fingerprint (`--allow_other_data` overrides), and
+        `from_pretrained` refuses a config whose `num_users`/`num_items` disagree with it. None: not recorded
+        (checkpoints from before the field existed, or models never trained on a prepared folder).
     """
 
     model_type = "peapod"
@@ -81,6 +88,7 @@ class PeaPODConfig(T5Config):
     max_whole_word_ids: int = 512
     loss_reduction: str = "sequence"
     decoder_start_token_id: int | None = 0
+    data_fingerprint: dict | None = None
 
     def __post_init__(self, **kwargs):
         self.tasks = list(self.tasks)
@@ -127,6 +135,15 @@ class PeaPODConfig(T5Config):
             raise ValueError(f"tasks={self.tasks!r} must be a non-empty list of distinct names")
         if self.use_task_prompts and self.task_prompt_length < 1:
             raise ValueError("use_task_prompts=True needs task_prompt_length >= 1")
+        fingerprint = self.data_fingerprint
+        if fingerprint is not None and not (
+            isinstance(fingerprint, dict) and isinstance(fingerprint.get("sha256"), str)
+            and all(isinstance(fingerprint.get(name), int) for name in ("num_users", "num_items"))
+        ):
+            raise PeaPODInputError(
+                f"data_fingerprint={fingerprint!r} must be None or "
+                "{'sha256': str, 'num_users': int, 'num_items': int}"
+            )
 
     @property
     def num_prompt_vectors(self) -> int:

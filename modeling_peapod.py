@@ -12,21 +12,27 @@ transformers and that file. It reads top to bottom from building blocks to the f
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import T5ForConditionalGeneration
+from transformers import AutoConfig, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
-    from .configuration_peapod import NAMED_SHAPES, PeaPODConfig
+    from .configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
 except ImportError:  # installed: the two files are top-level modules
-    from configuration_peapod import NAMED_SHAPES, PeaPODConfig
+    from configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
+
+logger = logging.get_logger(__name__)
 
 # 1. ID helpers ----------------------------------------------------------------------------------------------
 
@@ -411,8 +417,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 f"user_neighbors has shape {tuple(user_neighbors.shape)}; expected {list(expected)} "
                 "([num_users + 1, num_neighbors])"
             )
-        if user_neighbors.dtype.is_floating_point or user_neighbors.min() < 0 or user_neighbors.max() >= rows:
-            raise ValueError(f"user_neighbors must hold integer user ids in [0, {rows - 1}]")
+        check_user_table_contents(user_embeddings, user_neighbors)
         if not self.config.num_users:
             self.config.num_users = rows - 1
         device, dtype = self.user_embeddings.device, self.user_embeddings.dtype
@@ -421,29 +426,38 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 
     # -- encoder inputs -----------------------------------------------------------------------------------
 
-    def _check_inputs(self, input_ids, user_ids, task_ids, whole_word_ids) -> None:
-        """Every user mistake becomes a ValueError naming the value, before any tensor math."""
+    def _check_inputs(self, input_ids, user_ids, task_ids, whole_word_ids, attention_mask=None) -> None:
+        """Every user mistake becomes a `PeaPODInputError` naming the value, before any tensor math."""
         config = self.config
+        if not _is_integer_matrix(input_ids):
+            raise PeaPODInputError(f"input_ids must be a 2-D integer tensor [batch, length], got {_describe(input_ids)}")
         batch = input_ids.shape[0]
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise PeaPODInputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected that of input_ids "
+                f"{tuple(input_ids.shape)}"
+            )
         if self.has_collaborative_prompt:
             if user_ids is None:
-                raise ValueError(
+                raise PeaPODInputError(
                     f"user_ids is required: prompt_encoder={config.prompt_encoder!r} builds a collaborative prompt "
                     "per user (use user id 0 for an unknown user)"
                 )
             if config.num_users == 0:
-                raise ValueError("no user table installed: call set_user_table(...) or load a checkpoint with one")
+                raise PeaPODInputError(
+                    "no user table installed: call set_user_table(...) or load a checkpoint with one"
+                )
             _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
         if config.use_task_prompts:
             if task_ids is None:
-                raise ValueError(
+                raise PeaPODInputError(
                     f"task_ids is required: one index per sample into tasks={config.tasks} (with peft, leave the "
                     "LoraConfig's task_type unset: PeftModelForSeq2SeqLM drops an argument named task_ids)"
                 )
             _check_ids("task_ids", task_ids, batch, 0, len(config.tasks) - 1, f"indices into tasks={config.tasks}")
         if whole_word_ids is not None:
             if whole_word_ids.shape != input_ids.shape:
-                raise ValueError(
+                raise PeaPODInputError(
                     f"whole_word_ids has shape {tuple(whole_word_ids.shape)}; expected that of input_ids "
                     f"{tuple(input_ids.shape)}"
                 )
@@ -468,7 +482,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended."""
         if input_ids is None:
             raise ValueError("input_ids is required (PeaPOD builds inputs_embeds itself)")
-        self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids)
+        self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids, attention_mask)
         embeds = self.shared(input_ids)
         if whole_word_ids is not None:
             embeds = embeds + self.whole_word_embeddings(whole_word_ids)
@@ -512,6 +526,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """T5's forward with the PeaPOD encoder inputs; `labels` use -100 for padding (never trained on)."""
+        if labels is not None:
+            _check_labels(labels, decoder_input_ids, input_ids.shape[0] if input_ids is not None else None)
         if encoder_outputs is None:
             inputs_embeds, attention_mask = self.build_encoder_inputs(
                 input_ids, attention_mask, user_ids, task_ids, whole_word_ids
@@ -581,6 +597,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
+        if candidates is not None:
+            candidates = _check_candidate_ids(candidates, input_ids.shape[0])
         if item_trie is None:
             if tokenizer is None:
                 raise ValueError("recommend needs a tokenizer or an item_trie")
@@ -624,6 +642,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
         """
         batch = input_ids.shape[0]
+        if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
+            raise PeaPODInputError(f"candidate_batch_size={candidate_batch_size!r} must be an integer >= 1")
+        candidates = _check_candidate_ids(candidates, batch)
         if item_trie is None:
             if tokenizer is None:
                 raise ValueError("score_candidates needs a tokenizer or an item_trie")
@@ -677,36 +698,98 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return cls(PeaPODConfig.from_t5(shape, **peapod_fields))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose user table is missing or mis-shaped."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained` that refuses a checkpoint which does not hold exactly this model.
+
+        A `PeaPODInputError` names the file or tensor when: a local folder lacks `config.json` or holds a truncated
+        `*.safetensors` file; `model.safetensors` misses weights of the model or holds weights it does not have
+        (transformers would re-initialise or drop them with a log line; tied weights count once, as transformers
+        reports them); a weight has another shape than the config says; the user table is missing, mis-shaped,
+        not finite or has neighbour ids outside it (as `set_user_table` checks); or `num_users`/`num_items` disagree
+        with the config's `data_fingerprint`.
+
+        allow_missing_weights (`bool`, defaults to `False`):
+            Load a checkpoint with missing weights (they start from a fresh initialisation) or unexpected ones
+            (ignored), for deliberate surgery; a warning names them. The user table is never optional.
+        """
         want_loading_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        # Load permissively, then judge the mismatches here, so the error can name the user table.
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        source = str(pretrained_model_name_or_path)
+        _check_local_checkpoint(source, kwargs.get("subfolder", ""), config_given=bool(args) or "config" in kwargs)
+        # Load permissively, then judge the mismatches here, so the error can name the tensors. transformers'
+        # multi-line load report is held back meanwhile: a refused checkpoint gets our one-line error instead, an
+        # accepted one (or a failure inside transformers) still gets the report.
+        report_logger, held_reports = logging.get_logger("transformers.modeling_utils"), []
+
+        def hold_load_report(record) -> bool:
+            if "LOAD REPORT" in record.getMessage():
+                held_reports.append(record)
+                return False
+            return True
+
+        report_logger.addFilter(hold_load_report)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except BaseException:
+            _emit(report_logger, held_reports)
+            raise
+        finally:
+            report_logger.removeFilter(hold_load_report)
+        model._check_loaded_weights(loading_info, source, allow_missing_weights, ignore_mismatched_sizes)
+        if model.has_collaborative_prompt:
+            check_user_table_contents(model.user_embeddings, model.user_neighbors, where=f"checkpoint {source}: ")
+        fingerprint = model.config.data_fingerprint
+        for name in ("num_users", "num_items") if fingerprint else ():
+            if fingerprint[name] != getattr(model.config, name):
+                raise PeaPODInputError(
+                    f"checkpoint {source}: config.json has {name}={getattr(model.config, name)} but its "
+                    f"data_fingerprint records {fingerprint[name]} (the data the model was trained on): config.json "
+                    "was edited or mixed with another run's; restore it"
+                )
+        _emit(report_logger, held_reports)
+        return (model, loading_info) if want_loading_info else model
+
+    def _check_loaded_weights(
+        self, loading_info: dict, source: str, allow_missing_weights: bool, ignore_mismatched_sizes: bool
+    ) -> None:
+        """Judge transformers' loading report: missing, unexpected and mis-shaped tensors of a checkpoint."""
         mismatched = {entry[0]: entry[1:] for entry in loading_info.get("mismatched_keys", ())}
         missing = set(loading_info.get("missing_keys", ()))
-        if model.has_collaborative_prompt:
+        unexpected = set(loading_info.get("unexpected_keys", ()))
+        if self.has_collaborative_prompt:
             for name in USER_TABLE_BUFFERS:
-                expected = list(getattr(model, name).shape)
+                expected = list(getattr(self, name).shape)
                 if name in missing:
-                    raise ValueError(
-                        f"checkpoint {pretrained_model_name_or_path} has no {name} buffer (expected shape {expected}): "
-                        "a PeaPOD checkpoint carries its user table; save it with save_pretrained after set_user_table"
+                    raise PeaPODInputError(
+                        f"checkpoint {source} has no {name} buffer (expected shape {expected}): a PeaPOD checkpoint "
+                        "carries its user table; save it with save_pretrained after set_user_table"
                     )
                 if name in mismatched:
                     found = list(mismatched[name][0]) if mismatched[name] else "another shape"
-                    raise ValueError(
-                        f"checkpoint {pretrained_model_name_or_path}: {name} has shape {found} in the checkpoint; "
-                        f"expected {expected} from its config (num_users={model.config.num_users})"
+                    raise PeaPODInputError(
+                        f"checkpoint {source}: {name} has shape {found} in the checkpoint; "
+                        f"expected {expected} from its config (num_users={self.config.num_users})"
                     )
         if mismatched and not ignore_mismatched_sizes:
-            raise ValueError(
-                f"checkpoint {pretrained_model_name_or_path} has weights of other shapes than its config: "
+            raise PeaPODInputError(
+                f"checkpoint {source} has weights of other shapes than its config: "
                 f"{sorted(mismatched)} (pass ignore_mismatched_sizes=True to re-initialise them)"
             )
-        return (model, loading_info) if want_loading_info else model
+        if not (missing or unexpected):
+            return
+        problems = []
+        if missing:
+            problems.append(f"missing {sorted(missing)} (they would start from random values)")
+        if unexpected:
+            problems.append(f"unexpected {sorted(unexpected)} (this model has no such weights)")
+        if not allow_missing_weights:
+            raise PeaPODInputError(
+                f"checkpoint {source}: its weights do not match its config: {'; '.join(problems)}. Pass "
+                "allow_missing_weights=True to load it anyway (deliberate surgery only)"
+            )
+        logger.warning("checkpoint %s loaded with allow_missing_weights=True: %s", source, "; ".join(problems))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`save_pretrained` whose config maps AutoConfig, AutoModel and AutoModelForSeq2SeqLM to the remote code."""
@@ -722,16 +805,160 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 def _check_ids(name: str, ids: torch.Tensor, batch: int | None, low: int, high: int, meaning: str) -> None:
     ids = torch.as_tensor(ids)
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer ids, got dtype {ids.dtype}")
+        raise PeaPODInputError(f"{name} must be integer ids, got dtype {ids.dtype}")
     if batch is not None and tuple(ids.shape) != (batch,):
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected ({batch},), one per sample")
+        raise PeaPODInputError(f"{name} has shape {tuple(ids.shape)}; expected ({batch},), one per sample")
     if ids.numel() and (ids.min() < low or ids.max() > high):
         offending = ids[(ids < low) | (ids > high)].unique()[:10].tolist()
-        raise ValueError(f"{name} contains {offending}; expected {meaning} = {low}..{high}")
+        raise PeaPODInputError(f"{name} contains {offending}; expected {meaning} = {low}..{high}")
+
+
+def check_user_table_contents(user_embeddings: torch.Tensor, user_neighbors: torch.Tensor, where: str = "") -> None:
+    """The user table's values: finite embeddings, integer neighbour ids that are rows of the table.
+
+    Shapes are checked by the callers (`set_user_table`, `from_pretrained`); a NaN row would turn every loss
+    into NaN and a neighbour id past the table would fail as an IndexError deep inside `forward`.
+    """
+    rows = user_embeddings.shape[0]
+    finite = torch.isfinite(user_embeddings)
+    if not finite.all():
+        bad_rows = (~finite).any(dim=1).nonzero().flatten()
+        raise PeaPODInputError(
+            f"{where}user_embeddings has NaN or infinite values in {bad_rows.numel()} row(s), user ids "
+            f"{bad_rows[:10].tolist()}; expected finite collaborative-filtering embeddings"
+        )
+    if user_neighbors.dtype.is_floating_point or user_neighbors.dtype == torch.bool:
+        raise PeaPODInputError(f"{where}user_neighbors has dtype {user_neighbors.dtype}; expected integer user ids")
+    outside = (user_neighbors < 0) | (user_neighbors >= rows)
+    if outside.any():
+        offending = user_neighbors[outside].unique()[:10].tolist()
+        raise PeaPODInputError(
+            f"{where}user_neighbors contains {offending}; user_neighbors must hold integer user ids in [0, {rows - 1}] "
+            f"(rows of user_embeddings)"
+        )
+
+
+def _looks_like_local_path(source: str) -> bool:
+    """A Hub repo id is `name` or `owner/name`; anything else (absolute, ./, ~, deeper paths) is meant as a folder."""
+    return os.path.exists(source) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+
+
+def _check_local_checkpoint(source: str, subfolder: str, config_given: bool) -> None:
+    """Refuse a local checkpoint folder transformers would misread: no folder, no config.json (transformers would
+    silently use a default config: num_users=0), or a truncated safetensors file."""
+    if not _looks_like_local_path(source):
+        return
+    folder = Path(source).expanduser() / (subfolder or "")
+    if not folder.is_dir():
+        raise PeaPODInputError(f"checkpoint folder {folder} does not exist (or is not a folder)")
+    config_file = folder / "config.json"
+    if not config_given and not config_file.is_file():
+        raise PeaPODInputError(
+            f"{config_file} does not exist: a PeaPOD checkpoint folder holds config.json beside "
+            "model.safetensors (written by save_pretrained)"
+        )
+    if not config_given:  # read it once here, so a bad value is reported with the file's name
+        try:
+            model_type = json.loads(config_file.read_bytes()).get("model_type")
+            PeaPODConfig.from_json_file(config_file)
+        except (ValueError, TypeError, AttributeError) as error:  # bad JSON or UTF-8 (ValueErrors), bad values
+            raise PeaPODInputError(f"{config_file}: {error}") from None
+        if model_type != PeaPODConfig.model_type:
+            raise PeaPODInputError(
+                f"{config_file}: model_type {model_type!r}, not {PeaPODConfig.model_type!r}: not a PeaPOD checkpoint "
+                "(a T5 checkpoint starts a PeaPOD model through PeaPODForConditionalGeneration.from_t5_pretrained)"
+            )
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(weights)
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """A `PeaPODInputError` naming `path` when it is not a complete safetensors file.
+
+    Hand-written (a few lines of the documented format: an 8-byte little-endian header length, a JSON header of
+    tensor byte ranges, the data) so the error says "truncated: N of M bytes", where the safetensors library says
+    "incomplete metadata", and so this remote-code file needs no import beyond torch and transformers.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        prefix = stream.read(8)
+        header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        if header_length is None or 8 + header_length > size:
+            raise PeaPODInputError(
+                f"{path} is truncated or not a safetensors file ({size} bytes, shorter than its header says): "
+                "copy or save the checkpoint again"
+            )
+        try:
+            header = json.loads(stream.read(header_length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # UnicodeDecodeError is a ValueError
+            raise PeaPODInputError(f"{path} has a damaged safetensors header: not a safetensors file") from None
+    expected = 8 + header_length + int(end)
+    if size < expected:
+        raise PeaPODInputError(
+            f"{path} is truncated: {size} of the {expected} bytes its header describes (an interrupted copy or "
+            "download?): copy or save the checkpoint again"
+        )
+
+
+def _check_candidate_ids(candidates, batch: int) -> torch.Tensor:
+    """Top-n candidates must be a non-empty [batch, C] integer tensor; catalogue membership is the trie's check."""
+    try:
+        candidates = torch.as_tensor(candidates)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise PeaPODInputError(f"candidates must be a [batch={batch}, C] table of item ids: {error}") from None
+    if candidates.numel() == 0:
+        raise PeaPODInputError(
+            f"candidates is empty (shape {tuple(candidates.shape)}): every sample needs at least one candidate item id"
+        )
+    if candidates.dtype.is_floating_point or candidates.dtype == torch.bool or candidates.is_complex():
+        raise PeaPODInputError(f"candidates must be integer item ids, got dtype {candidates.dtype}")
+    if candidates.dim() != 2 or candidates.shape[0] != batch:
+        raise PeaPODInputError(f"candidates must be [batch={batch}, C] item ids, got shape {tuple(candidates.shape)}")
+    return candidates
+
+
+def _emit(logger_, records) -> None:
+    """Hand held-back log records to their logger's handlers."""
+    for record in records:
+        logger_.handle(record)
+
+
+def _is_integer_matrix(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and not (
+        value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex()
+    )
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
+    """`labels` [batch, target length] of integer token ids (-100 = ignored), matching decoder_input_ids if given."""
+    if not _is_integer_matrix(labels):
+        raise PeaPODInputError(f"labels must be a 2-D integer tensor [batch, target length], got {_describe(labels)}")
+    if batch is not None and labels.shape[0] != batch:
+        raise PeaPODInputError(
+            f"labels has shape {tuple(labels.shape)}; expected {batch} rows, one per row of input_ids"
+        )
+    if decoder_input_ids is not None and tuple(decoder_input_ids.shape) != tuple(labels.shape):
+        raise PeaPODInputError(
+            f"decoder_input_ids has shape {tuple(decoder_input_ids.shape)}; expected that of labels "
+            f"{tuple(labels.shape)}"
+        )
 
 
 PeaPODConfig.register_for_auto_class()
 PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+if __name__ == "modeling_peapod":
+    # Installed (not remote code): AutoConfig knows `peapod`, so AutoTokenizer (which reads a folder's config.json to
+    # learn the model type) opens a saved folder without asking to run its copy of configuration_peapod.py and
+    # without falling back to a bare config (the "model of type `peapod` to instantiate a model of type ``"
+    # warning). The model class is deliberately not registered with AutoModelForSeq2SeqLM: a registered class
+    # would replace the folder's code even under trust_remote_code=True, which is how Hub users load it.
+    AutoConfig.register(PeaPODConfig.model_type, PeaPODConfig, exist_ok=True)
 
 __all__ = [
     "CollaborativePromptEncoder",
@@ -739,6 +966,8 @@ __all__ = [
     "PeaPODConfig",
     "PeaPODForConditionalGeneration",
     "build_user_neighbors",
+    "check_safetensors_file",
+    "check_user_table_contents",
     "compute_whole_word_ids",
     "prefix_allowed_tokens_fn",
     "whole_word_ids_from_tokens",

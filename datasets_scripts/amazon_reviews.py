@@ -3,7 +3,9 @@
 Pipeline (each step documented in docs/data.md):
 
 1. **Read** every line as JSON; fields used: `reviewerID`, `asin`, `unixReviewTime`, `reviewText` (may be
-   missing: treated as empty). A malformed line or a missing field is a ValueError naming file:line and the text.
+   missing: treated as empty). A malformed line, a missing field, a null or empty `reviewerID`/`asin` (a user
+   or item "None" would merge strangers), a non-UTF-8 byte or a truncated `.gz` is a `PeaPODInputError` naming
+   file:line and the text.
    A repeated (user, item) review keeps the earliest one (then the first in the file).
 2. **k-core** (default k = 5): drop users with < k distinct items and items with < k distinct users, repeated
    until nothing changes (a fixpoint: every remaining user and item has >= k interactions).
@@ -39,7 +41,6 @@ Pipeline (each step documented in docs/data.md):
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -49,7 +50,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .p5_format import P5Data, _shorten
+from configuration_peapod import PeaPODInputError
+
+from .p5_format import P5Data, _shorten, read_text_lines
 from .splits import leave_one_out, split_explanations
 
 REQUIRED_FIELDS = ("reviewerID", "asin", "unixReviewTime")
@@ -107,50 +110,54 @@ class ExtractorConfig:
     max_words: int = 40
 
 
-def open_text(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _raw_id(raw: dict, name: str, where: str, line: str) -> str:
+    """`reviewerID` / `asin` as a non-empty string (a number is taken as its digits); null, empty or other types
+    are refused: `str(None)` would make every review without an id one user "None"."""
+    value = raw[name]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise PeaPODInputError(f"{where}: `{name}` is {value!r}; expected a non-empty string id: {_shorten(line)!r}")
+    return value
 
 
 def read_reviews(path: str | os.PathLike) -> list[dict]:
     """Read a McAuley dump; each review keeps `user`, `item`, `time`, `text`, `line` (its 1-based line number)."""
     reviews, seen = [], {}
-    with open_text(path) as stream:
-        for line_number, line in enumerate(tqdm(stream, desc="reading reviews", unit=" lines", leave=False), 1):
-            if not line.strip():
-                raise ValueError(f"{path}:{line_number}: empty line; expected one JSON review object per line")
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: malformed JSON ({error.msg}): {_shorten(line)!r}") from None
-            if not isinstance(raw, dict) or any(key not in raw for key in REQUIRED_FIELDS):
-                raise ValueError(
-                    f"{path}:{line_number}: expected an object with fields {list(REQUIRED_FIELDS)}: {_shorten(line)!r}"
-                )
-            try:
-                time = int(raw["unixReviewTime"])
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}:{line_number}: unixReviewTime {raw['unixReviewTime']!r} is not an integer"
-                ) from None
-            review = {
-                "user": str(raw["reviewerID"]),
-                "item": str(raw["asin"]),
-                "time": time,
-                "text": str(raw.get("reviewText") or ""),
-                "line": line_number,
-            }
-            key = (review["user"], review["item"])
-            if key in seen:  # keep the earliest review of a repeated pair (then the first in the file)
-                if time < reviews[seen[key]]["time"]:
-                    reviews[seen[key]] = review
-                continue
-            seen[key] = len(reviews)
-            reviews.append(review)
+    lines = read_text_lines(path)
+    for line_number, line in tqdm(lines, desc="reading reviews", unit=" lines", leave=False):
+        where = f"{path}:{line_number}"
+        if not line.strip():
+            raise PeaPODInputError(f"{where}: empty line; expected one JSON review object per line")
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PeaPODInputError(f"{where}: malformed JSON ({error.msg}): {_shorten(line)!r}") from None
+        if not isinstance(raw, dict) or any(key not in raw for key in REQUIRED_FIELDS):
+            raise PeaPODInputError(
+                f"{where}: expected an object with fields {list(REQUIRED_FIELDS)}: {_shorten(line)!r}"
+            )
+        time = raw["unixReviewTime"]
+        if isinstance(time, str) and re.fullmatch(r"[0-9]+", time):
+            time = int(time)
+        if not isinstance(time, int) or isinstance(time, bool):
+            raise PeaPODInputError(f"{where}: unixReviewTime {raw['unixReviewTime']!r} is not an integer")
+        review = {
+            "user": _raw_id(raw, "reviewerID", where, line),
+            "item": _raw_id(raw, "asin", where, line),
+            "time": time,
+            "text": str(raw.get("reviewText") or ""),
+            "line": line_number,
+        }
+        key = (review["user"], review["item"])
+        if key in seen:  # keep the earliest review of a repeated pair (then the first in the file)
+            if time < reviews[seen[key]]["time"]:
+                reviews[seen[key]] = review
+            continue
+        seen[key] = len(reviews)
+        reviews.append(review)
     if not reviews:
-        raise ValueError(f"{path} holds no reviews")
+        raise PeaPODInputError(f"{path} holds no reviews")
     return reviews
 
 

@@ -20,7 +20,8 @@ as it was. Input is validated (and the user matrix loaded) before the heavy step
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from configuration_peapod import PeaPODInputError
 
 from . import splits as splits_module
 from .build_dataset import build_dataset_dict, write_dataset_card
@@ -114,6 +117,7 @@ class PreparedData:
     item_reindex: dict[int, int] | None
     id2user: dict[int, str]
     id2item: dict[int, str]
+    fingerprint: dict | None = None  # `data_fingerprint(path)`, what `PeaPODConfig.data_fingerprint` records
 
 
 def _check_arguments(args: PrepareArguments) -> None:
@@ -380,13 +384,21 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
     """Read a prepared folder, checking that every piece is there (a clear error names the missing file)."""
     from datasets import load_from_disk
 
+    from .p5_format import load_json
     from .user_embeddings import load_user_table
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"prepared folder {path} does not exist")
     config_path = path / "prepare_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = load_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise PeaPODInputError(
+            f"{config_path}: expected a JSON object (written by peapod-prepare), got {type(config).__name__}"
+        )
+    for name in ("has_explanations", "reindexed_items"):
+        if not isinstance(config.get(name, False), bool):
+            raise PeaPODInputError(f"{config_path}: `{name}` is {config[name]!r}; expected true or false")
     required = [name for name in REQUIRED_FILES if load_dataset or not name.startswith("dataset/")]
     if config.get("has_explanations"):
         required.append("explanation.json")
@@ -410,8 +422,14 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
         )
     item_reindex = None
     if config.get("reindexed_items"):
-        raw = json.loads((path / "item_reindex.json").read_text(encoding="utf-8"))
-        item_reindex = {int(old): int(new) for old, new in raw["old_to_new"].items()}
+        reindex_path = path / "item_reindex.json"
+        raw = load_json(reindex_path)
+        try:
+            item_reindex = {int(old): int(new) for old, new in raw["old_to_new"].items()}
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise PeaPODInputError(
+                f"{reindex_path}: expected {{\"seed\": ..., \"old_to_new\": {{\"<old id>\": <new id>, ...}}}}"
+            ) from None
     return PreparedData(
         path=path,
         config=config,
@@ -427,4 +445,65 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
         item_reindex=item_reindex,
         id2user=id2user,
         id2item=id2item,
+        fingerprint=data_fingerprint(path, num_users=len(id2user), num_items=len(id2item)),
     )
+
+
+# The files that say what the data is (users, items, interactions, explanation splits, item re-indexing); their
+# bytes are the data fingerprint. Negatives, the user table and the tokenised dataset are derived from them.
+FINGERPRINT_FILES = ("sequential.txt", "datamaps.json", "explanation.json", "item_reindex.json")
+logger = logging.getLogger(__name__)
+
+
+def data_fingerprint(path: str | os.PathLike, num_users: int, num_items: int) -> dict:
+    """The identity of a prepared folder's data: {"sha256": 16 hex digits, "num_users", "num_items"}.
+
+    The hash runs over the bytes of `FINGERPRINT_FILES` present in the folder (each preceded by its name), so two
+    folders agree exactly when they hold the same users, items, interactions, explanation splits and item ids; the
+    synthetic data of another seed, another `--max_users` slice or re-indexed items all differ. The counts ride
+    along so a config edited by hand can be caught without the data (`PeaPODForConditionalGeneration.from_pretrained`).
+    """
+    digest = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        file = Path(path) / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return {"sha256": digest.hexdigest()[:16], "num_users": num_users, "num_items": num_items}
+
+
+def check_data_fingerprint(
+    config, prepared: PreparedData, allow_other_data: bool = False, record: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+) -> None:
+    """Refuse to pair a model with a prepared folder other than the one it was trained on.
+
+    `config` is the model's `PeaPODConfig`; its `data_fingerprint` (recorded by `peapod-train`) must equal
+    `prepared.fingerprint`, else a `PeaPODInputError` names both fingerprints. `checkpoint` (a folder, e.g. the one
+    training resumes from) has its `config.json`'s fingerprint compared as well. `allow_other_data=True` (the CLIs'
+    `--allow_other_data`) turns the error into a warning. A side without a fingerprint (a checkpoint from before
+    the field existed) is not compared. `record=True` then stores the folder's fingerprint in `config` (training:
+    the model is now trained on this data).
+    """
+    from .p5_format import load_json
+
+    current = getattr(prepared, "fingerprint", None)
+    recorded = {"the model's config": getattr(config, "data_fingerprint", None)}
+    if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
+        recorded[str(Path(checkpoint) / "config.json")] = load_json(Path(checkpoint) / "config.json").get(
+            "data_fingerprint"
+        )
+    for where, fingerprint in recorded.items():
+        if not fingerprint or not current or fingerprint == current:
+            continue
+        message = (
+            f"the model was trained on other data than {prepared.path}: {where} records data_fingerprint "
+            f"{fingerprint} but {prepared.path} has {current}"
+        )
+        if not allow_other_data:
+            raise PeaPODInputError(
+                f"{message}. Use the prepared folder the model was trained on, or pass --allow_other_data "
+                "(allow_other_data=True) if the ids mean the same users and items"
+            )
+        logger.warning("%s (allowed by allow_other_data)", message)
+    if record and current:
+        config.data_fingerprint = dict(current)

@@ -100,3 +100,37 @@ def test_push_uploads_the_complete_folder(checkpoint):
     assert name == "create_repo" and create["repo_id"] == "someone/peapod" and create["private"] is True
     assert name2 == "upload_folder" and upload["folder_path"] == str(folder) and "optimizer.pt" in upload[
         "ignore_patterns"]
+
+
+def test_model_index_has_one_result_per_task_and_round_trips_through_the_hub_parser(checkpoint):
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    model, folder = checkpoint
+    ranking = {"hr@1": 0.1, "hr@5": 0.2, "ndcg@5": 0.15, "hr@10": 0.3, "ndcg@10": 0.2, "num_users": 9}
+    results = {
+        "sequential": {**ranking, "hr@10": 0.31},
+        "topn_beam": {**ranking, "hr@10": 0.52},
+        "topn_likelihood": {**ranking, "hr@10": 0.73},
+        "explanation": {"bleu4": 1.5, "rouge1": 20.0, "rouge2": 3.0, "rougeL": 15.0, "rouge1_nmt": 21.0,
+                        "rouge2_nmt": 3.5, "rougeL_nmt": 16.0, "num_samples": 9},
+    }
+    write_model_card(folder, model.config, TrainingSummary(dataset_name="beauty", results=results))
+    model_index = ModelCard.load(folder / "README.md").data.to_dict()["model-index"]
+    entries = model_index[0]["results"]
+    by_task = {entry["task"]["type"]: entry for entry in entries}
+    assert len(entries) == len(by_task) == 4  # one result per task and per top-n ranking method
+    for entry in entries:
+        names = [metric["name"] for metric in entry["metrics"]]
+        assert len(names) == len(set(names)), names  # no metric name twice within a result
+    assert "HR@10" in [m["name"] for m in by_task["top-n-recommendation-likelihood"]["metrics"]]
+    assert "ROUGE-1 F1 (tensorflow/nmt variant)" in [m["name"] for m in by_task["text2text-generation"]["metrics"]]
+    # huggingface_hub's own parser puts every value back under the task it belongs to.
+    name, parsed = model_index_to_eval_results(model_index)
+    assert name == "PeaPOD (mha) on beauty"
+    values = {(result.task_type, result.metric_type): result.metric_value for result in parsed}
+    assert values[("sequential-recommendation", "hr@10")] == 0.31
+    assert values[("top-n-recommendation-beam-search", "hr@10")] == 0.52
+    assert values[("top-n-recommendation-likelihood", "hr@10")] == 0.73
+    assert values[("text2text-generation", "rouge1")] == 20.0 and values[("text2text-generation", "rouge1_nmt")] == 21.0
+    assert len(values) == len(parsed) == 3 * 5 + 7  # nothing merged away or duplicated
+    assert not any(metric.startswith("num_") for _, metric in values)

@@ -95,6 +95,9 @@ class DataArguments:
             from training.trainer import check_time_budget
 
             check_time_budget(self.max_train_seconds)
+    allow_other_data: bool = field(
+        default=False, metadata={"help": "Continue a checkpoint trained on another prepared folder (data fingerprint)."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
     )
@@ -280,6 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer_name = model_args.tokenizer or prepared_tokenizer or model_args.base_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     model = build_model(model_args, prepared)
+    from datasets_scripts.prepared import check_data_fingerprint
+
+    # Refuse a checkpoint trained on other data; a fresh model records this data's fingerprint.
+    check_data_fingerprint(model.config, prepared, data_args.allow_other_data, record=True,
+                           checkpoint=training_args.resume_from_checkpoint)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
 
     ranking_metrics_fn = None

@@ -52,6 +52,9 @@ class EvaluateArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results.json and results.md."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available)."})
     seed: int = field(default=0, metadata={"help": "Seed set before evaluation (decoding itself is deterministic)."})
+    allow_other_data: bool = field(
+        default=False, metadata={"help": "Evaluate a checkpoint whose data fingerprint is not the prepared folder's."}
+    )
     update_model_card: bool = field(
         default=False, metadata={"help": "Write the results into the checkpoint's model card (table + model-index)."}
     )
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer, prepared, split=args.split, tasks=args.tasks, max_users=args.max_users,
         batch_size=args.batch_size, num_beams=args.num_beams, top_k=args.top_k, baselines=args.baselines,
         exclude_history=args.exclude_history, max_explanation_tokens=args.max_explanation_tokens,
-        max_source_length=args.max_source_length, seed=args.seed,
+        max_source_length=args.max_source_length, seed=args.seed, allow_other_data=args.allow_other_data,
     )
     report["checkpoint"] = args.checkpoint
     report["prepared_dir"] = str(args.prepared_dir)

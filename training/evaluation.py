@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from configuration_peapod import PeaPODInputError
+
 from .baselines import (
     BPRBaseline,
     MarkovChainBaseline,
@@ -71,12 +73,12 @@ def check_user_table(model, num_users: int) -> None:
         return  # POD (prompt_encoder="none"): no user table by design
     table = getattr(model, "user_embeddings", None)
     if table is None or model.config.num_users == 0:
-        raise ValueError(
+        raise PeaPODInputError(
             "the checkpoint has no user table (config.num_users = 0 or no user_embeddings buffer): a PeaPOD "
             "checkpoint with a collaborative prompt must be saved after set_user_table(...)"
         )
     if table.shape[0] != num_users + 1:
-        raise ValueError(
+        raise PeaPODInputError(
             f"the checkpoint's user table has {table.shape[0]} rows (num_users={table.shape[0] - 1}) but the prepared "
             f"data has num_users={num_users} ({num_users + 1} rows expected): the checkpoint was trained on other data"
         )
@@ -307,6 +309,7 @@ def evaluate_checkpoint(
     show_progress: bool = True,
     seed: int = 0,
     return_rankings: bool = False,
+    allow_other_data: bool = False,
 ) -> dict:
     """Evaluate `model` (a PeaPODForConditionalGeneration, or None for baselines only) on `prepared`.
 
@@ -317,6 +320,8 @@ def evaluate_checkpoint(
     Returns a JSON-ready dict: "results" {name: metrics}, "baselines" {baseline: {task: metrics}}, "users"
     (evaluated / excluded), "timing" (seconds, samples/s and users/s per task) and "settings". `return_rankings=True` adds "rankings":
     {name: {"user_ids", "targets", "ranked"}} (the model's ranked lists, row by row) for per-user analysis.
+    A model whose config records another `data_fingerprint` than `prepared`'s is refused (PeaPODInputError)
+    unless `allow_other_data=True` (`datasets_scripts.prepared.check_data_fingerprint`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -334,9 +339,12 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model is not None:
         check_user_table(model, prepared.num_users)
+        from datasets_scripts.prepared import check_data_fingerprint
+
+        check_data_fingerprint(model.config, prepared, allow_other_data)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
-            raise ValueError(
+            raise PeaPODInputError(
                 f"the checkpoint was built for num_items={configured_items} but the prepared data has "
                 f"{prepared.num_items} items"
             )

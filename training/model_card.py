@@ -63,16 +63,40 @@ def _results_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows) if results else ""
 
 
+# One model-index result per task and per top-n ranking method. The Hub (huggingface_hub's
+# `eval_results_to_model_index`) groups metrics into results by task type, dataset and split, so each entry needs a
+# task type of its own; otherwise every task's metrics land in one result under the first task's name.
+RESULT_TASKS: dict[str, tuple[str, str]] = {
+    "sequential": ("sequential-recommendation", "Sequential recommendation (constrained beam search, whole catalogue)"),
+    "topn": ("top-n-recommendation", "Top-n recommendation over 100 candidates"),
+    "topn_beam": ("top-n-recommendation-beam-search", "Top-n recommendation over 100 candidates (constrained beam search)"),
+    "topn_likelihood": (
+        "top-n-recommendation-likelihood", "Top-n recommendation over 100 candidates (exact likelihood ranking)"
+    ),
+    "explanation": ("text2text-generation", "Explanation generation"),
+}
+METRIC_NAMES = {
+    "hr@1": "HR@1", "hr@5": "HR@5", "hr@10": "HR@10", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10",
+    "bleu4": "BLEU-4 (tensorflow/nmt)", "rouge1": "ROUGE-1 F1", "rouge2": "ROUGE-2 F1", "rougeL": "ROUGE-L F1",
+    "rouge1_nmt": "ROUGE-1 F1 (tensorflow/nmt variant)", "rouge2_nmt": "ROUGE-2 F1 (tensorflow/nmt variant)",
+    "rougeL_nmt": "ROUGE-L F1 (tensorflow/nmt variant)",
+}
+
+
 def _eval_results(results: dict[str, dict[str, float]], dataset_name: str, split: str) -> list[EvalResult]:
-    return [
-        EvalResult(
-            task_type="text2text-generation", task_name=f"{task} recommendation" if task != "explanation" else task,
-            dataset_type=dataset_name, dataset_name=dataset_name, dataset_split=split,
-            metric_type=metric, metric_name=metric, metric_value=float(value),
-        )
-        for task, metrics in results.items()
-        for metric, value in _metrics(metrics).items()
-    ]
+    """One model-index result per entry of `results` (a task, or a top-n ranking method), metrics by readable name."""
+    entries = []
+    for task, metrics in results.items():
+        task_type, task_name = RESULT_TASKS.get(task, (task.replace("_", "-"), task.replace("_", " ")))
+        entries += [
+            EvalResult(
+                task_type=task_type, task_name=task_name, dataset_type=dataset_name, dataset_name=dataset_name,
+                dataset_split=split, metric_type=metric, metric_name=METRIC_NAMES.get(metric, metric),
+                metric_value=float(value),
+            )
+            for metric, value in _metrics(metrics).items()
+        ]
+    return entries
 
 
 def build_model_card(config, summary: TrainingSummary) -> ModelCard:
