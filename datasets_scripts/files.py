@@ -175,16 +175,24 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _is_own_temporary(name: str, allowed: set[str]) -> bool:
+    """`.<allowed name>.tmp-...` / `.<allowed name>.old-...`: what this module's writers leave beside an entry."""
+    return any(name.startswith((f".{entry}.tmp-", f".{entry}.old-")) for entry in allowed)
+
+
 def check_replaceable(
-    folder: str | os.PathLike, marker: str, allowed: Iterable[str], inputs: Iterable[str | os.PathLike] = (),
-    flag: str = "--output_dir",
+    folder: str | os.PathLike, marker: str | tuple[str, ...], allowed: Iterable[str],
+    inputs: Iterable[str | os.PathLike] = (), flag: str = "--output_dir",
 ) -> None:
     """Refuse (PeaPODInputError) to replace `folder` unless it is a folder this tool wrote.
 
-    Allowed: a missing or empty folder, or one holding `marker` and only entries named in `allowed` (so a user's
-    own file inside it is never deleted). Refused always: the current working directory or a folder holding it,
-    any of `inputs` (the run's sources), a folder holding one, or a folder inside one.
+    Allowed: a missing or empty folder, or one holding `marker` (or one of several) and only entries named in
+    `allowed` or their temporaries (so a user's own file inside it is never deleted). Refused always: the current
+    working directory or a folder holding it, any of `inputs` (the run's sources), a folder holding one, or a
+    folder inside one.
     """
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    allowed = set(allowed) | set(markers)
     path = Path(folder).resolve()
     if path.exists() and not path.is_dir():
         raise PeaPODInputError(f"{flag} {folder} exists and is not a folder")
@@ -202,12 +210,12 @@ def check_replaceable(
     entries = sorted(entry.name for entry in path.iterdir())
     if not entries:
         return
-    if marker not in entries:
+    if not set(markers) & set(entries):
         raise PeaPODInputError(
-            f"{flag} {folder} is not empty and holds no {marker}: it was not written by this tool, refusing to "
+            f"{flag} {folder} is not empty and holds no {markers[0]}: it was not written by this tool, refusing to "
             "replace it (choose another folder or empty it yourself)"
         )
-    foreign = [name for name in entries if name not in set(allowed)]
+    foreign = [name for name in entries if name not in allowed and not _is_own_temporary(name, allowed)]
     if foreign:
         raise PeaPODInputError(
             f"{flag} {folder} holds files this tool did not write ({', '.join(foreign[:5])}): refusing to replace "

@@ -26,31 +26,36 @@ def _looks_like_path(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def check_tokenizer_name(name: str, flag: str = "--tokenizer") -> None:
-    """Raise PeaPODInputError unless `name` is a tokenizer folder, a cached Hub tokenizer or a reachable Hub id."""
+def check_folder_or_hub_name(name: str, flag: str, files: tuple[str, ...], hint: str) -> None:
+    """Raise PeaPODInputError unless `name` is a folder holding one of `files`, a Hub repo with one of them in the
+    local cache, or a Hub id while the Hub answers (one short request; `hint` says what to do instead)."""
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise PeaPODInputError(f"{flag} {name}: no such folder ({LOCAL_TOKENIZER_HINT})")
-        if not any((path / file).is_file() for file in TOKENIZER_FILES):
-            raise PeaPODInputError(f"{flag} {name}: the folder holds none of {', '.join(TOKENIZER_FILES)}")
+            raise PeaPODInputError(f"{flag} {name}: no such folder ({hint})")
+        if not any((path / file).is_file() for file in files):
+            raise PeaPODInputError(f"{flag} {name}: the folder holds none of {', '.join(files)}")
         return
     from huggingface_hub import constants, get_session, try_to_load_from_cache
 
-    if any(isinstance(try_to_load_from_cache(name, file), str) for file in TOKENIZER_FILES[:2]):
+    if any(isinstance(try_to_load_from_cache(name, file), str) for file in files):
         return
     if constants.HF_HUB_OFFLINE:
         raise PeaPODInputError(
-            f"{flag} {name}: not a local folder, not in the Hugging Face cache, and HF_HUB_OFFLINE is set; "
-            + LOCAL_TOKENIZER_HINT
+            f"{flag} {name}: not a local folder, not in the Hugging Face cache, and HF_HUB_OFFLINE is set; {hint}"
         )
     try:  # one short request instead of transformers' minute of retries when the machine is offline
         get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=5)
     except Exception as error:  # noqa: BLE001  (the HTTP client's errors share no public base class)
         raise PeaPODInputError(
             f"{flag} {name}: not a local folder and {constants.ENDPOINT} cannot be reached to download it "
-            f"({type(error).__name__}); {LOCAL_TOKENIZER_HINT}"
+            f"({type(error).__name__}); {hint}"
         ) from None
+
+
+def check_tokenizer_name(name: str, flag: str = "--tokenizer") -> None:
+    """Raise PeaPODInputError unless `name` is a tokenizer folder, a cached Hub tokenizer or a reachable Hub id."""
+    check_folder_or_hub_name(name, flag, TOKENIZER_FILES, LOCAL_TOKENIZER_HINT)
 
 
 def load_tokenizer(name: str, flag: str = "--tokenizer"):
