@@ -131,6 +131,13 @@ def _check_arguments(args: PrepareArguments) -> None:
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise PeaPODInputError(f"--output_dir {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        if (output / MARKER_FILE).is_file():
+            raise FileExistsError(f"--output_dir {output} holds a prepared folder; pass --overwrite to replace it")
+        raise FileExistsError(
+            f"--output_dir {output} exists, is not empty and is not a prepared folder (no {MARKER_FILE}): choose "
+            "another folder (--overwrite replaces only prepared folders)"
+        )
     inputs = [path for path in (args.p5_dir, args.reviews) if path]
     if args.embedding not in EMBEDDING_METHODS:
         if not Path(args.embedding).exists():
@@ -141,8 +148,6 @@ def _check_arguments(args: PrepareArguments) -> None:
         inputs.append(args.embedding)
     # Checked even without --overwrite: writing a prepared folder over (or around) the source is never right.
     check_replaceable(output, MARKER_FILE, PREPARED_ENTRIES, inputs=inputs, flag="--output_dir")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--output_dir {output} exists and is not empty; pass --overwrite to replace it")
     for name in ("embedding_dim", "num_neighbors", "k_core", "pmf_max_iter"):
         if getattr(args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -187,12 +192,14 @@ def prepare(output_dir: str | os.PathLike, **kwargs) -> dict:
     Keyword arguments are the fields of `PrepareArguments` (the CLI flags without dashes), e.g.
     `prepare("out", synthetic=True, tokenizer="path/to/t5", embedding_dim=16)`.
     """
-    from .tokenizer_loading import check_tokenizer_name
+    from .tokenizer_loading import check_tokenizer_name, looks_like_path
 
     args = PrepareArguments(output_dir=str(output_dir), **kwargs)
+    # First what a killed earlier run left (a folder it had moved aside comes back), so the checks see the truth.
+    remove_stale_temporaries(Path(args.output_dir).resolve())
     _check_arguments(args)
-    check_tokenizer_name(args.tokenizer, flag="--tokenizer")
-    remove_stale_temporaries(Path(args.output_dir).resolve())  # leftovers of a killed run, before the heavy work
+    if looks_like_path(args.tokenizer):  # a missing folder at once; a Hub name when loaded, before the heavy steps
+        check_tokenizer_name(args.tokenizer, flag="--tokenizer")
     started = time.time()
     stages = tqdm(total=6, desc="prepare", unit="stage")
     try:

@@ -22,14 +22,16 @@ LOCAL_TOKENIZER_HINT = "pass a local tokenizer folder instead, e.g. --tokenizer 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 
 
-def _looks_like_path(name: str) -> bool:
-    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+def looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a folder (it exists, or is spelled like a path) rather than a Hub id."""
+    return (os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+            or (os.sep != "/" and os.sep in name))
 
 
 def check_folder_or_hub_name(name: str, flag: str, files: tuple[str, ...], hint: str) -> None:
     """Raise PeaPODInputError unless `name` is a folder holding one of `files`, a Hub repo with one of them in the
     local cache, or a Hub id while the Hub answers (one short request; `hint` says what to do instead)."""
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
             raise PeaPODInputError(f"{flag} {name}: no such folder ({hint})")

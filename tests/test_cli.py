@@ -30,7 +30,7 @@ def train_arguments(prepared, output_dir, *extra):
 
 def test_train_writes_a_complete_hub_folder(prepared, tmp_path):
     output = tmp_path / "run"
-    metrics = cli.main(train_arguments(prepared, output))
+    metrics = cli.train(train_arguments(prepared, output))
     assert {"eval_sequential_loss", "eval_topn_loss", "eval_explanation_loss", "train_loss"} <= set(metrics)
     for name in ("config.json", "modeling_peapod.py", "configuration_peapod.py", "model.safetensors", "README.md",
                  "tokenizer.json", "generation_config.json", "peapod_run.json"):
@@ -40,18 +40,18 @@ def test_train_writes_a_complete_hub_folder(prepared, tmp_path):
     assert "random initialisation of the tiny shape" in (output / "README.md").read_text()
     # Same run again into the same folder is fine (e.g. a resume); a different run is refused.
     with pytest.raises(ValueError, match=r"holds a different run \(differs in \['model'\]\)"):
-        cli.main(train_arguments(prepared, output, "--prompt_encoder", "mlp"))
+        cli.train(train_arguments(prepared, output, "--prompt_encoder", "mlp"))
 
 
 def test_time_box_stops_training_and_still_saves(prepared, tmp_path):
     output = tmp_path / "boxed"
-    metrics = cli.main(train_arguments(prepared, output, "--max_steps", "100000", "--max_train_seconds", "1"))
+    metrics = cli.train(train_arguments(prepared, output, "--max_steps", "100000", "--max_train_seconds", "1"))
     assert 0 < metrics["global_step"] < 100000
     assert metrics["time_budget_stopped_at_step"] == metrics["global_step"]
     assert (output / "model.safetensors").exists()
     assert "time-boxed to 1 s" in (output / "README.md").read_text()
     # A run that ends before its time box says so (no stop step).
-    metrics = cli.main(train_arguments(prepared, tmp_path / "roomy", "--max_train_seconds", "3600"))
+    metrics = cli.train(train_arguments(prepared, tmp_path / "roomy", "--max_train_seconds", "3600"))
     assert metrics["global_step"] == 2 and metrics["time_budget_stopped_at_step"] is None
 
 
@@ -62,7 +62,7 @@ def test_time_box_must_be_positive(prepared, tmp_path):
         TimeBudgetCallback(0)
     for bad in ("0", "-5", "nan"):
         with pytest.raises(ValueError, match=f"max_train_seconds must be a positive number of seconds, got {bad}"):
-            cli.main(train_arguments(prepared, tmp_path / "never", "--max_train_seconds", bad))
+            cli.train(train_arguments(prepared, tmp_path / "never", "--max_train_seconds", bad))
         assert not (tmp_path / "never").exists()  # refused before anything was written
 
 
@@ -70,21 +70,21 @@ def test_refusals_before_training(prepared, tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown config keys 'learnig_rate' \(did you mean 'learning_rate'\?\)"):
-        cli.main([str(config_file), *train_arguments(prepared, tmp_path / "a")])
+        cli.train([str(config_file), *train_arguments(prepared, tmp_path / "a")])
     with pytest.raises(ValueError, match=r"unknown arguments \['--bogus', '1'\]"):
-        cli.main([*train_arguments(prepared, tmp_path / "b"), "--bogus", "1"])
+        cli.train([*train_arguments(prepared, tmp_path / "b"), "--bogus", "1"])
 
     broken = tmp_path / "broken"
     shutil.copytree(prepared, broken)
     (broken / "user_table.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="user_table.safetensors"):
-        cli.main(train_arguments(broken, tmp_path / "c"))
+        cli.train(train_arguments(broken, tmp_path / "c"))
 
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("someone else's files")
     with pytest.raises(ValueError, match="holds no peapod_run.json"):
-        cli.main(train_arguments(prepared, occupied))
+        cli.train(train_arguments(prepared, occupied))
 
     # A PeaPOD checkpoint whose user table has another size than the data.
     from modeling_peapod import PeaPODForConditionalGeneration
@@ -95,14 +95,14 @@ def test_refusals_before_training(prepared, tmp_path):
     arguments = train_arguments(prepared, tmp_path / "d")
     arguments[arguments.index("random:tiny")] = str(tmp_path / "other")
     with pytest.raises(ValueError, match="has a user table of 12 users but the prepared data has 30"):
-        cli.main(arguments)
+        cli.train(arguments)
     assert not (tmp_path / "d" / "model.safetensors").exists()
 
 
 def test_push_to_hub_uploads_the_final_folder(prepared, tmp_path, monkeypatch):
     uploads = []
     monkeypatch.setattr("training.hub.HfApi", lambda token=None: _RecordingApi(uploads))
-    cli.main(train_arguments(prepared, tmp_path / "run", "--push_to_hub", "True", "--hub_model_id", "me/peapod"))
+    cli.train(train_arguments(prepared, tmp_path / "run", "--push_to_hub", "True", "--hub_model_id", "me/peapod"))
     (create, upload), = [tuple(uploads)]
     assert create == ("create_repo", "me/peapod") and upload[0] == "upload_folder"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["auto_map"]["AutoModelForSeq2SeqLM"]

@@ -6,7 +6,7 @@ from PIL import Image
 
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.plots import (
-    explain_user_main,
+    explain_user,
     heads_figure,
     plot_user_attention,
     user_attention,
@@ -22,7 +22,7 @@ def test_attention_heatmap_and_cli(tmp_path):
     path = plot_user_attention(model, 3, tmp_path / "user3.png")
     assert Image.open(path).size[0] > 100
     model.save_pretrained(tmp_path / "ckpt")
-    assert explain_user_main(["--checkpoint", str(tmp_path / "ckpt"), "--user_id", "2", "--output",
+    assert explain_user(["--checkpoint", str(tmp_path / "ckpt"), "--user_id", "2", "--output",
                               str(tmp_path / "cli.png")]).exists()
     with pytest.raises(ValueError, match=r"user_id=10 is not in the model's user table \(1..9\)"):
         user_attention(model, 10)

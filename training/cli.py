@@ -200,11 +200,6 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
             f"--base_model {base}: unknown shape {base.removeprefix('random:')!r}; known shapes: "
             + ", ".join(NAMED_SHAPES)
         )
-    if resolve_base_model(model_args)[1] is None:  # weights (or a config, with --random_init) to read
-        check_folder_or_hub_name(
-            base, "--base_model", ("config.json",),
-            f"offline, use a random shape, e.g. --base_model random:{'t5-small' if base == 't5-small' else 'tiny'}",
-        )
     if model_args.prompt_encoder not in PROMPT_ENCODERS:
         raise PeaPODInputError(f"--prompt_encoder {model_args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
     for name in ("prompt_encoder_heads", "collaborative_prompt_length", "task_prompt_length"):
@@ -234,12 +229,25 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise PeaPODInputError(f"--output_dir {output}: a part of the path is a file, not a folder")
     if data_args.prepared_dir is not None and not Path(data_args.prepared_dir).is_dir():
         raise FileNotFoundError(f"--prepared_dir {data_args.prepared_dir} does not exist (make one with peapod-prepare)")
-    tokenizer = model_args.tokenizer or _prepared_tokenizer(data_args.prepared_dir)
-    if tokenizer is not None:
-        check_tokenizer_name(tokenizer, "--tokenizer" if model_args.tokenizer else
-                             f"the tokenizer recorded in {data_args.prepared_dir}/prepare_config.json")
+    # Last, the names that may need one short network request (see datasets_scripts.tokenizer_loading).
+    if resolve_base_model(model_args)[1] is None:  # weights (or a config, with --random_init) to read
+        check_folder_or_hub_name(
+            base, "--base_model", ("config.json",),
+            f"offline, use a random shape, e.g. --base_model random:{'t5-small' if base == 't5-small' else 'tiny'}",
+        )
+    # The tokenizer `train` will load: --tokenizer, else the prepared folder's, else (synthetic data) t5-small,
+    # else the base model's own.
+    if model_args.tokenizer:
+        check_tokenizer_name(model_args.tokenizer, "--tokenizer")
     elif data_args.prepared_dir is None:
-        check_tokenizer_name("t5-small", "--tokenizer (default for the synthetic data)")
+        check_tokenizer_name("t5-small", "--tokenizer (default t5-small, for the synthetic data)")
+    elif (recorded := _prepared_tokenizer(data_args.prepared_dir)) is not None:
+        check_tokenizer_name(recorded, f"the tokenizer recorded in {data_args.prepared_dir}/prepare_config.json")
+    elif resolve_base_model(model_args)[1] is not None:
+        raise PeaPODInputError(f"--base_model {base} is a random shape and {data_args.prepared_dir} records no "
+                               "tokenizer: pass --tokenizer")
+    else:
+        check_tokenizer_name(base, "--tokenizer (default: --base_model)")
 
 
 def _prepared_tokenizer(prepared_dir: str | None) -> str | None:

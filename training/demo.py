@@ -59,6 +59,32 @@ class DemoArguments:
     fresh: bool = field(default=False, metadata={"help": "Delete output_dir first."})
 
 
+def check_arguments(args: DemoArguments) -> None:
+    """What can be checked before anything is written (PeaPODInputError / FileNotFoundError)."""
+    from configuration_peapod import NAMED_SHAPES, PROMPT_ENCODERS, PeaPODInputError
+
+    if args.data != "synthetic" and args.data not in REAL_DATA:
+        raise PeaPODInputError(f"--data {args.data!r}: expected synthetic or one of {sorted(REAL_DATA)}")
+    if args.data != "synthetic" and not (Path(args.shared_dir) / REAL_DATA[args.data][1]).exists():
+        raise FileNotFoundError(f"--data {args.data} needs {Path(args.shared_dir) / REAL_DATA[args.data][1]} (set "
+                                "--shared_dir to the folder holding data/)")
+    if args.shape not in NAMED_SHAPES:
+        raise PeaPODInputError(f"--shape {args.shape!r}: expected one of {', '.join(NAMED_SHAPES)}")
+    if args.prompt_encoder not in PROMPT_ENCODERS:
+        raise PeaPODInputError(f"--prompt_encoder {args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
+    for name in ("max_steps", "batch_size", "embedding_dim", "num_neighbors", "eval_users", "num_beams"):
+        if getattr(args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_beams < 10:
+        raise PeaPODInputError(f"--num_beams must be >= 10 (the demo shows a top-10 list), got {args.num_beams}")
+    if not args.learning_rate > 0:
+        raise PeaPODInputError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.max_users is not None and args.max_users < 2:
+        raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise PeaPODInputError(f"--output_dir {args.output_dir} exists and is not a folder")
+
+
 def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
     from datasets_scripts import prepare
 
@@ -94,6 +120,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     tokenizer_path = args.tokenizer or str(Path(args.shared_dir) / "tokenizers" / "t5")
     check_tokenizer_name(tokenizer_path, "--tokenizer" if args.tokenizer else f"--shared_dir {args.shared_dir} (its "
                          "tokenizers/t5)")
+    check_arguments(args)
     output_dir = Path(args.output_dir)
     if args.fresh and output_dir.exists():
         # demo_result.json marks the folders of demos older than DEMO_MARKER.
