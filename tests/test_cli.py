@@ -1,7 +1,12 @@
 """peapod-train end to end on a small synthetic prepared folder, and its refusals before any training step."""
 
 import json
+import os
+import runpy
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +123,128 @@ class _RecordingApi:
     def upload_folder(self, folder_path, repo_id, **kwargs):
         self.calls.append(("upload_folder", folder_path, repo_id))
         return "url"
+
+
+# The console scripts as the user runs them, and what they leave on disk -------------------------------------
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(command: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def trained_by_console_scripts(tmp_path_factory, tokenizer):
+    """peapod-prepare -> peapod-train (default learning rate) -> peapod-evaluate -> peapod-explain-user, each a real
+    subprocess; returns (folder, {script: CompletedProcess})."""
+    folder = tmp_path_factory.mktemp("console")
+    tok = str(TOKENIZER_DIR)
+    runs = {"peapod-prepare": _run([_script("peapod-prepare"), "--synthetic", "--output_dir", "prepared", "--tokenizer",
+                                    tok, "--max_users", "30", "--embedding_dim", "8", "--num_neighbors", "3",
+                                    "--pmf_max_iter", "3"], folder)}
+    runs["peapod-train"] = _run([_script("peapod-train"), "--prepared_dir", "prepared", "--output_dir", "run",
+                                 "--base_model", "random:tiny", "--max_steps", "2", "--per_device_train_batch_size",
+                                 "4", "--max_train_samples_per_task", "8", "--max_eval_samples_per_task", "4",
+                                 "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none"], folder)
+    runs["peapod-evaluate"] = _run([_script("peapod-evaluate"), "--checkpoint", "run", "--prepared_dir", "prepared",
+                                    "--tasks", "sequential", "--max_users", "2", "--num_beams", "2", "--top_k", "1",
+                                    "--output_dir", "eval"], folder)
+    runs["peapod-explain-user"] = _run([_script("peapod-explain-user"), "--checkpoint", "run", "--user_id", "1",
+                                        "--output", "user1.png"], folder)
+    return folder, runs
+
+
+def test_console_scripts_exit_0(trained_by_console_scripts):
+    folder, runs = trained_by_console_scripts
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+        assert "Traceback" not in run.stderr, name
+    assert (folder / "eval" / "results.json").is_file() and (folder / "user1.png").is_file()
+    # Output to a pipe, not a terminal: progress lines with an ETA instead of tqdm's carriage returns.
+    progress = [line for line in runs["peapod-train"].stderr.splitlines() if line.startswith("peapod-train: step")]
+    assert progress[-1].startswith("peapod-train: step 2/2 (100%), ") and "ETA" in progress[-1], progress
+
+
+def test_final_folder_is_pickle_free_with_default_learning_rate(trained_by_console_scripts):
+    folder, _ = trained_by_console_scripts
+    run = folder / "run"
+    assert not list(run.glob("*.bin")) and not list(run.glob("*.pt")) and not list(run.glob("*.pkl"))
+    arguments = json.loads((run / "training_args.json").read_text())
+    assert arguments["learning_rate"] == cli.DEFAULT_LEARNING_RATE == 5e-3  # README "Learning rate"
+
+
+def test_written_files_have_normal_permissions(trained_by_console_scripts):
+    folder, _ = trained_by_console_scripts
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [folder / "run" / name for name in ("model.safetensors", "README.md", "config.json", "training_args.json")]
+    files += [folder / "eval" / "results.json", folder / "eval" / "results.md", folder / "user1.png",
+              folder / "prepared" / "user_table.safetensors", folder / "prepared" / "prepare_config.json"]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in files}
+    assert modes == {path.name: oct(0o666 & ~umask) for path in files}
+    assert oct((folder / "prepared").stat().st_mode & 0o777) == oct(0o777 & ~umask)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    from datasets_scripts.files import (
+        atomic_path,
+        atomic_write_json,
+        temporary_sibling_folder,
+    )
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_path(tmp_path / "b.bin") as temporary:
+            temporary.write_bytes(b"\0")
+        with temporary_sibling_folder(tmp_path / "folder") as temporary:
+            kept = temporary
+            mode = kept.stat().st_mode & 0o777
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert mode == 0o777 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "a.json", "b.bin"]
+
+
+def test_saved_folder_tokenizer_loads_without_asking_or_remote_code(trained_by_console_scripts, monkeypatch, capfd):
+    from datasets_scripts.tokenizer_loading import load_tokenizer
+
+    folder, _ = trained_by_console_scripts
+    assert "auto_map" not in json.loads((folder / "run" / "tokenizer_config.json").read_text())
+
+    def asked(prompt=""):
+        raise AssertionError(f"asked: {prompt}")
+
+    monkeypatch.setattr("builtins.input", asked)
+    tokenizer = load_tokenizer(str(folder / "run"))
+    assert type(tokenizer).__module__.startswith("transformers.")
+    assert tokenizer("user_1 item_2").input_ids == load_tokenizer(str(TOKENIZER_DIR))("user_1 item_2").input_ids
+    captured = capfd.readouterr()
+    assert "custom code" not in captured.out + captured.err
+
+
+def test_setup_declares_every_package_folder():
+    """Every folder of Python files ships as a declared package (pip's "absent from the packages configuration")."""
+    import setuptools
+
+    root = Path(__file__).resolve().parents[1]
+    declared = {}
+    original, cwd = setuptools.setup, Path.cwd()
+    setuptools.setup = lambda **kwargs: declared.update(kwargs)
+    try:
+        os.chdir(root)  # setup.py reads README.md relative to it
+        runpy.run_path(str(root / "setup.py"))
+    finally:
+        setuptools.setup = original
+        os.chdir(cwd)
+    folders = {str(path.parent.relative_to(root)).replace("/", ".")
+               for top in ("training", "datasets_scripts", "model_cards") for path in (root / top).rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert folders == set(declared["packages"])
