@@ -248,3 +248,15 @@ def test_setup_declares_every_package_folder():
                for top in ("training", "datasets_scripts", "model_cards") for path in (root / top).rglob("*.py")
                if "__pycache__" not in path.parts}
     assert folders == set(declared["packages"])
+
+
+def test_hub_upload_refuses_pickles(trained_by_console_scripts, tmp_path):
+    from configuration_peapod import PeaPODInputError
+    from training.hub import check_hub_folder
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_by_console_scripts[0] / "run", folder)
+    assert "training_args.json" in check_hub_folder(folder)
+    (folder / "extra_state.bin").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(PeaPODInputError, match=r"refusing to upload pickle files \['extra_state.bin'\]"):
+        check_hub_folder(folder)
