@@ -188,8 +188,8 @@ def check_replaceable(
 
     Allowed: a missing or empty folder, or one holding `marker` (or one of several) and only entries named in
     `allowed` or their temporaries (so a user's own file inside it is never deleted). Refused always: the current
-    working directory or a folder holding it, any of `inputs` (the run's sources), a folder holding one, or a
-    folder inside one.
+    working directory or a folder holding it, and an existing folder that is one of `inputs` (the run's sources),
+    holds one or lies inside one (a new folder may be created inside an input: nothing of it is replaced).
     """
     markers = (marker,) if isinstance(marker, str) else tuple(marker)
     allowed = set(allowed) | set(markers)
@@ -201,7 +201,7 @@ def check_replaceable(
         raise PeaPODInputError(f"{flag} {folder} is the current working directory or holds it: refusing to replace it")
     for source in inputs:
         source_path = Path(source).resolve()
-        if _is_within(source_path, path) or _is_within(path, source_path):
+        if path.exists() and (_is_within(source_path, path) or _is_within(path, source_path)):
             raise PeaPODInputError(
                 f"{flag} {folder} is, holds or lies inside the input {source}: refusing to replace it"
             )

@@ -324,6 +324,20 @@ def test_prepare_overwrite_replaces_a_prepared_folder(prepared, tmp_path, capsys
     assert stray_temporaries(tmp_path) == []
 
 
+def test_a_new_folder_inside_the_source_is_allowed(tmp_path):
+    """Creating a new prepared folder inside the source replaces nothing, so it is not refused."""
+    from datasets_scripts.files import check_replaceable
+    from datasets_scripts.prepared import MARKER_FILE, PREPARED_ENTRIES
+
+    (tmp_path / "source").mkdir()
+    check_replaceable(tmp_path / "source" / "prepared", MARKER_FILE, PREPARED_ENTRIES, inputs=[tmp_path / "source"])
+    (tmp_path / "source" / "prepared").mkdir()  # once it exists, it lies inside the input: never replaced
+    (tmp_path / "source" / "prepared" / MARKER_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="lies inside the input"):
+        check_replaceable(tmp_path / "source" / "prepared", MARKER_FILE, PREPARED_ENTRIES,
+                          inputs=[tmp_path / "source"])
+
+
 def test_demo_fresh_refuses_unsafe_targets(tmp_path, capsys, monkeypatch, tokenizer):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "keep.txt").write_text("the user's file")
@@ -504,7 +518,7 @@ def test_real_console_scripts(prepared, tmp_path):
 
 def suite_case_count() -> int:
     """The cases of this file as README counts them: every table row, parametrised case and scenario."""
-    return (len(CASES) + len(UNSAFE_TARGETS) + 1  # + the allowed --overwrite
+    return (len(CASES) + len(UNSAFE_TARGETS) + 2  # + the allowed ones: a prepared folder, a new folder in the source
             + 2  # demo --fresh: the working directory, a foreign folder
             + len(KILL_POINTS) + 1  # + temporaries of live processes / other hosts kept
             + 2  # checkpoint code: auto_map beside an installed tokenizer class, and an uninstalled class

@@ -48,7 +48,7 @@ class ProgressLineCallback(TrainerCallback):
             self.last_loss = float(logs["loss"])
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not state.max_steps or self.started is None:
+        if not state.max_steps or self.started is None or not state.is_world_process_zero:
             return
         percent = 100.0 * state.global_step / state.max_steps
         if percent + 1e-9 < self.next_percent and state.global_step != state.max_steps:
