@@ -202,7 +202,10 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         )
     if model_args.prompt_encoder not in PROMPT_ENCODERS:
         raise PeaPODInputError(f"--prompt_encoder {model_args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
-    for name in ("prompt_encoder_heads", "collaborative_prompt_length", "task_prompt_length"):
+    needed = {"prompt_encoder_heads": model_args.prompt_encoder == "mha",
+              "collaborative_prompt_length": model_args.prompt_encoder != "none",
+              "task_prompt_length": model_args.use_task_prompts}
+    for name in (name for name, used in needed.items() if used):
         if getattr(model_args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(model_args, name)}")
     if model_args.num_neighbors is not None and model_args.num_neighbors < 1:
