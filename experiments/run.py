@@ -138,9 +138,9 @@ def run_baselines(config: dict, prepared_dir: Path, tokenizer: str) -> dict:
 
 
 def write_json(target: Path, record: dict) -> None:
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-    temporary.replace(target)
+    from datasets_scripts.files import atomic_write_text
+
+    atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
     print(f"{target.relative_to(ROOT)}: {json.dumps(record.get('results', record.get('baselines')))}", flush=True)
 
 
