@@ -35,11 +35,26 @@ from configuration_peapod import PeaPODInputError
 _HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc/self/status, kernel >= 4.7).
+
+    Elsewhere it must be set to be read: briefly to the strictest 0o077, so a file another thread creates in that
+    instant is never more open than intended."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def default_mode(directory: bool = False) -> int:
     """The mode `open`/`mkdir` would give a new file or folder under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def give_default_permissions(path: str | os.PathLike) -> None:
