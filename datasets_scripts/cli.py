@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
-from .console import USER_ERRORS, run_console_script
+from .console import USER_ERRORS, parse_dataclasses, run_console_script
 from .prepared import PrepareArguments, prepare
 
 
@@ -36,7 +34,7 @@ def format_summary(config: dict) -> str:
 
 def prepare_from_arguments(argv: list[str] | None = None) -> dict:
     """`peapod-prepare` as a function: parse `argv`, build the folder, print the summary; returns prepare_config."""
-    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses(PrepareArguments, argv, "peapod-prepare")
     fields = vars(args).copy()
     output_dir = fields.pop("output_dir")
     config = prepare(output_dir, **fields)

@@ -36,6 +36,31 @@ def one_line(error: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(error).__name__
 
 
+def _raise_input_error(message: str):
+    raise PeaPODInputError(message)
+
+
+def argument_parser(classes, prog: str):
+    """An `HfArgumentParser` whose errors are one-line PeaPODInputErrors, not argparse's usage dump and exit: with
+    `Seq2SeqTrainingArguments` the usage alone is a hundred lines, burying the one that matters."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(classes, prog=prog)
+    parser.error = _raise_input_error
+    return parser
+
+
+def parse_dataclasses(classes, argv: Sequence[str] | None, prog: str, **kwargs):
+    """`argument_parser(classes, prog).parse_args_into_dataclasses(args=argv, **kwargs)`; a ValueError raised while
+    parsing (unused arguments, a dataclass's `__post_init__` check) is the user's: a PeaPODInputError."""
+    try:
+        return argument_parser(classes, prog).parse_args_into_dataclasses(args=argv, **kwargs)
+    except PeaPODInputError:
+        raise
+    except ValueError as error:
+        raise PeaPODInputError(f"{one_line(error)} (see {prog} --help)") from None
+
+
 def run_console_script(
     prog: str, function: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
     user_errors: tuple[type[BaseException], ...] = USER_ERRORS,

@@ -142,6 +142,9 @@ CASES = {
                                                                       str(t / "out")], "absent.yaml does not exist"),
     "train: unknown flag": ("peapod-train", lambda t, p, c: ["--output_dir", str(t / "out"), "--bogus", "1"],
                             "unknown arguments ['--bogus', '1']"),
+    "train: non-numeric learning rate": ("peapod-train", lambda t, p, c: [
+        *TRAIN, "--output_dir", str(t / "out"), "--learning_rate", "abc"],
+        "argument --learning_rate/--learning-rate: invalid float value: 'abc'"),
     "train: random:huge": ("peapod-train", lambda t, p, c: ["--base_model", "random:huge", "--output_dir",
                                                               str(t / "out")],
                            "unknown shape 'huge'; known shapes: t5-small, mini, tiny"),
@@ -184,6 +187,8 @@ CASES = {
     "evaluate: zero batch size": ("peapod-evaluate", lambda t, p, c: [
         "--prepared_dir", str(p), "--checkpoint", str(c), "--batch_size", "0", "--output_dir", str(t / "out")],
         "--batch_size must be >= 1, got 0"),
+    "evaluate: unknown flag": ("peapod-evaluate", lambda t, p, c: [
+        "--prepared_dir", str(p), "--baselines", "pmf", "--bogus", "1"], "['--bogus', '1'] (see peapod-evaluate --help)"),
     "evaluate: unknown baseline": ("peapod-evaluate", lambda t, p, c: [
         "--prepared_dir", str(p), "--baselines", "itemknn", "--output_dir", str(t / "out")], "--baselines"),
     "evaluate: bad split": ("peapod-evaluate", lambda t, p, c: [
@@ -195,6 +200,8 @@ CASES = {
     # peapod-explain-user
     "explain-user: missing checkpoint": ("peapod-explain-user", lambda t, p, c: [
         "--checkpoint", str(t / "nope"), "--user_id", "1", "--output", str(t / "out")], "--checkpoint"),
+    "explain-user: missing --user_id": ("peapod-explain-user", lambda t, p, c: [
+        "--checkpoint", str(c)], "the following arguments are required: --user_id"),
     "explain-user: user outside the table": ("peapod-explain-user", lambda t, p, c: [
         "--checkpoint", str(c), "--user_id", "1000000", "--output", str(t / "out")],
         "--user_id 1000000: user_id=1000000 is not in the model's user table (1..30)"),

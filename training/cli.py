@@ -27,11 +27,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import (
-    HfArgumentParser,
-    Seq2SeqTrainingArguments,
-    set_seed,
-)
+from transformers import Seq2SeqTrainingArguments, set_seed
 
 from configuration_peapod import (
     DEFAULT_TASKS,
@@ -39,7 +35,7 @@ from configuration_peapod import (
     PROMPT_ENCODERS,
     PeaPODInputError,
 )
-from datasets_scripts.console import run_console_script
+from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_json, atomic_write_text
 from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
 
@@ -173,15 +169,9 @@ def parse_arguments(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = config_file_arguments(argv[0]) + argv[1:]
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    try:
-        model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
-            args=argv, return_remaining_strings=True
-        )
-    except ValueError as error:  # raised by the dataclasses' __post_init__ checks: a bad combination of flags
-        if isinstance(error, PeaPODInputError):
-            raise
-        raise PeaPODInputError(f"bad arguments: {error}") from None
+    model_args, data_args, training_args, unknown = parse_dataclasses(
+        ARGUMENT_CLASSES, argv, "peapod-train", return_remaining_strings=True
+    )
     if unknown:
         raise PeaPODInputError(f"unknown arguments {unknown}; see peapod-train --help")
     return model_args, data_args, training_args

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, HfArgumentParser
+from transformers import AutoModelForSeq2SeqLM
 
-from datasets_scripts.console import run_console_script
+from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_text, check_replaceable
 
 DEMO_MARKER = "peapod_demo.json"  # written first into a demo's output folder: what --fresh may delete
@@ -115,7 +115,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     from training.model_card import TrainingSummary, write_model_card
 
     logging.basicConfig(level=logging.WARNING)
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses(DemoArguments, argv, "peapod-demo")
     started = time.perf_counter()
     tokenizer_path = args.tokenizer or str(Path(args.shared_dir) / "tokenizers" / "t5")
     check_tokenizer_name(tokenizer_path, "--tokenizer" if args.tokenizer else f"--shared_dir {args.shared_dir} (its "

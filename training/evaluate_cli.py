@@ -20,10 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from configuration_peapod import PeaPODInputError
-from datasets_scripts.console import run_console_script
+from datasets_scripts.console import parse_dataclasses, run_console_script
 
 from .evaluation import (
     BASELINES,
@@ -112,7 +110,7 @@ def check_arguments(args: EvaluateArguments) -> None:
 
 def evaluate(argv: list[str] | None = None) -> dict:
     """`peapod-evaluate` as a Python function: returns the report (raises on a user's mistake)."""
-    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses(EvaluateArguments, argv, "peapod-evaluate")
     check_arguments(args)
 
     import torch

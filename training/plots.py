@@ -17,7 +17,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt
 import torch
-from transformers import HfArgumentParser
 
 from datasets_scripts.files import atomic_path
 
@@ -94,9 +93,10 @@ def explain_user(argv: list[str] | None = None) -> Path:
 
     The checkpoint is loaded with the installed `PeaPODForConditionalGeneration`, never with the folder's code."""
     from configuration_peapod import PeaPODInputError
+    from datasets_scripts.console import parse_dataclasses
     from modeling_peapod import PeaPODForConditionalGeneration
 
-    (args,) = HfArgumentParser(ExplainUserArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses(ExplainUserArguments, argv, "peapod-explain-user")
     if not (Path(args.checkpoint) / "config.json").is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no config.json there (a folder saved by peapod-train)")
     output = Path(args.output)
