@@ -12,8 +12,11 @@ setup(
     python_requires=">=3.10",
     # The two modules that travel to a Hub repo as remote code are top-level modules on purpose.
     py_modules=["configuration_peapod", "modeling_peapod"],
-    packages=["training", "training.metrics", "datasets_scripts", "model_cards"],
-    package_data={"training.metrics": ["*/*.py", "*/*.md"], "model_cards": ["*.md"]},
+    # Each shipped `evaluate` metric is a folder holding one script (loaded by path, no __init__.py): declared as a
+    # package so setuptools installs it without its "absent from the packages configuration" warning.
+    packages=["training", "training.metrics", "training.metrics.bleu_nmt", "training.metrics.ranking",
+              "training.metrics.rouge_f1", "datasets_scripts", "model_cards"],
+    package_data={"model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.1",

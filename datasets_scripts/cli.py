@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
+from .console import USER_ERRORS, parse_dataclasses, run_console_script
 from .prepared import PrepareArguments, prepare
 
 
@@ -33,17 +32,23 @@ def format_summary(config: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=argv)
+def prepare_from_arguments(argv: list[str] | None = None) -> dict:
+    """`peapod-prepare` as a function: parse `argv`, build the folder, print the summary; returns prepare_config."""
+    (args,) = parse_dataclasses(PrepareArguments, argv, "peapod-prepare")
     fields = vars(args).copy()
     output_dir = fields.pop("output_dir")
-    try:
-        config = prepare(output_dir, **fields)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"peapod-prepare: error: {error}", file=sys.stderr)
-        return 2
+    config = prepare(output_dir, **fields)
     print(format_summary(config))
-    return 0
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: exit status 0, or 2 with one line on a user's mistake (datasets_scripts.console).
+
+    Every reader of this package reports bad input data as a ValueError naming the file and line (p5_format's
+    contract), so here a ValueError is a user's mistake too.
+    """
+    return run_console_script("peapod-prepare", prepare_from_arguments, argv, user_errors=(*USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

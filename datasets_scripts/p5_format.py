@@ -20,13 +20,14 @@ import gzip
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from configuration_peapod import PeaPODInputError
+
+from .files import atomic_write_json, atomic_write_text
 
 EXPLANATION_SPLITS = ("train", "validation", "test")
 EXPLANATION_KEYS = ("user", "item", "explanation", "feature")
@@ -68,32 +69,6 @@ def _shorten(text: str, limit: int = 120) -> str:
 
 
 # Writing ------------------------------------------------------------------------------------------------------
-
-
-def permissions_as_umask_allows(path: str | os.PathLike, mode: int = 0o666) -> None:
-    """mkstemp/mkdtemp create owner-only files; give the final file the mode a plain `open` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder, then rename (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        permissions_as_umask_allows(temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_id_lists(path: str | os.PathLike, rows: dict[int, list[int]]) -> None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +34,16 @@ from configuration_peapod import PeaPODInputError
 
 from . import splits as splits_module
 from .build_dataset import build_dataset_dict, write_dataset_card
+from .files import (
+    atomic_write_json,
+    check_replaceable,
+    give_default_permissions,
+    remove_stale_temporaries,
+    replace_folder,
+    temporary_sibling_folder,
+)
 from .p5_format import (
     P5Data,
-    atomic_write_json,
-    permissions_as_umask_allows,
     read_datamaps,
     read_explanations,
     read_negatives,
@@ -60,6 +64,9 @@ REQUIRED_FILES = (
     "README.md",
     "prepare_config.json",
 )
+MARKER_FILE = "prepare_config.json"  # written last: a folder holding it was made by `prepare`
+# Everything `prepare` may write: an --overwrite target holding anything else is not replaced.
+PREPARED_ENTRIES = {*(name.split("/")[0] for name in REQUIRED_FILES), "explanation.json", "item_reindex.json"}
 
 
 @dataclass
@@ -121,22 +128,46 @@ class PreparedData:
 
 
 def _check_arguments(args: PrepareArguments) -> None:
+    """Every check that needs no data: run before anything is read, so a mistake costs nothing."""
+    from configuration_peapod import PeaPODInputError
+
     given = {"p5_dir": args.p5_dir, "reviews": args.reviews, "synthetic": args.synthetic}
     sources = [name for name, value in given.items() if value]
     if len(sources) != 1:
-        raise ValueError(f"give exactly one data source of --p5_dir, --reviews, --synthetic (got {sources or 'none'})")
+        raise PeaPODInputError(
+            f"give exactly one data source of --p5_dir, --reviews, --synthetic (got {sources or 'none'})"
+        )
+    if args.p5_dir and not Path(args.p5_dir).is_dir():
+        raise FileNotFoundError(f"--p5_dir {args.p5_dir} is not a folder")
+    if args.reviews and not Path(args.reviews).is_file():
+        raise FileNotFoundError(f"--reviews {args.reviews} is not a file")
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"output_dir {output} exists and is not a folder")
+        raise PeaPODInputError(f"--output_dir {output} exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"output_dir {output} exists and is not empty; pass --overwrite to replace it")
-    if args.embedding not in EMBEDDING_METHODS and not Path(args.embedding).exists():
-        raise FileNotFoundError(
-            f"--embedding {args.embedding!r} is neither one of {EMBEDDING_METHODS} nor an existing user-matrix file"
+        if (output / MARKER_FILE).is_file():
+            raise FileExistsError(f"--output_dir {output} holds a prepared folder; pass --overwrite to replace it")
+        raise FileExistsError(
+            f"--output_dir {output} exists, is not empty and is not a prepared folder (no {MARKER_FILE}): choose "
+            "another folder (--overwrite replaces only prepared folders)"
         )
+    inputs = [path for path in (args.p5_dir, args.reviews) if path]
+    if args.embedding not in EMBEDDING_METHODS:
+        if not Path(args.embedding).exists():
+            raise FileNotFoundError(
+                f"--embedding {args.embedding!r} is neither one of {EMBEDDING_METHODS} nor an existing user-matrix "
+                "file"
+            )
+        inputs.append(args.embedding)
+    # Checked even without --overwrite: writing a prepared folder over (or around) the source is never right.
+    check_replaceable(output, MARKER_FILE, PREPARED_ENTRIES, inputs=inputs, flag="--output_dir")
     for name in ("embedding_dim", "num_neighbors", "k_core", "pmf_max_iter"):
         if getattr(args, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_users is not None and args.max_users < 2:
+        raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
+    if args.num_proc is not None and args.num_proc < 1:
+        raise PeaPODInputError(f"--num_proc must be >= 1, got {args.num_proc}")
 
 
 def _check_synthetic_variant(args: PrepareArguments) -> None:
@@ -189,8 +220,14 @@ def prepare(output_dir: str | os.PathLike, **kwargs) -> dict:
     Keyword arguments are the fields of `PrepareArguments` (the CLI flags without dashes), e.g.
     `prepare("out", synthetic=True, tokenizer="path/to/t5", embedding_dim=16)`.
     """
+    from .tokenizer_loading import check_tokenizer_name, looks_like_path
+
     args = PrepareArguments(output_dir=str(output_dir), **kwargs)
+    # First what a killed earlier run left (a folder it had moved aside comes back), so the checks see the truth.
+    remove_stale_temporaries(Path(args.output_dir).resolve())
     _check_arguments(args)
+    if looks_like_path(args.tokenizer):  # a missing folder at once; a Hub name when loaded, before the heavy steps
+        check_tokenizer_name(args.tokenizer, flag="--tokenizer")
     started = time.time()
     stages = tqdm(total=6, desc="prepare", unit="stage")
     try:
@@ -218,9 +255,9 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
 
         matrix = load_user_matrix(args.embedding, source_num_users, allow_pickle=args.allow_pickle)
         matrix = matrix[: data.num_users + 1]  # max_users keeps the first users, whose ids are unchanged
-    from transformers import AutoTokenizer
+    from .tokenizer_loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer")
     stages.update()
 
     stages.set_postfix_str("splits and negatives")
@@ -238,16 +275,12 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
     stages.update()
 
     output = Path(args.output_dir).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-    try:
-        permissions_as_umask_allows(temporary, 0o777)
+    with temporary_sibling_folder(output) as temporary:
         stages.set_postfix_str("user embeddings and neighbours")
         from .user_embeddings import save_user_table
 
         users, neighbors, items = _user_table(args, loo.train, data.num_users, data.num_items, matrix)
         save_user_table(temporary / "user_table.safetensors", users, neighbors, items)
-        permissions_as_umask_allows(temporary / "user_table.safetensors")
         stages.update()
 
         stages.set_postfix_str("samples and tokenisation")
@@ -255,6 +288,7 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             data.histories, data.num_items, negatives, data.explanations, tokenizer, args.seed, num_proc=args.num_proc
         )
         dataset.save_to_disk(str(temporary / "dataset"))
+        give_default_permissions(temporary / "dataset")
         stages.update()
 
         stages.set_postfix_str("writing files")
@@ -286,16 +320,13 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "source_notes": notes,
             "seconds": round(time.time() - started, 1),
         }
-        atomic_write_json(temporary / "prepare_config.json", config)
         write_dataset_card(temporary / "README.md", output.name, statistics, _provenance(args, notes))
+        atomic_write_json(temporary / MARKER_FILE, config)  # last: it marks the folder as complete
         stages.update()
 
         stages.set_postfix_str("moving into place")
-        _replace_folder(temporary, output)
+        replace_folder(temporary, output)
         stages.update()
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return config
 
 
@@ -342,7 +373,7 @@ def rebuild_dataset(path: str | os.PathLike, tokenizer: str | None = None, num_p
     there. `tokenizer` defaults to the one recorded in prepare_config.json; it must be the same tokenizer (a path
     to a copy of it is fine). The new `dataset/` replaces the old one only once it is completely written.
     """
-    from transformers import AutoTokenizer
+    from .tokenizer_loading import load_tokenizer
 
     path = Path(path)
     prepared = load_prepared(path, load_dataset=False)
@@ -353,31 +384,13 @@ def rebuild_dataset(path: str | os.PathLike, tokenizer: str | None = None, num_p
         raise ValueError(f"{path / 'prepare_config.json'} has no seed: cannot rebuild the samples it describes")
     dataset = build_dataset_dict(
         prepared.histories, prepared.num_items, prepared.negatives, prepared.explanations,
-        AutoTokenizer.from_pretrained(tokenizer_name), prepared.config["seed"], num_proc=num_proc,
+        load_tokenizer(tokenizer_name, flag="tokenizer"), prepared.config["seed"], num_proc=num_proc,
     )
-    temporary = Path(tempfile.mkdtemp(dir=path, prefix=".dataset.tmp-"))
-    try:
-        dataset.save_to_disk(str(temporary / "dataset"))
-        _replace_folder(temporary / "dataset", path / "dataset")
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    with temporary_sibling_folder(path / "dataset") as temporary:
+        dataset.save_to_disk(str(temporary))
+        give_default_permissions(temporary)
+        replace_folder(temporary, path / "dataset")
     return path / "dataset"
-
-
-def _replace_folder(temporary: Path, output: Path) -> None:
-    """Rename `temporary` to `output`; an existing output is moved aside first and deleted only afterwards."""
-    backup = None
-    if output.exists():
-        backup = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.replace(output, backup)
-    try:
-        os.replace(temporary, output)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, output)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> PreparedData:

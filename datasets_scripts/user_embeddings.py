@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -337,15 +335,10 @@ def save_user_table(path, user_embeddings: torch.Tensor, user_neighbors: torch.T
     if item_embeddings is not None:
         tensors[ITEM_EMBEDDINGS] = item_embeddings.detach().cpu().float().contiguous()
     _validate_user_table(tensors, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata={"format": "pt"})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from .files import atomic_path
+
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
 
 
 def load_user_table(path) -> dict[str, torch.Tensor]:

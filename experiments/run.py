@@ -75,8 +75,9 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
 
 def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from datasets_scripts.tokenizer_loading import load_tokenizer
+    from modeling_peapod import PeaPODForConditionalGeneration
     from training import cli
 
     output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
@@ -98,11 +99,11 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
         arguments += ["--tasks", *config["tasks"]]
     if config["max_train_seconds"] is not None:
         arguments += ["--max_train_seconds", str(config["max_train_seconds"])]
-    train_metrics = cli.main(arguments)
+    train_metrics = cli.train(arguments)
     train_seconds = time.perf_counter() - started
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True)
+    model = PeaPODForConditionalGeneration.from_pretrained(output_dir).eval().to(device)  # installed code only
+    tokenizer = load_tokenizer(str(output_dir))
     report = evaluate_on_test(config, prepared_dir, model, tokenizer, baselines, seed)
     heads = 0 if config["prompt_encoder"] == "mlp" else config["prompt_encoder_heads"]
     return {
@@ -133,11 +134,10 @@ def evaluate_on_test(config: dict, prepared_dir: Path, model, tokenizer, baselin
 
 def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
     """The baselines alone on the rows a model run of `config` evaluates (same split, users and candidates)."""
-    from transformers import AutoTokenizer
-
+    from datasets_scripts.tokenizer_loading import load_tokenizer
     from training import cli
 
-    report = evaluate_on_test(config, prepared_dir, None, AutoTokenizer.from_pretrained(tokenizer), baselines,
+    report = evaluate_on_test(config, prepared_dir, None, load_tokenizer(tokenizer), baselines,
                               config["data_seed"])
     return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
             "eval_users": config["eval_users"], "baselines": report["baselines"], "users": report["users"],
@@ -145,9 +145,9 @@ def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BA
 
 
 def write_json(target: Path, record: dict) -> None:
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-    temporary.replace(target)
+    from datasets_scripts.files import atomic_write_text
+
+    atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
     print(f"{target.relative_to(ROOT)}: {json.dumps(record.get('results', record.get('baselines')))}", flush=True)
 
 

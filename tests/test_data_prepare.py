@@ -204,7 +204,7 @@ def test_bad_user_matrix_leaves_no_output_folder(tmp_path, suffix, rows, message
 def test_late_failure_keeps_the_existing_output(tmp_path, monkeypatch, user_matrix, tokenizer_dir):
     output = tmp_path / "out"
     output.mkdir()
-    (output / "keep.txt").write_text("previous run")
+    (output / "prepare_config.json").write_text("previous run")  # a prepared folder: --overwrite may replace it
 
     def explode(*args, **kwargs):
         raise RuntimeError("tokenisation failed")
@@ -213,7 +213,8 @@ def test_late_failure_keeps_the_existing_output(tmp_path, monkeypatch, user_matr
     with pytest.raises(RuntimeError, match="tokenisation failed"):
         prepare(output, synthetic=True, max_users=20, tokenizer=tokenizer_dir, embedding=str(user_matrix),
                 num_neighbors=3, overwrite=True)
-    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+    assert [p.name for p in output.iterdir()] == ["prepare_config.json"]
+    assert (output / "prepare_config.json").read_text() == "previous run"
     assert leftovers(tmp_path, "out") == []
 
 

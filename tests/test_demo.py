@@ -13,9 +13,9 @@ def test_demo_end_to_end(tmp_path, tokenizer, capsys):
     from datasets_scripts.templates import EVAL_TEMPLATES, render
     from modeling_peapod import compute_whole_word_ids
     from training.collator import PeaPODDataCollator
-    from training.demo import main
+    from training.demo import run_demo
 
-    result = main(["--output_dir", str(tmp_path / "demo"), "--shared_dir", str(SHARED), "--max_steps", "2",
+    result = run_demo(["--output_dir", str(tmp_path / "demo"), "--shared_dir", str(SHARED), "--max_steps", "2",
                    "--batch_size", "4", "--eval_users", "3", "--num_beams", "10", "--embedding_dim", "8"])
     printed = capsys.readouterr().out
     assert "[5/5]" in printed and "| PeaPOD (mha, tiny) | sequential (beam) |" in printed

@@ -261,12 +261,14 @@ def test_reports_carry_intervals_for_the_model_and_the_baselines(model, tokenize
 
 def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
     import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import main
+    from training.evaluate_cli import evaluate as main
 
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     monkeypatch.setattr(prepared_module, "load_prepared", lambda path: prepared)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unused").mkdir()  # --prepared_dir must exist; load_prepared is replaced above
     output = tmp_path / "eval"
     report = main([
         "--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",

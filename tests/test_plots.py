@@ -10,7 +10,7 @@ from PIL import Image
 from modeling_peapod import PeaPODForConditionalGeneration
 from training import plots
 from training.plots import (
-    explain_user_main,
+    explain_user,
     heads_figure,
     plot_user_attention,
     user_attention,
@@ -54,7 +54,7 @@ def test_attention_heatmap_draws_the_users_attention_weights(tmp_path, drawn, ca
 
     model.save_pretrained(tmp_path / "ckpt")
     capsys.readouterr()
-    written = explain_user_main(["--checkpoint", str(tmp_path / "ckpt"), "--user_id", "3", "--output",
+    written = explain_user(["--checkpoint", str(tmp_path / "ckpt"), "--user_id", "3", "--output",
                                  str(tmp_path / "cli.png")])
     printed = json.loads(capsys.readouterr().out)
     assert printed["neighbors"] == neighbors and printed["png"] == str(written)

@@ -7,6 +7,10 @@ Arguments come from three dataclasses parsed by `HfArgumentParser`: `ModelArgume
 sizes), `DataArguments` (prepared folder or the synthetic default, sample limits) and transformers'
 `Seq2SeqTrainingArguments` (optimiser, batch size, schedule, saving, `--push_to_hub`). A JSON or YAML file given as
 the first argument supplies defaults that later command-line flags override; unknown keys are an error.
+
+`main()` is the console script (exit status 0, or 2 with one `peapod-train: error: ...` line on a user's mistake);
+`train(argv)` is the same run as a Python function returning the metrics dict. Every argument is checked
+(`check_arguments`) before any data or model is loaded.
 """
 
 from __future__ import annotations
@@ -23,19 +27,24 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import (
-    AutoTokenizer,
-    HfArgumentParser,
-    Seq2SeqTrainingArguments,
-    set_seed,
-)
+from transformers import Seq2SeqTrainingArguments, set_seed
 
-from configuration_peapod import NAMED_SHAPES
+from configuration_peapod import (
+    DEFAULT_TASKS,
+    NAMED_SHAPES,
+    PROMPT_ENCODERS,
+    PeaPODInputError,
+)
+from datasets_scripts.console import parse_dataclasses, run_console_script
+from datasets_scripts.files import atomic_write_json, atomic_write_text
 from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
 
 logger = logging.getLogger("peapod.train")
 
 RUN_FILE = "peapod_run.json"  # what a run was asked to do: an output folder holding another run is refused
+# The paper's §5.4 value, and what our from-scratch runs use: transformers' default 5e-5 leaves a randomly
+# initialised PeaPOD near chance (README, "Learning rate"). Fine-tuning pretrained t5-small: consider 5e-4.
+DEFAULT_LEARNING_RATE = 5e-3
 
 
 @dataclass
@@ -103,22 +112,51 @@ class DataArguments:
     )
 
 
+@dataclass
+class PeaPODTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with PeaPOD's default learning rate (see DEFAULT_LEARNING_RATE)."""
+
+    learning_rate: float = field(
+        default=DEFAULT_LEARNING_RATE,
+        metadata={"help": f"AdamW learning rate (default {DEFAULT_LEARNING_RATE:g}: the paper's §5.4 value, used by our "
+                  "from-scratch runs; 5e-4 is the conservative choice for fine-tuning pretrained t5-small)."},
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, PeaPODTrainingArguments)
+
+
 def _known_keys() -> set[str]:
-    return {f.name for cls in (ModelArguments, DataArguments, Seq2SeqTrainingArguments) for f in fields(cls)}
+    return {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
 
 
 def config_file_arguments(path: str) -> list[str]:
-    """A JSON/YAML file of arguments as command-line flags (so later flags override it); unknown keys are errors."""
-    text = Path(path).read_text(encoding="utf-8")
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    """A JSON/YAML file of arguments as command-line flags (so later flags override it); unknown keys are errors.
+
+    A missing file, a file that is not UTF-8 and a syntax error are PeaPODInputErrors naming the file and line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PeaPODInputError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise PeaPODInputError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise PeaPODInputError(f"{where}: invalid YAML: {problem}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}")
+        raise PeaPODInputError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}")
     known = _known_keys()
     unknown = [key for key in values if key not in known]
     if unknown:
         hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
         details = ", ".join(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in hints.items())
-        raise ValueError(f"{path}: unknown config keys {details}")
+        raise PeaPODInputError(f"{path}: unknown config keys {details}")
     argv: list[str] = []
     for key, value in values.items():
         if isinstance(value, list):
@@ -134,13 +172,89 @@ def parse_arguments(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = config_file_arguments(argv[0]) + argv[1:]
-    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
-    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
+    model_args, data_args, training_args, unknown = parse_dataclasses(
+        ARGUMENT_CLASSES, argv, "peapod-train", return_remaining_strings=True
     )
     if unknown:
-        raise ValueError(f"unknown arguments {unknown}; see peapod-train --help")
+        raise PeaPODInputError(f"unknown arguments {unknown}; see peapod-train --help")
     return model_args, data_args, training_args
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Every check that needs no data or model, so a mistake is reported in seconds (PeaPODInputError)."""
+    from datasets_scripts.tokenizer_loading import (
+        check_folder_or_hub_name,
+        check_tokenizer_name,
+    )
+
+    base = model_args.base_model
+    if base.startswith("random:") and base.removeprefix("random:") not in NAMED_SHAPES:
+        raise PeaPODInputError(
+            f"--base_model {base}: unknown shape {base.removeprefix('random:')!r}; known shapes: "
+            + ", ".join(NAMED_SHAPES)
+        )
+    if model_args.prompt_encoder not in PROMPT_ENCODERS:
+        raise PeaPODInputError(f"--prompt_encoder {model_args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
+    needed = {"prompt_encoder_heads": model_args.prompt_encoder == "mha",
+              "collaborative_prompt_length": model_args.prompt_encoder != "none",
+              "task_prompt_length": model_args.use_task_prompts}
+    for name in (name for name, used in needed.items() if used):
+        if getattr(model_args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(model_args, name)}")
+    if model_args.num_neighbors is not None and model_args.num_neighbors < 1:
+        raise PeaPODInputError(f"--num_neighbors must be >= 1, got {model_args.num_neighbors}")
+    if not 0 <= model_args.dropout_rate < 1:
+        raise PeaPODInputError(f"--dropout_rate must be in [0, 1), got {model_args.dropout_rate}")
+    unknown_tasks = [task for task in data_args.tasks if task not in DEFAULT_TASKS]
+    if unknown_tasks or not data_args.tasks:
+        raise PeaPODInputError(f"--tasks {data_args.tasks}: expected a non-empty subset of {list(DEFAULT_TASKS)}")
+    if not training_args.learning_rate > 0:
+        raise PeaPODInputError(f"--learning_rate must be > 0, got {training_args.learning_rate}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(training_args, name)}")
+    if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise PeaPODInputError(f"--num_train_epochs must be > 0 (or give --max_steps), got {training_args.num_train_epochs}")
+    for name in ("max_source_length", "max_target_length"):
+        if getattr(data_args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(data_args, name)}")
+    output = Path(training_args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise PeaPODInputError(f"--output_dir {output} exists and is not a folder")
+    if any(parent.exists() and not parent.is_dir() for parent in output.parents):
+        raise PeaPODInputError(f"--output_dir {output}: a part of the path is a file, not a folder")
+    if data_args.prepared_dir is not None and not Path(data_args.prepared_dir).is_dir():
+        raise FileNotFoundError(f"--prepared_dir {data_args.prepared_dir} does not exist (make one with peapod-prepare)")
+    # Last, the names that may need one short network request (see datasets_scripts.tokenizer_loading).
+    if resolve_base_model(model_args)[1] is None:  # weights (or a config, with --random_init) to read
+        check_folder_or_hub_name(
+            base, "--base_model", ("config.json",),
+            f"offline, use a random shape, e.g. --base_model random:{'t5-small' if base == 't5-small' else 'tiny'}",
+        )
+    # The tokenizer `train` will load: --tokenizer, else the prepared folder's, else (synthetic data) t5-small,
+    # else the base model's own.
+    if model_args.tokenizer:
+        check_tokenizer_name(model_args.tokenizer, "--tokenizer")
+    elif data_args.prepared_dir is None:
+        check_tokenizer_name("t5-small", "--tokenizer (default t5-small, for the synthetic data)")
+    elif (recorded := _prepared_tokenizer(data_args.prepared_dir)) is not None:
+        check_tokenizer_name(recorded, f"the tokenizer recorded in {data_args.prepared_dir}/prepare_config.json")
+    elif resolve_base_model(model_args)[1] is not None:
+        raise PeaPODInputError(f"--base_model {base} is a random shape and {data_args.prepared_dir} records no "
+                               "tokenizer: pass --tokenizer")
+    else:
+        check_tokenizer_name(base, "--tokenizer (default: --base_model)")
+
+
+def _prepared_tokenizer(prepared_dir: str | None) -> str | None:
+    """The tokenizer a prepared folder was tokenised with, read from its prepare_config.json (None if unknown)."""
+    if prepared_dir is None:
+        return None
+    try:
+        config = json.loads((Path(prepared_dir) / "prepare_config.json").read_text(encoding="utf-8"))
+        return config.get("arguments", {}).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_prepared reports a broken folder with its own message
 
 
 # Checks made before any training step ------------------------------------------------------------------------
@@ -152,14 +266,17 @@ def check_output_dir(output_dir: str, run_description: dict, overwrite: bool, re
     if not Path(output_dir).exists() or not any(Path(output_dir).iterdir()) or overwrite:
         return
     if not run_file.exists():
-        raise ValueError(
+        raise PeaPODInputError(
             f"output_dir {output_dir} is not empty and holds no {RUN_FILE}: refusing to write a run into it "
             "(pass --overwrite_output_dir to allow it)"
         )
-    previous = json.loads(run_file.read_text())
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise PeaPODInputError(f"{run_file} is not valid JSON: pass --overwrite_output_dir to replace the run") from None
     if previous != run_description and not resuming:
         changed = sorted(key for key in set(previous) | set(run_description) if previous.get(key) != run_description.get(key))
-        raise ValueError(
+        raise PeaPODInputError(
             f"output_dir {output_dir} holds a different run (differs in {changed}); pass --overwrite_output_dir "
             "to replace it or --resume_from_checkpoint to continue it"
         )
@@ -216,7 +333,7 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         logger.warning("Continuing from the PeaPOD checkpoint %s: its own config fixes the model (prompt encoder, "
                        "sizes, dropout); the model flags of this command are not applied", base)
         if model.has_collaborative_prompt and model.config.num_users != prepared.num_users:
-            raise ValueError(
+            raise PeaPODInputError(
                 f"{base} has a user table of {model.config.num_users} users but the prepared data has "
                 f"{prepared.num_users}: a PeaPOD checkpoint can only continue on the data of its user table"
             )
@@ -243,7 +360,7 @@ def training_splits(prepared, data_args: DataArguments, seed: int):
     if missing:
         logger.warning("The prepared data has no training split for %s; training on %s", missing, available)
     if not available:
-        raise ValueError(f"{prepared.path} has none of the requested tasks {data_args.tasks}")
+        raise PeaPODInputError(f"{prepared.path} has none of the requested tasks {data_args.tasks}")
     train_parts, eval_sets = [], {}
     for task in available:
         train = prepared.dataset[f"{task}_train"]
@@ -263,7 +380,12 @@ def hardware_description() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch {torch.__version__}"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def train(argv: list[str] | None = None) -> dict:
+    """`peapod-train` as a Python function: parse `argv`, check, train, save; returns the metrics dict.
+
+    Raises PeaPODInputError (or a FileNotFoundError/FileExistsError) on a user's mistake, before any heavy work.
+    """
+    from datasets_scripts.tokenizer_loading import load_tokenizer
     from training.collator import PeaPODDataCollator
     from training.hub import push_folder_to_hub
     from training.model_card import TrainingSummary, write_model_card
@@ -271,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, training_args = parse_arguments(argv)
+    check_arguments(model_args, data_args, training_args)
     run_description = {"model": asdict(model_args), "data": asdict(data_args) | {"overwrite_output_dir": None},
                        "seed": training_args.seed}
     check_output_dir(training_args.output_dir, run_description, data_args.overwrite_output_dir,
@@ -281,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The tokenizer the prepared folder was tokenised with, unless one is named: token ids must agree.
     prepared_tokenizer = prepared.config.get("arguments", {}).get("tokenizer")
     tokenizer_name = model_args.tokenizer or prepared_tokenizer or model_args.base_model
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    tokenizer = load_tokenizer(tokenizer_name, flag="--tokenizer")
     model = build_model(model_args, prepared)
     from datasets_scripts.prepared import check_data_fingerprint
 
@@ -305,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # uploaded once, by us, at the end
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
     run_file = Path(training_args.output_dir) / RUN_FILE
-    run_file.write_text(json.dumps(run_description, indent=2, sort_keys=True))
+    atomic_write_text(run_file, json.dumps(run_description, indent=2, sort_keys=True))
     summary = TrainingSummary(
         dataset_name=Path(str(prepared.path)).name,
         dataset_description=prepared.config.get("source_notes", {}).get("source", str(prepared.path)),
@@ -323,6 +446,15 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
         processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
     )
+    if training_args.disable_tqdm or not sys.stderr.isatty():
+        # A log file, not a terminal: plain progress lines with an ETA instead of tqdm's carriage returns.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from training.progress import ProgressLineCallback
+
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(PrinterCallback)  # the loss lines the bar printed
+        trainer.add_callback(ProgressLineCallback())
     time_budget = None
     if data_args.max_train_seconds is not None:
         time_budget = TimeBudgetCallback(data_args.max_train_seconds)
@@ -339,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         write_model_card(training_args.output_dir, trainer.model.config, summary)
-        (Path(training_args.output_dir) / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir) / "train_metrics.json", metrics, indent=2)
+        keep_final_folder_pickle_free(training_args.output_dir, training_args)
         if push_to_hub:
             url = push_folder_to_hub(training_args.output_dir, training_args.hub_model_id or Path(
                 training_args.output_dir).name, private=bool(training_args.hub_private_repo),
@@ -348,5 +481,17 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def keep_final_folder_pickle_free(output_dir: str, training_args) -> None:
+    """Replace `Trainer`'s `training_args.bin` (a pickle, which the Hub's scanner flags and which runs code when
+    loaded) by `training_args.json` in the final, Hub-ready folder. Checkpoint folders keep theirs for resuming."""
+    atomic_write_text(Path(output_dir) / "training_args.json", training_args.to_json_string())
+    (Path(output_dir) / "training_args.bin").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `peapod-train` console script: 0 on success, 2 with one line on a user's mistake."""
+    return run_console_script("peapod-train", train, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

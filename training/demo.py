@@ -7,19 +7,31 @@ top-10 recommendations, a generated explanation and the metrics table.
 
     peapod-demo                                   # synthetic data, tiny shape
     peapod-demo --data beauty --max_users 300     # a slice of the real Amazon Beauty data in ../shared
+
+`main()` is the console script (exit status 0, or 2 with one `peapod-demo: error: ...` line on a user's mistake);
+`run_demo(argv)` returns the result dict. `--fresh` deletes only a folder a demo wrote (it holds DEMO_MARKER) or an
+empty one, never the working directory or a folder holding the data or tokenizer.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoModelForSeq2SeqLM
 
+from datasets_scripts.console import parse_dataclasses, run_console_script
+from datasets_scripts.files import atomic_write_text, check_replaceable
+
+DEMO_MARKER = "peapod_demo.json"  # written first into a demo's output folder: what --fresh may delete
+DEMO_ENTRIES = {DEMO_MARKER, "demo_result.json", "model", "prepared-synthetic", *(f"prepared-{name}" for name in (
+    "beauty", "toys", "instruments"))}
 REAL_DATA = {
     "beauty": ("p5_dir", "data/amazon/beauty"),
     "toys": ("p5_dir", "data/amazon/toys"),
@@ -47,6 +59,32 @@ class DemoArguments:
     fresh: bool = field(default=False, metadata={"help": "Delete output_dir first."})
 
 
+def check_arguments(args: DemoArguments) -> None:
+    """What can be checked before anything is written (PeaPODInputError / FileNotFoundError)."""
+    from configuration_peapod import NAMED_SHAPES, PROMPT_ENCODERS, PeaPODInputError
+
+    if args.data != "synthetic" and args.data not in REAL_DATA:
+        raise PeaPODInputError(f"--data {args.data!r}: expected synthetic or one of {sorted(REAL_DATA)}")
+    if args.data != "synthetic" and not (Path(args.shared_dir) / REAL_DATA[args.data][1]).exists():
+        raise FileNotFoundError(f"--data {args.data} needs {Path(args.shared_dir) / REAL_DATA[args.data][1]} (set "
+                                "--shared_dir to the folder holding data/)")
+    if args.shape not in NAMED_SHAPES:
+        raise PeaPODInputError(f"--shape {args.shape!r}: expected one of {', '.join(NAMED_SHAPES)}")
+    if args.prompt_encoder not in PROMPT_ENCODERS:
+        raise PeaPODInputError(f"--prompt_encoder {args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
+    for name in ("max_steps", "batch_size", "embedding_dim", "num_neighbors", "eval_users", "num_beams"):
+        if getattr(args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_beams < 10:
+        raise PeaPODInputError(f"--num_beams must be >= 10 (the demo shows a top-10 list), got {args.num_beams}")
+    if not args.learning_rate > 0:
+        raise PeaPODInputError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.max_users is not None and args.max_users < 2:
+        raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise PeaPODInputError(f"--output_dir {args.output_dir} exists and is not a folder")
+
+
 def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
     from datasets_scripts import prepare
 
@@ -67,24 +105,36 @@ def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
     return prepared_dir
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_demo(argv: list[str] | None = None) -> dict:
+    """`peapod-demo` as a Python function: runs the pipeline, prints it, returns the result dict."""
     from datasets_scripts import load_prepared
+    from datasets_scripts.tokenizer_loading import check_tokenizer_name, load_tokenizer
+    from modeling_peapod import PeaPODForConditionalGeneration
     from training import cli
     from training.evaluation import evaluate_checkpoint, markdown_table, write_report
     from training.model_card import TrainingSummary, write_model_card
 
     logging.basicConfig(level=logging.WARNING)
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses(DemoArguments, argv, "peapod-demo")
     started = time.perf_counter()
-    if args.fresh and Path(args.output_dir).exists():
-        shutil.rmtree(args.output_dir)
     tokenizer_path = args.tokenizer or str(Path(args.shared_dir) / "tokenizers" / "t5")
+    check_tokenizer_name(tokenizer_path, "--tokenizer" if args.tokenizer else f"--shared_dir {args.shared_dir} (its "
+                         "tokenizers/t5)")
+    check_arguments(args)
+    output_dir = Path(args.output_dir)
+    if args.fresh and output_dir.exists():
+        # demo_result.json marks the folders of demos older than DEMO_MARKER.
+        check_replaceable(output_dir, (DEMO_MARKER, "demo_result.json"), DEMO_ENTRIES,
+                          inputs=[args.shared_dir, tokenizer_path])
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / DEMO_MARKER, json.dumps({"written_by": "peapod-demo", "arguments": vars(args)}))
     print(f"[1/5] preparing {args.data} data (splits, negatives, PMF embeddings, neighbour table)")
     prepared_dir = prepare_data(args, tokenizer_path)
 
     print(f"[2/5] training a {args.shape}-shaped PeaPOD ({args.prompt_encoder}) for {args.max_steps} steps")
     model_dir = Path(args.output_dir) / "model"
-    train_metrics = cli.main([
+    train_metrics = cli.train([
         "--prepared_dir", str(prepared_dir), "--output_dir", str(model_dir), "--base_model", f"random:{args.shape}",
         "--tokenizer", tokenizer_path, "--prompt_encoder", args.prompt_encoder,
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
@@ -97,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("[3/5] evaluating on the test split (constrained beam search, likelihood ranking, baselines)")
     prepared = load_prepared(prepared_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)  # the folder's config is ours
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    model = PeaPODForConditionalGeneration.from_pretrained(model_dir).eval()  # the installed class, not the folder's
     report = evaluate_checkpoint(model, tokenizer, prepared, split="test", max_users=args.eval_users,
                                  num_beams=args.num_beams, baselines=("popularity", "pmf"), seed=args.seed,
                                  show_progress=False)
@@ -115,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
         results=ranking, example_user=1, example_history=prepared.histories[1][:-2][-5:],
     )
     write_model_card(model_dir, model.config, summary)
+    # What a Hub user without this package runs. Only this package's own code may run that way: the folder's code
+    # files must be byte-identical to the installed modules (this run copied them there moments ago).
+    check_code_files_are_installed_ones(model_dir)
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     assert type(reloaded).__module__.startswith("transformers_modules"), "not loaded as remote code"
 
@@ -124,8 +177,24 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - started
     print(f"\nDone in {elapsed:.0f} s. Hub-ready folder: {model_dir} (README.md is its model card).")
     result = {"seconds": elapsed, "train": train_metrics, "report": report, "example": shown}
-    (Path(args.output_dir) / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(output_dir / "demo_result.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def check_code_files_are_installed_ones(folder: Path) -> None:
+    """Raise unless the folder's `configuration_peapod.py` / `modeling_peapod.py` equal the installed modules."""
+    import configuration_peapod
+    import modeling_peapod
+
+    for module in (configuration_peapod, modeling_peapod):
+        copy = folder / Path(module.__file__).name
+        if not copy.is_file() or not filecmp.cmp(copy, module.__file__, shallow=False):
+            raise RuntimeError(f"{copy} is not the installed {module.__name__}: refusing to run it as remote code")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `peapod-demo` console script: 0 on success, 2 with one line on a user's mistake."""
+    return run_console_script("peapod-demo", run_demo, argv)
 
 
 def show_user(model, tokenizer, prepared, user: int) -> dict:
@@ -162,4 +231,4 @@ def show_user(model, tokenizer, prepared, user: int) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

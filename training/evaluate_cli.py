@@ -5,15 +5,23 @@
 
 writes `results.json` (every number, the excluded users, timing and settings) and `results.md` (the tables), and
 prints the tables. Without --checkpoint only the baselines run.
+
+The checkpoint and its tokenizer are loaded with the installed classes (`PeaPODForConditionalGeneration`,
+`datasets_scripts.tokenizer_loading.load_tokenizer`): code files or an `auto_map` inside a checkpoint folder are
+never executed. Every argument is checked before anything is loaded, so a bad `--output_dir` is reported before an
+evaluation that could not be saved. `main()` is the console script (exit status 0, or 2 with one line);
+`evaluate(argv)` returns the report dict.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from configuration_peapod import PeaPODInputError
+from datasets_scripts.console import parse_dataclasses, run_console_script
 
 from .evaluation import (
     BASELINES,
@@ -60,19 +68,53 @@ class EvaluateArguments:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+def check_arguments(args: EvaluateArguments) -> None:
+    """Everything that can be checked before loading data or a model (PeaPODInputError / FileNotFoundError)."""
     if args.split not in SPLITS:
-        raise ValueError(f"--split must be one of {SPLITS}, got {args.split!r}")
+        raise PeaPODInputError(f"--split must be one of {SPLITS}, got {args.split!r}")
     if args.checkpoint is None and not args.baselines:
-        raise ValueError("give --checkpoint, --baselines, or both")
+        raise PeaPODInputError("give --checkpoint, --baselines, or both")
+    unknown = [task for task in args.tasks if task not in TASKS]
+    if unknown or not args.tasks:
+        raise PeaPODInputError(f"--tasks {args.tasks}: expected a non-empty subset of {list(TASKS)}")
+    unknown = [name for name in args.baselines if name not in BASELINES]
+    if unknown:
+        raise PeaPODInputError(f"--baselines {unknown}: expected any of {list(BASELINES)}")
+    for name in ("batch_size", "num_beams", "top_k", "max_explanation_tokens"):
+        if getattr(args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("max_users", "max_source_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.top_k > args.num_beams:
+        raise PeaPODInputError(f"--top_k {args.top_k} needs at least as many beams (--num_beams {args.num_beams})")
     if args.update_model_card and args.checkpoint is None:
-        raise ValueError("--update_model_card needs --checkpoint (the card to update is the checkpoint's README.md)")
+        raise PeaPODInputError("--update_model_card needs --checkpoint (the card to update is the checkpoint's README.md)")
+    if not Path(args.prepared_dir).is_dir():
+        raise FileNotFoundError(f"--prepared_dir {args.prepared_dir} does not exist (make one with peapod-prepare)")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise FileNotFoundError(f"--checkpoint folder {args.checkpoint} does not exist")
+    if args.checkpoint is not None and not (Path(args.checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} holds no config.json (a folder saved by peapod-train)")
     if args.update_model_card and not (Path(args.checkpoint) / "README.md").is_file():
         raise FileNotFoundError(f"--update_model_card: {Path(args.checkpoint) / 'README.md'} does not exist (peapod-train "
                                 "writes it; training.model_card.write_model_card writes one)")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
-        raise FileNotFoundError(f"checkpoint folder {args.checkpoint} does not exist")
+    if args.output_dir is not None:
+        output = Path(args.output_dir)
+        if output.exists() and not output.is_dir():
+            raise PeaPODInputError(f"--output_dir {output} exists and is not a folder")
+        if any(parent.exists() and not parent.is_dir() for parent in output.parents):
+            raise PeaPODInputError(f"--output_dir {output}: a part of the path is a file, not a folder")
+    if args.tokenizer is not None:
+        from datasets_scripts.tokenizer_loading import check_tokenizer_name
+
+        check_tokenizer_name(args.tokenizer)
+
+
+def evaluate(argv: list[str] | None = None) -> dict:
+    """`peapod-evaluate` as a Python function: returns the report (raises on a user's mistake)."""
+    (args,) = parse_dataclasses(EvaluateArguments, argv, "peapod-evaluate")
+    check_arguments(args)
 
     import torch
 
@@ -81,13 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
     prepared = load_prepared(args.prepared_dir)
     model = tokenizer = None
     if args.checkpoint is not None:
-        from transformers import AutoTokenizer
-
+        from datasets_scripts.tokenizer_loading import load_tokenizer
         from modeling_peapod import PeaPODForConditionalGeneration
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint, trust_remote_code=True)
+        tokenizer = load_tokenizer(args.tokenizer or args.checkpoint,
+                                   flag="--tokenizer" if args.tokenizer else "--checkpoint (its tokenizer)")
 
     report = evaluate_checkpoint(
         model, tokenizer, prepared, split=args.split, tasks=args.tasks, max_users=args.max_users,
@@ -119,5 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The `peapod-evaluate` console script: 0 on success, 2 with one line on a user's mistake."""
+    return run_console_script("peapod-evaluate", evaluate, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -488,22 +486,13 @@ def markdown_table(report: dict, model_name: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, output_dir, model_name: str = "model") -> tuple[Path, Path]:
     """Write `results.json` and `results.md` into `output_dir` (created if needed), each atomically."""
+    from datasets_scripts.files import atomic_write_text
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = output_dir / "results.json", output_dir / "results.md"
-    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    _atomic_write(markdown_path, markdown_table(report, model_name))
+    atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(markdown_path, markdown_table(report, model_name))
     return json_path, markdown_path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -162,12 +161,9 @@ def build_model_card(config, summary: TrainingSummary) -> ModelCard:
 
 def _write_card(output_dir: Path, card: ModelCard) -> Path:
     """Write `README.md` atomically: a temporary file renamed into place."""
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".README.", suffix=".tmp")
-    os.close(handle)
-    Path(temporary).write_text(str(card), encoding="utf-8")
-    target = output_dir / "README.md"
-    os.replace(temporary, target)
-    return target
+    from datasets_scripts.files import atomic_write_text
+
+    return atomic_write_text(output_dir / "README.md", str(card))
 
 
 def write_model_card(output_dir: str | os.PathLike, config, summary: TrainingSummary) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt
 import torch
-from transformers import AutoModelForSeq2SeqLM, HfArgumentParser
+
+from datasets_scripts.files import atomic_path
 
 
 def _save_figure(figure, output: str | os.PathLike) -> Path:
-    """Save atomically (a temporary file in the same folder, renamed)."""
+    """Save atomically (a temporary file in the same folder, renamed), with default permissions."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=output.parent, suffix=output.suffix)
-    os.close(handle)
-    figure.savefig(temporary, dpi=150, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, output)
+    try:
+        with atomic_path(output) as temporary:
+            figure.savefig(temporary, dpi=150, bbox_inches="tight", format=output.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(figure)
     return output
 
 
@@ -89,11 +88,33 @@ class ExplainUserArguments:
     output: str = field(default="attention.png", metadata={"help": "The PNG to write."})
 
 
-def explain_user_main(argv: list[str] | None = None) -> Path:
-    (args,) = HfArgumentParser(ExplainUserArguments).parse_args_into_dataclasses(args=argv)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
-    path = plot_user_attention(model, args.user_id, args.output)
-    weights, neighbors = user_attention(model, args.user_id)
+def explain_user(argv: list[str] | None = None) -> Path:
+    """`peapod-explain-user` as a Python function: the heatmap PNG's path (raises on a user's mistake).
+
+    The checkpoint is loaded with the installed `PeaPODForConditionalGeneration`, never with the folder's code."""
+    from configuration_peapod import PeaPODInputError
+    from datasets_scripts.console import parse_dataclasses
+    from modeling_peapod import PeaPODForConditionalGeneration
+
+    (args,) = parse_dataclasses(ExplainUserArguments, argv, "peapod-explain-user")
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no config.json there (a folder saved by peapod-train)")
+    output = Path(args.output)
+    if output.is_dir() or any(parent.exists() and not parent.is_dir() for parent in output.parents):
+        raise PeaPODInputError(f"--output {args.output}: cannot write a file there")
+    model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).eval()
+    try:
+        weights, neighbors = user_attention(model, args.user_id)
+    except ValueError as error:  # a user id outside the table, a model without attention: the user's choice
+        raise PeaPODInputError(f"--user_id {args.user_id}: {error}") from None
+    path = plot_user_attention(model, args.user_id, output)
     print(json.dumps({"user_id": args.user_id, "neighbors": neighbors, "attention": weights.tolist(),
                       "png": str(path)}, indent=1))
     return path
+
+
+def explain_user_main(argv: list[str] | None = None) -> int:
+    """The `peapod-explain-user` console script: 0 on success, 2 with one line on a user's mistake."""
+    from datasets_scripts.console import run_console_script
+
+    return run_console_script("peapod-explain-user", explain_user, argv)

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 
 import datasets
 import torch
@@ -242,6 +243,10 @@ class PeaPODTrainer(Seq2SeqTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
+            from datasets_scripts.files import give_default_permissions
+
+            for weights in Path(output_dir).glob("*.safetensors"):
+                give_default_permissions(weights)  # safetensors writes its files owner-only (0600)
             self._write_model_card(output_dir)
 
     def _write_model_card(self, output_dir: str) -> None:

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,13 +35,11 @@ LIMIT_MIB = 60
 def built_in_place(target: Path, build) -> None:
     """Run `build(folder)` on a temporary sibling and rename it to `target`: an interrupted pack leaves nothing
     that a later run would take for finished."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    from datasets_scripts.files import temporary_sibling_folder
+
+    with temporary_sibling_folder(target) as temporary:  # also removes what a killed earlier pack left
         build(temporary)
         os.replace(temporary, target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def light_copy(folder: Path, target: Path) -> None:
