@@ -422,8 +422,9 @@ def train(argv: list[str] | None = None) -> dict:
                 eval_model, tokenizer, prepared, split="validation", tasks=[t for t in tasks if t != "explanation"],
                 max_users=data_args.ranking_eval_users, show_progress=False,
             )
+            # Point values only: the bootstrap intervals (`*_ci`, [low, high]) stay in evaluation reports.
             return {f"{name}_{metric}": value for name, metrics in report["results"].items()
-                    for metric, value in metrics.items()}
+                    for metric, value in metrics.items() if isinstance(value, (int, float))}
 
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # uploaded once, by us, at the end
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
