@@ -10,10 +10,9 @@ from configuration_peapod import PeaPODInputError
 from datasets_scripts import load_prepared, prepare
 from training import cli, evaluate_cli
 
-# The Python entry points that raise on a user's mistake: `train`/`evaluate` once the console scripts' `main` maps
-# errors to an exit status (issue 9, item 8), `main` itself before that.
-run_train = getattr(cli, "train", cli.main)
-run_evaluate = getattr(evaluate_cli, "evaluate", evaluate_cli.main)
+# The Python entry points, which raise on a user's mistake (the console scripts' `main` maps it to exit status 2).
+run_train = cli.train
+run_evaluate = evaluate_cli.evaluate
 
 
 @pytest.fixture(scope="module")

@@ -350,8 +350,7 @@ def test_peapod_evaluate_in_a_fresh_process_reproduces_the_in_memory_numbers(rea
     # The same float reductions as this process: the same number of threads.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
-    # TODO(after the console-script exit-code fix): assert done.returncode == 0.
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     written = json.loads((output / "results.json").read_text())
     for key in ("results", "baselines", "users", "settings", "explanations", "tasks"):
         assert written[key] == expected[key], key
