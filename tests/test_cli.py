@@ -254,6 +254,25 @@ def test_torchrun_of_the_training_module_trains_with_two_processes(prepared, tmp
     assert logged.count("over 2 processes") == 2 * 3  # 2 processes x 3 tasks
 
 
+def test_torchrun_without_use_cpu_on_a_cpu_machine_is_refused(prepared, tmp_path):
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available() or not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("needs a CPU-only machine with torch.distributed (gloo)")
+    from test_distributed import free_port
+
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "training.cli",
+               *train_arguments(prepared, output, "--max_steps", "3")]  # no --use_cpu: two separate trainings
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "peapod-train: error: launched as 2 processes (WORLD_SIZE) but the trainer sees 1" in done.stderr
+    assert not output.exists()
+
+
 # The console scripts as the user runs them, and what they leave on disk -------------------------------------
 
 

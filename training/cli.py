@@ -218,6 +218,14 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     for name in ("max_source_length", "max_target_length"):
         if getattr(data_args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(data_args, name)}")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        # Without this, torchrun on a CPU machine (no --use_cpu) runs `launched` independent single-process trainings
+        # that all write the same output folder; transformers only logs a warning.
+        raise PeaPODInputError(
+            f"launched as {launched} processes (WORLD_SIZE) but the trainer sees {training_args.world_size}: "
+            "on a machine without GPUs pass --use_cpu True so the processes train together (gloo)"
+        )
     output = Path(training_args.output_dir)
     if output.exists() and not output.is_dir():
         raise PeaPODInputError(f"--output_dir {output} exists and is not a folder")
