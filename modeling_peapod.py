@@ -5,7 +5,7 @@ transformers and that file. It reads top to bottom from building blocks to the f
 
 1. ID helpers: whole-word ids of `user_…`/`item_…` spans (SPEC §1) and the exact neighbour table.
 2. `CollaborativePromptEncoder`: eqs. (1)-(9) of the paper.
-3. Constrained decoding: a prefix trie over tokenised item ids.
+3. Constrained decoding: a prefix trie over tokenised item ids, flattened into tensors for a logits processor.
 4. `PeaPODForConditionalGeneration`: a T5 whose encoder input is
    [task prompt | collaborative user prompt | token embeddings + whole-word embeddings].
 """
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import T5ForConditionalGeneration
 from transformers import initialization as init
+from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
@@ -238,10 +239,21 @@ class CollaborativePromptEncoder(nn.Module):
 class ItemIdTrie:
     """A prefix trie over the tokenised item-id targets ("1234" + EOS), for constrained decoding.
 
-    transformers offers the hook (`prefix_allowed_tokens_fn`, `PrefixConstrainedLogitsProcessor`) but no trie, so
-    this small one is written here. `allowed_tokens(prefix)` lists the tokens that extend `prefix` (decoder tokens
-    after the start token) towards some item id; a finished id allows only EOS-terminated completion.
+    transformers offers the hooks (`prefix_allowed_tokens_fn`, `LogitsProcessor`) but no trie, so this small one is
+    written here. It is held twice: as nested dicts (`allowed_tokens(prefix)`, the readable reference used by
+    `prefix_allowed_tokens_fn`) and flattened into tensors for `ItemIdConstraintLogitsProcessor`, whose per-step
+    work is a few batched tensor operations instead of a Python call per beam:
+
+    * nodes are numbered 0 (root) .. num_nodes - 1; an edge (parent, token) -> child is stored under the key
+      `parent * KEY_STRIDE + token` in the sorted `edge_keys`, so a batch of transitions is one `searchsorted`;
+    * sorted keys order edges by parent, then token: `child_offsets` (CSR) gives each node's outgoing edges;
+    * `node_item` maps the node reached after an id's EOS to the item id (0 elsewhere); `item_paths` lists the
+      nodes on each item's path, so a set of candidates becomes a mask over nodes (its sub-trie).
+
+    A finished id (or a prefix that left the trie, which the constraint prevents) allows only EOS.
     """
+
+    KEY_STRIDE = 1 << 32  # > any vocabulary size, so (parent, token) keys never collide
 
     def __init__(self, item_token_ids: dict[int, list[int]], eos_token_id: int):
         if not item_token_ids:
@@ -256,6 +268,50 @@ class ItemIdTrie:
                 node = node.setdefault(token, {})
             self.item_of_sequence[tuple(token_ids)] = item_id
         self.max_length = max(len(tokens) for tokens in item_token_ids.values())
+        self._flatten()
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _flatten(self) -> None:
+        """Number the nodes and build the tensors described in the class docstring (CPU; see `tensors`)."""
+        node_of: dict[tuple[int, ...], int] = {(): 0}
+        edge_keys, edge_children = [], []
+        paths = torch.full((max(self.item_token_ids) + 1, self.max_length), -1, dtype=torch.long)
+        labels = torch.full((max(self.item_token_ids) + 1, self.max_length), -100, dtype=torch.long)
+        node_item = [0]
+        for item_id, token_ids in self.item_token_ids.items():
+            parent = 0
+            for depth, token in enumerate(token_ids):
+                prefix = tuple(token_ids[: depth + 1])
+                child = node_of.get(prefix)
+                if child is None:
+                    child = node_of[prefix] = len(node_of)
+                    node_item.append(0)
+                    edge_keys.append(parent * self.KEY_STRIDE + token)
+                    edge_children.append(child)
+                paths[item_id, depth] = parent = child
+            node_item[parent] = item_id
+            labels[item_id, : len(token_ids)] = torch.tensor(token_ids)
+        keys = torch.tensor(edge_keys, dtype=torch.long)
+        order = keys.argsort()
+        keys, children = keys[order], torch.tensor(edge_children, dtype=torch.long)[order]
+        parents = keys // self.KEY_STRIDE
+        self.num_nodes = len(node_of)
+        self._tensors = {
+            "edge_keys": keys,
+            "edge_children": children,
+            "edge_tokens": keys % self.KEY_STRIDE,
+            "child_offsets": F.pad(torch.bincount(parents, minlength=self.num_nodes).cumsum(0), (1, 0)),
+            "node_item": torch.tensor(node_item, dtype=torch.long),
+            "item_paths": paths,  # [max item id + 1, max_length] node ids, -1 past the end
+            "item_labels": labels,  # [max item id + 1, max_length] token ids, -100 past the end
+        }
+
+    def tensors(self, device) -> dict[str, torch.Tensor]:
+        """The flattened trie on `device` (copied once per device)."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = {name: value.to(device) for name, value in self._tensors.items()}
+        return self._on_device[device]
 
     @classmethod
     def from_tokenizer(cls, tokenizer, item_ids) -> ItemIdTrie:
@@ -298,11 +354,91 @@ class ItemIdTrie:
             tokens = tokens[: tokens.index(self.eos_token_id) + 1]
         return self.item_of_sequence.get(tuple(tokens))
 
+    # -- batched, on tensors --------------------------------------------------------------------------------
+
+    def walk(self, token_ids: torch.LongTensor) -> torch.LongTensor:
+        """The node each row of decoder tokens [N, T] (start token excluded) reaches; -1 once off the trie.
+
+        Tokens after a row's first EOS are ignored, so a finished, padded sequence stays on its leaf."""
+        tensors = self.tensors(token_ids.device)
+        keys = tensors["edge_keys"]
+        nodes = torch.zeros(token_ids.shape[0], dtype=torch.long, device=token_ids.device)
+        finished = torch.zeros_like(nodes, dtype=torch.bool)
+        for step in range(token_ids.shape[1]):
+            tokens = token_ids[:, step]
+            wanted = nodes * self.KEY_STRIDE + tokens
+            index = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+            found = (keys[index] == wanted) & (nodes >= 0)
+            nodes = torch.where(finished, nodes, torch.where(found, tensors["edge_children"][index], -1))
+            finished |= tokens == self.eos_token_id
+        return nodes
+
+    def items_of(self, token_ids: torch.LongTensor) -> torch.LongTensor:
+        """`item_of` for a batch of sequences [N, T]: item ids [N], 0 where a row spells no item id."""
+        nodes = self.walk(token_ids)
+        items = self.tensors(token_ids.device)["node_item"][nodes.clamp(min=0)]
+        return torch.where(nodes >= 0, items, 0)
+
+    def candidate_nodes(self, candidates: torch.LongTensor) -> torch.BoolTensor:
+        """[B, num_nodes]: the nodes on the paths of each row's candidate ids [B, C] (that row's sub-trie)."""
+        paths = self.tensors(candidates.device)["item_paths"][candidates].flatten(1)  # [B, C * max_length]
+        allowed = torch.zeros(candidates.shape[0], self.num_nodes + 1, dtype=torch.bool, device=candidates.device)
+        allowed.scatter_(1, torch.where(paths >= 0, paths, self.num_nodes), True)  # -1 padding -> spare column
+        allowed[:, 0] = True
+        return allowed[:, : self.num_nodes]
+
+
+class ItemIdConstraintLogitsProcessor(LogitsProcessor):
+    """Masks every token that does not extend a beam's prefix towards an item id of the trie (or of the sample's
+    candidates): `PrefixConstrainedLogitsProcessor` with `ItemIdTrie.allowed_tokens`, as batched tensor ops.
+
+    Stateless: each step re-walks the decoder tokens (item ids are a few tokens long), because beam search
+    reorders the rows between steps. `candidate_nodes` [B, num_nodes] (from `ItemIdTrie.candidate_nodes`)
+    restricts sample b to its candidates' sub-trie.
+    """
+
+    def __init__(self, trie: ItemIdTrie, num_beams: int, candidate_nodes: torch.BoolTensor | None = None):
+        self.trie = trie
+        self.num_beams = num_beams
+        self.candidate_nodes = candidate_nodes
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        tensors = self.trie.tensors(input_ids.device)
+        nodes = self.trie.walk(input_ids[:, 1:])  # drop the decoder start token
+        on_trie = nodes.clamp(min=0)
+        starts = tensors["child_offsets"][on_trie]
+        counts = torch.where(nodes >= 0, tensors["child_offsets"][on_trie + 1] - starts, 0)
+        # Every (row, outgoing edge) pair, flattened: row r contributes counts[r] consecutive edges from starts[r].
+        rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+        first_of_row = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        edges = torch.repeat_interleave(starts, counts) + torch.arange(rows.numel(), device=rows.device) - first_of_row
+        if self.candidate_nodes is not None:
+            keep = self.candidate_nodes[rows // self.num_beams, tensors["edge_children"][edges]]
+            rows, edges = rows[keep], edges[keep]
+        # A finished id, or a row off the trie, may only end (what `ItemIdTrie.allowed_tokens` returns).
+        dead_end = torch.ones(nodes.numel(), dtype=torch.bool, device=nodes.device)
+        dead_end[rows] = False
+        ending = dead_end.nonzero().squeeze(1)
+        rows = torch.cat([rows, ending])
+        tokens = torch.cat([tensors["edge_tokens"][edges], torch.full_like(ending, self.trie.eos_token_id)])
+        # Copy the allowed scores into an all -inf tensor: one dense write, the rest touches only allowed entries
+        # (PrefixConstrainedLogitsProcessor builds a dense mask and adds it, several passes over [N, vocab]).
+        allowed = scores[rows, tokens]
+        # As PrefixConstrainedLogitsProcessor: if every allowed token of a sample is -inf, force the allowed ones to 0.
+        samples = rows // self.num_beams
+        satisfiable = torch.zeros(scores.shape[0] // self.num_beams, dtype=torch.bool, device=scores.device)
+        satisfiable.index_put_((samples,), ~allowed.isneginf(), accumulate=True)
+        processed = torch.full_like(scores, -math.inf)
+        processed[rows, tokens] = torch.where(satisfiable[samples], allowed, 0.0)
+        return processed
+
 
 def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
     """A `prefix_allowed_tokens_fn` for `generate`: one trie for the batch, or one per sample (top-n candidates).
 
     `generate` calls it with the batch index and the decoder tokens so far, whose first token is the start token.
+    This per-beam Python callback is the reference `ItemIdConstraintLogitsProcessor` is tested against
+    (`recommend(..., constraint="prefix_fn")`).
     """
 
     def allowed(batch_id: int, decoder_input_ids: torch.Tensor) -> list[int]:
@@ -572,45 +708,55 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def recommend(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
-        length_penalty: float = 0.0, **generate_kwargs,
+        length_penalty: float = 0.0, constraint: str = "tensor", **generate_kwargs,
     ) -> tuple[torch.LongTensor, torch.Tensor]:
         """Ranked item ids by constrained beam search: ([B, top_k] ids padded with -1, [B, top_k] scores).
 
         Every id is a valid catalogue id (and one of the sample's `candidates` [B, C] in top-n), distinct within
         a row. Scores are beam log-likelihoods; `length_penalty=0.0` ranks by plain sequence log-likelihood.
+        `constraint="tensor"` masks with `ItemIdConstraintLogitsProcessor` (batched tensor ops per step);
+        `"prefix_fn"` with the per-beam Python callback `prefix_allowed_tokens_fn` (the slower reference; the
+        rankings are identical).
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
+        if constraint not in ("tensor", "prefix_fn"):
+            raise ValueError(f"constraint must be 'tensor' or 'prefix_fn', got {constraint!r}")
         if item_trie is None:
             if tokenizer is None:
                 raise ValueError("recommend needs a tokenizer or an item_trie")
             item_trie = self.item_trie(tokenizer)
-        tries = item_trie
+        batch = input_ids.shape[0]
         if candidates is not None:
-            candidates = item_trie.check_candidates(candidates, input_ids.shape[0])
-            tries = [item_trie.restricted_to(row) for row in candidates.tolist()]
+            candidates = item_trie.check_candidates(candidates, batch)
+        if constraint == "tensor":
+            candidate_nodes = None if candidates is None else item_trie.candidate_nodes(candidates.to(self.device))
+            processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+            processors.append(ItemIdConstraintLogitsProcessor(item_trie, num_beams, candidate_nodes))
+            generate_kwargs["logits_processor"] = processors
+        else:
+            tries = item_trie if candidates is None else [item_trie.restricted_to(row) for row in candidates.tolist()]
+            generate_kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(tries)
         output = self.generate(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
             num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
-            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(tries), length_penalty=length_penalty,
-            early_stopping=True, do_sample=False, output_scores=True, return_dict_in_generate=True,
-            **generate_kwargs,
+            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, **generate_kwargs,
         )
-        batch = input_ids.shape[0]
-        sequences = output.sequences[:, 1:].view(batch, num_beams, -1).tolist()  # drop the start token
-        beam_scores = output.sequences_scores.view(batch, num_beams)
+        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # 0: no item
+        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()
         item_ids = torch.full((batch, top_k), -1, dtype=torch.long)
         scores = torch.full((batch, top_k), -math.inf)
-        for row in range(batch):
+        for row, order in enumerate(beam_scores.argsort(dim=1, descending=True, stable=True).tolist()):
             ranked: list[int] = []
-            for beam in beam_scores[row].argsort(descending=True, stable=True).tolist():
-                item = item_trie.item_of(sequences[row][beam])
-                if item is not None and item not in ranked:
+            for beam in order:
+                item = beam_items[row][beam]
+                if item and item not in ranked:
                     item_ids[row, len(ranked)] = item
                     scores[row, len(ranked)] = beam_scores[row, beam]
                     ranked.append(item)
-                if len(ranked) == top_k:
-                    break
+                    if len(ranked) == top_k:
+                        break
         return item_ids, scores
 
     @torch.no_grad()
@@ -735,6 +881,7 @@ PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
     "CollaborativePromptEncoder",
+    "ItemIdConstraintLogitsProcessor",
     "ItemIdTrie",
     "PeaPODConfig",
     "PeaPODForConditionalGeneration",
