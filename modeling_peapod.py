@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import T5ForConditionalGeneration
 from transformers import initialization as init
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
@@ -762,12 +763,14 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     @torch.no_grad()
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
-        candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 256,
+        candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
-        One encoder pass per sample; its states are shared by all of the sample's candidates, which are scored
-        by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
+        One encoder pass per sample. The decoder then runs on whole samples, about `candidate_batch_size`
+        (sample, candidate) pairs per call (at least one sample's C candidates): its first step once per sample
+        (every candidate starts with the same start token), whose cache — the cross-attention keys/values of the
+        encoder states included — is then repeated for the sample's candidates, which are teacher-forced together.
         """
         batch = input_ids.shape[0]
         if item_trie is None:
@@ -778,26 +781,35 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
         hidden = encoder_outputs.last_hidden_state
         num_candidates = candidates.shape[1]
-        pairs = [(row, col) for row in range(batch) for col in range(num_candidates)]
+        labels = item_trie.tensors(hidden.device)["item_labels"][candidates.to(hidden.device)]  # [B, C, L], -100 pad
         scores = torch.empty(batch, num_candidates, device=hidden.device)
-        for start in range(0, len(pairs), candidate_batch_size):
-            chunk = pairs[start : start + candidate_batch_size]
-            rows = torch.tensor([row for row, _ in chunk], device=hidden.device)
-            token_lists = [item_trie.item_token_ids[int(candidates[row, col])] for row, col in chunk]
-            labels = torch.full((len(chunk), max(map(len, token_lists))), -100, dtype=torch.long)
-            for index, tokens in enumerate(token_lists):
-                labels[index, : len(tokens)] = torch.tensor(tokens)
-            labels = labels.to(hidden.device)
-            logits = super().forward(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
-                attention_mask=attention_mask[rows],
-                decoder_input_ids=self._shift_right(labels),
-                use_cache=False,
-            ).logits.float()
-            token_log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sequence_log_probs = (token_log_probs * (labels != -100)).sum(dim=1)
-            for (row, col), value in zip(chunk, sequence_log_probs):
-                scores[row, col] = value
+        samples_per_call = max(1, candidate_batch_size // max(num_candidates, 1))
+        for first in range(0, batch, samples_per_call):
+            samples = slice(first, first + samples_per_call)
+            chunk_labels = labels[samples].flatten(0, 1)  # [P, L]: the chunk's (sample, candidate) pairs
+            pairs = chunk_labels.shape[0]
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+            start = torch.full((hidden[samples].shape[0], 1), self.config.decoder_start_token_id, device=hidden.device)
+            first_step = super().forward(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples]),
+                attention_mask=attention_mask[samples], decoder_input_ids=start, past_key_values=cache,
+                use_cache=True,
+            )
+            first_log_probs = first_step.logits[:, 0].float().log_softmax(-1).repeat_interleave(num_candidates, 0)
+            log_likelihood = first_log_probs.gather(1, chunk_labels[:, :1]).squeeze(1)
+            if chunk_labels.shape[1] > 1:
+                cache.reorder_cache(torch.arange(pairs, device=hidden.device) // num_candidates)
+                # Only the shape of the encoder states is read now: every layer's cross-attention keys/values
+                # come from the (repeated) cache, so a broadcast view stands in for the repeated states.
+                rest = super().forward(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples][:1].expand(pairs, -1, -1)),
+                    attention_mask=attention_mask[samples].repeat_interleave(num_candidates, 0),
+                    decoder_input_ids=chunk_labels[:, :-1].clamp(min=0), past_key_values=cache, use_cache=True,
+                ).logits.float()
+                targets = chunk_labels[:, 1:]
+                token_log_probs = rest.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                log_likelihood = log_likelihood + (token_log_probs * (targets != -100)).sum(dim=1)
+            scores[samples] = log_likelihood.view(-1, num_candidates)
         return scores
 
     # -- loading and saving -------------------------------------------------------------------------------

@@ -159,3 +159,34 @@ def test_recommend_rejects_an_unknown_constraint(tokenizer):
     inputs = _inputs(tokenizer, ["user_1 bought item_3"], [1], 0)
     with pytest.raises(ValueError, match="constraint"):
         model.recommend(**inputs, tokenizer=tokenizer, constraint="python")
+
+
+def _reference_scores(model, inputs, candidates, trie):
+    """log p(candidate | input) by plain teacher forcing of each sample with all of its candidates (the old path)."""
+    scores = torch.empty(candidates.shape, dtype=torch.float)
+    for row in range(candidates.shape[0]):
+        tokens = [trie.item_token_ids[int(item)] for item in candidates[row]]
+        labels = torch.full((len(tokens), max(map(len, tokens))), -100)
+        for index, ids in enumerate(tokens):
+            labels[index, : len(ids)] = torch.tensor(ids)
+        repeated = {name: value[row : row + 1].repeat_interleave(len(tokens), 0) for name, value in inputs.items()}
+        logits = model(**repeated, labels=labels).logits.float()
+        token_log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores[row] = (token_log_probs * (labels != -100)).sum(dim=1)
+    return scores
+
+
+@pytest.mark.parametrize("candidate_batch_size", [1, 60, 100_000])
+def test_batched_candidate_scores_equal_teacher_forcing(tokenizer, candidate_batch_size):
+    """Many samples per decoder call, the first step shared by a sample's candidates: the same log-likelihoods."""
+    rng = random.Random(4)
+    num_items = 13_000  # ids of 1 to 5 digits: labels of 2 to 4 tokens, padded within a call
+    model = _model(10, num_items)
+    trie = model.item_trie(tokenizer)
+    users = [1, 4, 7]
+    candidates = torch.tensor([rng.sample(range(1, num_items + 1), 24) + [rng.randint(1, 9)] for _ in users])
+    sources = [render(EVAL_TEMPLATES["topn"], u, candidates=c) for u, c in zip(users, candidates.tolist())]
+    inputs = _inputs(tokenizer, sources, users, 1)
+    scores = model.score_candidates(**inputs, candidates=candidates, item_trie=trie,
+                                    candidate_batch_size=candidate_batch_size)
+    torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
