@@ -697,6 +697,21 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
         return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generate_kwargs)
 
+    @staticmethod
+    def _reorder_cache(cache, beam_idx: torch.LongTensor):
+        """Beam search's cache reordering, without copying the cross-attention keys/values.
+
+        Beam search picks each sample's next beams among that sample's beams only, and every beam of a sample
+        attends to the same encoder states, so its cross-attention cache rows are equal: reordering them (an
+        index_select of [batch * beams, heads, source length, head dim] per layer and step, the largest copy of
+        a long top-n prompt's decoding) changes nothing. Only the self-attention cache is reordered.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
     def item_trie(self, tokenizer, item_ids=None) -> ItemIdTrie:
         """The trie over item ids 1..config.num_items (or the given ids)."""
         if item_ids is None:
@@ -792,7 +807,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             start = torch.full((hidden[samples].shape[0], 1), self.config.decoder_start_token_id, device=hidden.device)
             first_step = super().forward(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples]),
-                attention_mask=attention_mask[samples], decoder_input_ids=start, past_key_values=cache,
+                attention_mask=attention_mask[samples], decoder_input_ids=start, cache=cache,
                 use_cache=True,
             )
             first_log_probs = first_step.logits[:, 0].float().log_softmax(-1).repeat_interleave(num_candidates, 0)
@@ -804,10 +819,11 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 rest = super().forward(
                     encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples][:1].expand(pairs, -1, -1)),
                     attention_mask=attention_mask[samples].repeat_interleave(num_candidates, 0),
-                    decoder_input_ids=chunk_labels[:, :-1].clamp(min=0), past_key_values=cache, use_cache=True,
+                    decoder_input_ids=chunk_labels[:, :-1].clamp(min=0), cache=cache, use_cache=True,
                 ).logits.float()
                 targets = chunk_labels[:, 1:]
-                token_log_probs = rest.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                # log_softmax at the targets only: no second [pairs, length, vocab] tensor is written.
+                token_log_probs = rest.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - rest.logsumexp(-1)
                 log_likelihood = log_likelihood + (token_log_probs * (targets != -100)).sum(dim=1)
             scores[samples] = log_likelihood.view(-1, num_candidates)
         return scores

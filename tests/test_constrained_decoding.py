@@ -190,3 +190,19 @@ def test_batched_candidate_scores_equal_teacher_forcing(tokenizer, candidate_bat
     scores = model.score_candidates(**inputs, candidates=candidates, item_trie=trie,
                                     candidate_batch_size=candidate_batch_size)
     torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
+
+
+def test_beam_search_skipping_the_cross_attention_reorder_is_exact(tokenizer, monkeypatch):
+    """`_reorder_cache` leaves the cross-attention cache alone: the same beams as transformers' full reorder."""
+    rng = random.Random(5)
+    model = _model(10, 3000)
+    trie = model.item_trie(tokenizer)
+    users = [2, 3, 5]
+    sources = [render(EVAL_TEMPLATES["sequential"], u, history=rng.sample(range(1, 3000), 8)) for u in users]
+    inputs = _inputs(tokenizer, sources, users, 0)
+    fast = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
+    unconstrained = model.generate(**inputs, num_beams=6, num_return_sequences=6, max_new_tokens=5)
+    monkeypatch.delattr(PeaPODForConditionalGeneration, "_reorder_cache")
+    full = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
+    assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
+    assert torch.equal(unconstrained, model.generate(**inputs, num_beams=6, num_return_sequences=6, max_new_tokens=5))
