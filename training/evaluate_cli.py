@@ -10,10 +10,13 @@ prints the tables. Without --checkpoint only the baselines run.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from configuration_peapod import PeaPODInputError
 
 from .evaluation import (
     BASELINES,
@@ -52,9 +55,29 @@ class EvaluateArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results.json and results.md."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda when available)."})
     seed: int = field(default=0, metadata={"help": "Seed set before evaluation (decoding itself is deterministic)."})
+    chunk_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write each chunk of users' results here; a rerun skips finished chunks (resume)."},
+    )
+    shard: str = field(
+        default="0/1",
+        metadata={"help": "i/N: compute only chunks c with c % N == i (needs --chunk_dir); 'auto' takes RANK/"
+                          "WORLD_SIZE from `accelerate launch` or torchrun. The run that finds every chunk reports."},
+    )
+    chunk_size: int = field(default=1024, metadata={"help": "Rows (users) per chunk file of --chunk_dir."})
     update_model_card: bool = field(
         default=False, metadata={"help": "Write the results into the checkpoint's model card (table + model-index)."}
     )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/N` -> (i, N); `auto` -> (RANK, WORLD_SIZE) of the launcher's environment (0/1 without one)."""
+    if text == "auto":
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise PeaPODInputError(f"--shard must be i/N with 0 <= i < N (e.g. 0/2) or 'auto', got {text!r}")
+    return int(index), int(count)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint folder {args.checkpoint} does not exist")
 
+    shard = parse_shard(args.shard)
+    if shard[1] > 1 and args.chunk_dir is None:
+        raise PeaPODInputError(f"--shard {args.shard} needs --chunk_dir (the folder where the shards' results meet)")
+
     import torch
 
     from datasets_scripts.prepared import load_prepared
@@ -82,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         from modeling_peapod import PeaPODForConditionalGeneration
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # One GPU per process under `accelerate launch` / torchrun (LOCAL_RANK), the first one otherwise.
+        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
         model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).to(device)
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint, trust_remote_code=True)
 
@@ -90,8 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer, prepared, split=args.split, tasks=args.tasks, max_users=args.max_users,
         batch_size=args.batch_size, num_beams=args.num_beams, top_k=args.top_k, baselines=args.baselines,
         exclude_history=args.exclude_history, max_explanation_tokens=args.max_explanation_tokens,
-        max_source_length=args.max_source_length, seed=args.seed,
+        max_source_length=args.max_source_length, seed=args.seed, chunk_dir=args.chunk_dir, shard=shard,
+        chunk_size=args.chunk_size,
     )
+    incomplete = report.get("chunks", {}).get("incomplete_tasks")
+    if incomplete:
+        print(f"shard {shard[0]}/{shard[1]} done: its chunks are in {args.chunk_dir}; chunks of other shards are "
+              f"missing for {', '.join(incomplete)}. When every shard has finished, the last one to finish (or a "
+              "rerun without --shard, which loads every chunk) writes the results.")
+        return report
     report["checkpoint"] = args.checkpoint
     report["prepared_dir"] = str(args.prepared_dir)
     model_name = Path(args.checkpoint).name if args.checkpoint else "model"
