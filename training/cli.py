@@ -86,6 +86,9 @@ class DataArguments:
         default=1024, metadata={"help": "Longer sources lose their oldest tokens (top-n prompts are ~500-600)."}
     )
     max_target_length: int = field(default=128, metadata={"help": "A longer target is an error, never cut."})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch similar input lengths together within a task (less padding)."}
+    )
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
     )
@@ -314,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets or None,
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
         processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
+        group_by_length=data_args.group_by_length,
     )
     time_budget = None
     if data_args.max_train_seconds is not None:
