@@ -816,15 +816,22 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 cache.reorder_cache(torch.arange(pairs, device=hidden.device) // num_candidates)
                 # Only the shape of the encoder states is read now: every layer's cross-attention keys/values
                 # come from the (repeated) cache, so a broadcast view stands in for the repeated states.
-                rest = super().forward(
-                    encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples][:1].expand(pairs, -1, -1)),
-                    attention_mask=attention_mask[samples].repeat_interleave(num_candidates, 0),
-                    decoder_input_ids=chunk_labels[:, :-1].clamp(min=0), cache=cache, use_cache=True,
-                ).logits.float()
                 targets = chunk_labels[:, 1:]
-                # log_softmax at the targets only: no second [pairs, length, vocab] tensor is written.
-                token_log_probs = rest.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - rest.logsumexp(-1)
-                log_likelihood = log_likelihood + (token_log_probs * (targets != -100)).sum(dim=1)
+                decoded = self.decoder(
+                    input_ids=chunk_labels[:, :-1].clamp(min=0),  # teacher forcing after the start token
+                    encoder_hidden_states=hidden[samples][:1].expand(pairs, -1, -1),
+                    encoder_attention_mask=attention_mask[samples].repeat_interleave(num_candidates, 0),
+                    cache=cache, use_cache=True,
+                ).last_hidden_state
+                if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
+                    decoded = decoded * (self.model_dim**-0.5)
+                # The vocabulary projection only where a target token is (shorter ids leave padding), and
+                # log_softmax at the target only: logit - logsumexp, no second [tokens, vocab] tensor.
+                valid = targets != -100
+                logits = self.lm_head(decoded[valid]).float()
+                token_log_probs = logits.gather(1, targets[valid].unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
+                pair_of_token = valid.nonzero()[:, 0]
+                log_likelihood = log_likelihood.index_add(0, pair_of_token, token_log_probs)
             scores[samples] = log_likelihood.view(-1, num_candidates)
         return scores
 
