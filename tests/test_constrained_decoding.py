@@ -192,17 +192,28 @@ def test_batched_candidate_scores_equal_teacher_forcing(tokenizer, candidate_bat
     torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
 
 
-def test_beam_search_skipping_the_cross_attention_reorder_is_exact(tokenizer, monkeypatch):
-    """`_reorder_cache` leaves the cross-attention cache alone: the same beams as transformers' full reorder."""
+def test_beam_search_shortcuts_match_plain_transformers_beam_search(tokenizer, monkeypatch):
+    """`generate` projects the cross-attention keys/values once per sample (`_beam_cache`) and `_reorder_cache`
+    leaves them in place: the same beams as transformers' own beam search without either shortcut."""
+    from transformers import T5ForConditionalGeneration
+
     rng = random.Random(5)
     model = _model(10, 3000)
     trie = model.item_trie(tokenizer)
     users = [2, 3, 5]
     sources = [render(EVAL_TEMPLATES["sequential"], u, history=rng.sample(range(1, 3000), 8)) for u in users]
     inputs = _inputs(tokenizer, sources, users, 0)
-    fast = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
-    unconstrained = model.generate(**inputs, num_beams=6, num_return_sequences=6, max_new_tokens=5)
+    settings = {"num_beams": 6, "num_return_sequences": 6, "max_new_tokens": 5, "output_scores": True,
+                "return_dict_in_generate": True}
+    fast = model.generate(**inputs, **settings)
+    fast_ranking = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
     monkeypatch.delattr(PeaPODForConditionalGeneration, "_reorder_cache")
-    full = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
-    assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
-    assert torch.equal(unconstrained, model.generate(**inputs, num_beams=6, num_return_sequences=6, max_new_tokens=5))
+    encoder_outputs, attention_mask = model.encode(**inputs)
+    plain = T5ForConditionalGeneration.generate(model, encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                                                **settings)
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores, rtol=0, atol=1e-5)
+    monkeypatch.setattr(PeaPODForConditionalGeneration, "_beam_cache", lambda self, states, repeats: None)
+    slow_ranking = model.recommend(**inputs, item_trie=trie, top_k=10, num_beams=20)
+    assert torch.equal(fast_ranking[0], slow_ranking[0])
+    torch.testing.assert_close(fast_ranking[1], slow_ranking[1], rtol=0, atol=1e-5)
