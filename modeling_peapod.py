@@ -694,17 +694,18 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         standard decoding loop (greedy, beam search, sampling, `prefix_allowed_tokens_fn`, logits processors) runs
         on its outputs with the extended attention mask.
 
-        With several beams (or returned sequences), the decoder's cross-attention keys/values are projected once
-        per sample and repeated for its beams (`_beam_cache`), instead of once per beam inside the first decoder
-        step; the result is the same.
+        With beam search, the decoder's cross-attention keys/values are projected once per sample and repeated for
+        its beams (`_beam_cache`), instead of once per beam inside the first decoder step; the result is the same.
         """
         if encoder_outputs is None:
             encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
-        repeats = max(generate_kwargs.get("num_beams") or 1, generate_kwargs.get("num_return_sequences") or 1)
-        if repeats > 1 and generate_kwargs.get("use_cache", True) and not {"cache", "past_key_values"} & set(
-            generate_kwargs
-        ):
-            generate_kwargs["cache"] = self._beam_cache(encoder_outputs.last_hidden_state, repeats)
+        # Beam search expands each sample into num_beams rows; other modes (and a generation_config argument,
+        # whose settings are resolved inside generate) keep transformers' own cache.
+        num_beams = generate_kwargs.get("num_beams", self.generation_config.num_beams) or 1
+        if num_beams > 1 and generate_kwargs.get("use_cache", True) and not {
+            "cache", "past_key_values", "generation_config", "assistant_model"
+        } & set(generate_kwargs):
+            generate_kwargs["cache"] = self._beam_cache(encoder_outputs.last_hidden_state, num_beams)
         return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generate_kwargs)
 
     def _beam_cache(self, encoder_states: torch.Tensor, repeats: int) -> EncoderDecoderCache:
