@@ -23,7 +23,7 @@ from transformers import T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
     from .configuration_peapod import NAMED_SHAPES, PeaPODConfig
@@ -807,10 +807,13 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
-        One encoder pass per sample. The decoder then runs on whole samples, about `candidate_batch_size`
-        (sample, candidate) pairs per call (at least one sample's C candidates): its first step once per sample
-        (every candidate starts with the same start token), whose cache — the cross-attention keys/values of the
-        encoder states included — is then repeated for the sample's candidates, which are teacher-forced together.
+        One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
+        decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
+        only to itself, and T5's relative position bias depends only on distances within the block, so each block
+        computes exactly what decoding that candidate alone would, while the sample's encoder states (the
+        cross-attention keys/values) are projected and read once for all C candidates instead of once per
+        candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
+        one sample). The vocabulary projection runs only where a target token is, and once for the start token.
         """
         batch = input_ids.shape[0]
         if item_trie is None:
@@ -820,43 +823,38 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         candidates = item_trie.check_candidates(candidates, batch)
         encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
         hidden = encoder_outputs.last_hidden_state
-        num_candidates = candidates.shape[1]
-        labels = item_trie.tensors(hidden.device)["item_labels"][candidates.to(hidden.device)]  # [B, C, L], -100 pad
-        scores = torch.empty(batch, num_candidates, device=hidden.device)
+        device = hidden.device
+        labels = item_trie.tensors(device)["item_labels"][candidates.to(device)]  # [B, C, L], -100 past the end
+        num_candidates, length = labels.shape[1], labels.shape[2]
+        decoder_inputs = torch.cat(  # shifted right: the start token, then all but the last label
+            [torch.full_like(labels[..., :1], self.config.decoder_start_token_id), labels[..., :-1].clamp(min=0)], -1
+        ).flatten(1)  # [B, C * L]
+        block = torch.arange(num_candidates * length, device=device) // length
+        position = torch.arange(num_candidates * length, device=device)
+        packed_mask = (block[:, None] == block[None, :]) & (position[None, :] <= position[:, None])  # [CL, CL]
+        packed_mask = packed_mask[None, None]  # 4-D boolean: used as given (True: attend)
+        scores = torch.empty(batch, num_candidates, device=device)
         samples_per_call = max(1, candidate_batch_size // max(num_candidates, 1))
         for first in range(0, batch, samples_per_call):
             samples = slice(first, first + samples_per_call)
-            chunk_labels = labels[samples].flatten(0, 1)  # [P, L]: the chunk's (sample, candidate) pairs
-            pairs = chunk_labels.shape[0]
-            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-            start = torch.full((hidden[samples].shape[0], 1), self.config.decoder_start_token_id, device=hidden.device)
-            first_step = super().forward(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[samples]),
-                attention_mask=attention_mask[samples], decoder_input_ids=start, cache=cache,
-                use_cache=True,
-            )
-            first_log_probs = first_step.logits[:, 0].float().log_softmax(-1).repeat_interleave(num_candidates, 0)
-            log_likelihood = first_log_probs.gather(1, chunk_labels[:, :1]).squeeze(1)
-            if chunk_labels.shape[1] > 1:
-                cache.reorder_cache(torch.arange(pairs, device=hidden.device) // num_candidates)
-                # Only the shape of the encoder states is read now: every layer's cross-attention keys/values
-                # come from the (repeated) cache, so a broadcast view stands in for the repeated states.
-                targets = chunk_labels[:, 1:]
-                decoded = self.decoder(
-                    input_ids=chunk_labels[:, :-1].clamp(min=0),  # teacher forcing after the start token
-                    encoder_hidden_states=hidden[samples][:1].expand(pairs, -1, -1),
-                    encoder_attention_mask=attention_mask[samples].repeat_interleave(num_candidates, 0),
-                    cache=cache, use_cache=True,
-                ).last_hidden_state
-                if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
-                    decoded = decoded * (self.model_dim**-0.5)
-                # The vocabulary projection only where a target token is (shorter ids leave padding), and
-                # log_softmax at the target only: logit - logsumexp, no second [tokens, vocab] tensor.
-                valid = targets != -100
-                logits = self.lm_head(decoded[valid]).float()
-                token_log_probs = logits.gather(1, targets[valid].unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
-                pair_of_token = valid.nonzero()[:, 0]
-                log_likelihood = log_likelihood.index_add(0, pair_of_token, token_log_probs)
+            decoded = self.decoder(
+                input_ids=decoder_inputs[samples], attention_mask=packed_mask.expand(decoder_inputs[samples].shape[0],
+                                                                                     -1, -1, -1),
+                encoder_hidden_states=hidden[samples], encoder_attention_mask=attention_mask[samples], use_cache=False,
+            ).last_hidden_state.unflatten(1, (num_candidates, length))  # [b, C, L, d]
+            if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
+                decoded = decoded * (self.model_dim**-0.5)
+            targets = labels[samples]
+            # Every block's start position sees only itself: one projection per sample serves all its candidates.
+            start_log_probs = self.lm_head(decoded[:, 0, 0]).float().log_softmax(-1).gather(1, targets[:, :, 0])
+            # Later positions only where a target token is (shorter ids leave padding). The softmax normaliser over
+            # the vocabulary (exp of every logit) is most of the remaining cost; it is what makes the score exact.
+            rest = targets[:, :, 1:]
+            valid = rest != -100
+            logits = self.lm_head(decoded[:, :, 1:][valid]).float()
+            token_log_probs = logits.log_softmax(-1).gather(1, rest[valid].unsqueeze(1)).squeeze(1)
+            log_likelihood = start_log_probs.flatten().index_add(0, valid.flatten(0, 1).nonzero()[:, 0],
+                                                                  token_log_probs)
             scores[samples] = log_likelihood.view(-1, num_candidates)
         return scores
 
