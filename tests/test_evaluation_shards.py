@@ -83,3 +83,26 @@ def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, caps
             main([*common, *bad])
     with pytest.raises(ValueError, match="needs --chunk_dir"):
         main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--shard", "0/2"])
+
+
+def test_the_shard_finishing_last_reports_even_when_the_shards_overlap(prepared, tokenizer, tmp_path, monkeypatch):  # noqa: F811
+    """Shard 1 runs entirely while shard 0 is between its tasks (after shard 0 found sequential incomplete):
+    shard 0 finishes last, so it must look again at the end and report the numbers of one run."""
+    from training import evaluation
+
+    model = tiny_model(prepared)
+    whole = evaluate_checkpoint(model, tokenizer, prepared, tasks=["sequential", "topn"], **FAST)
+    common = dict(tasks=["sequential", "topn"], chunk_dir=tmp_path, chunk_size=4, **FAST)
+    rank_rows = evaluation._rank_rows
+    other_shard = {}
+
+    def rank_rows_then_let_shard_1_run(*args, **kwargs):
+        if args[4] == "topn" and not other_shard:  # shard 0 reaches top-n: shard 1 runs all of its part now
+            other_shard["started"] = True
+            other_shard["report"] = evaluate_checkpoint(model, tokenizer, prepared, shard=(1, 2), **common)
+        return rank_rows(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_rank_rows", rank_rows_then_let_shard_1_run)
+    last = evaluate_checkpoint(model, tokenizer, prepared, shard=(0, 2), **common)
+    assert other_shard["report"]["chunks"]["incomplete_tasks"] == ["topn"]
+    assert last["chunks"]["incomplete_tasks"] == [] and last["results"] == whole["results"]

@@ -452,6 +452,7 @@ def evaluate_checkpoint(
         item_trie = None
         if {"sequential", "topn"} & set(present):
             item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
+        computes, task_outputs = {}, {}
         for task in present:
             rows = task_rows[task]
             dataset = prepared.dataset[f"{task}_{split}"]
@@ -467,8 +468,9 @@ def evaluate_checkpoint(
                 def compute(chunk, progress, dataset=dataset, task=task):
                     return _rank_rows(model, tokenizer, dataset, chunk, task, item_trie, batch_size, num_beams,
                                       top_k, max_source_length, progress)
-            outputs, computed = _collect(task, rows, compute, store, show_progress,
-                                         "sample" if task == "explanation" else "user")
+            computes[task] = compute
+            task_outputs[task], computed = _collect(task, rows, compute, store, show_progress,
+                                                    "sample" if task == "explanation" else "user")
             seconds = time.perf_counter() - started
             report["timing"][task] = {
                 "seconds": round(seconds, 3),
@@ -476,6 +478,12 @@ def evaluate_checkpoint(
                 "samples_per_second": round(computed / seconds, 3),
                 "users_per_second": round(computed * num_users / len(rows) / seconds, 3),
             }
+        for task, outputs in task_outputs.items():
+            if outputs is None:  # other shards were still at work when this task ended here: look again now,
+                # after all of this run's chunks are written, so that the shard finishing last sees every chunk
+                outputs, _ = _collect(task, task_rows[task], computes[task], store, False, "user")
+            dataset = prepared.dataset[f"{task}_{split}"]
+            rows = task_rows[task]
             if outputs is None:  # other shards' chunks are not written yet
                 report["chunks"]["incomplete_tasks"].append(task)
             elif task == "explanation":
