@@ -5,7 +5,7 @@ transformers and that file. It reads top to bottom from building blocks to the f
 
 1. ID helpers: whole-word ids of `user_…`/`item_…` spans (SPEC §1) and the exact neighbour table.
 2. `CollaborativePromptEncoder`: eqs. (1)-(9) of the paper.
-3. Constrained decoding: a prefix trie over tokenised item ids.
+3. Constrained decoding: a prefix trie over tokenised item ids, flattened into tensors for a logits processor.
 4. `PeaPODForConditionalGeneration`: a T5 whose encoder input is
    [task prompt | collaborative user prompt | token embeddings + whole-word embeddings].
 """
@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, T5ForConditionalGeneration
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
@@ -244,10 +246,21 @@ class CollaborativePromptEncoder(nn.Module):
 class ItemIdTrie:
     """A prefix trie over the tokenised item-id targets ("1234" + EOS), for constrained decoding.
 
-    transformers offers the hook (`prefix_allowed_tokens_fn`, `PrefixConstrainedLogitsProcessor`) but no trie, so
-    this small one is written here. `allowed_tokens(prefix)` lists the tokens that extend `prefix` (decoder tokens
-    after the start token) towards some item id; a finished id allows only EOS-terminated completion.
+    transformers offers the hooks (`prefix_allowed_tokens_fn`, `LogitsProcessor`) but no trie, so this small one is
+    written here. It is held twice: as nested dicts (`allowed_tokens(prefix)`, the readable reference used by
+    `prefix_allowed_tokens_fn`) and flattened into tensors for `ItemIdConstraintLogitsProcessor`, whose per-step
+    work is a few batched tensor operations instead of a Python call per beam:
+
+    * nodes are numbered 0 (root) .. num_nodes - 1; an edge (parent, token) -> child is stored under the key
+      `parent * KEY_STRIDE + token` in the sorted `edge_keys`, so a batch of transitions is one `searchsorted`;
+    * sorted keys order edges by parent, then token: `child_offsets` (CSR) gives each node's outgoing edges;
+    * `node_item` maps the node reached after an id's EOS to the item id (0 elsewhere); `item_paths` lists the
+      nodes on each item's path, so a set of candidates becomes a mask over nodes (its sub-trie).
+
+    A finished id (or a prefix that left the trie, which the constraint prevents) allows only EOS.
     """
+
+    KEY_STRIDE = 1 << 32  # > any vocabulary size, so (parent, token) keys never collide
 
     def __init__(self, item_token_ids: dict[int, list[int]], eos_token_id: int):
         if not item_token_ids:
@@ -262,6 +275,50 @@ class ItemIdTrie:
                 node = node.setdefault(token, {})
             self.item_of_sequence[tuple(token_ids)] = item_id
         self.max_length = max(len(tokens) for tokens in item_token_ids.values())
+        self._flatten()
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _flatten(self) -> None:
+        """Number the nodes and build the tensors described in the class docstring (CPU; see `tensors`)."""
+        node_of: dict[tuple[int, ...], int] = {(): 0}
+        edge_keys, edge_children = [], []
+        paths = torch.full((max(self.item_token_ids) + 1, self.max_length), -1, dtype=torch.long)
+        labels = torch.full((max(self.item_token_ids) + 1, self.max_length), -100, dtype=torch.long)
+        node_item = [0]
+        for item_id, token_ids in self.item_token_ids.items():
+            parent = 0
+            for depth, token in enumerate(token_ids):
+                prefix = tuple(token_ids[: depth + 1])
+                child = node_of.get(prefix)
+                if child is None:
+                    child = node_of[prefix] = len(node_of)
+                    node_item.append(0)
+                    edge_keys.append(parent * self.KEY_STRIDE + token)
+                    edge_children.append(child)
+                paths[item_id, depth] = parent = child
+            node_item[parent] = item_id
+            labels[item_id, : len(token_ids)] = torch.tensor(token_ids)
+        keys = torch.tensor(edge_keys, dtype=torch.long)
+        order = keys.argsort()
+        keys, children = keys[order], torch.tensor(edge_children, dtype=torch.long)[order]
+        parents = keys // self.KEY_STRIDE
+        self.num_nodes = len(node_of)
+        self._tensors = {
+            "edge_keys": keys,
+            "edge_children": children,
+            "edge_tokens": keys % self.KEY_STRIDE,
+            "child_offsets": F.pad(torch.bincount(parents, minlength=self.num_nodes).cumsum(0), (1, 0)),
+            "node_item": torch.tensor(node_item, dtype=torch.long),
+            "item_paths": paths,  # [max item id + 1, max_length] node ids, -1 past the end
+            "item_labels": labels,  # [max item id + 1, max_length] token ids, -100 past the end
+        }
+
+    def tensors(self, device) -> dict[str, torch.Tensor]:
+        """The flattened trie on `device` (copied once per device)."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = {name: value.to(device) for name, value in self._tensors.items()}
+        return self._on_device[device]
 
     @classmethod
     def from_tokenizer(cls, tokenizer, item_ids) -> ItemIdTrie:
@@ -304,11 +361,91 @@ class ItemIdTrie:
             tokens = tokens[: tokens.index(self.eos_token_id) + 1]
         return self.item_of_sequence.get(tuple(tokens))
 
+    # -- batched, on tensors --------------------------------------------------------------------------------
+
+    def walk(self, token_ids: torch.LongTensor) -> torch.LongTensor:
+        """The node each row of decoder tokens [N, T] (start token excluded) reaches; -1 once off the trie.
+
+        Tokens after a row's first EOS are ignored, so a finished, padded sequence stays on its leaf."""
+        tensors = self.tensors(token_ids.device)
+        keys = tensors["edge_keys"]
+        nodes = torch.zeros(token_ids.shape[0], dtype=torch.long, device=token_ids.device)
+        finished = torch.zeros_like(nodes, dtype=torch.bool)
+        for step in range(token_ids.shape[1]):
+            tokens = token_ids[:, step]
+            wanted = nodes * self.KEY_STRIDE + tokens
+            index = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+            found = (keys[index] == wanted) & (nodes >= 0)
+            nodes = torch.where(finished, nodes, torch.where(found, tensors["edge_children"][index], -1))
+            finished |= tokens == self.eos_token_id
+        return nodes
+
+    def items_of(self, token_ids: torch.LongTensor) -> torch.LongTensor:
+        """`item_of` for a batch of sequences [N, T]: item ids [N], 0 where a row spells no item id."""
+        nodes = self.walk(token_ids)
+        items = self.tensors(token_ids.device)["node_item"][nodes.clamp(min=0)]
+        return torch.where(nodes >= 0, items, 0)
+
+    def candidate_nodes(self, candidates: torch.LongTensor) -> torch.BoolTensor:
+        """[B, num_nodes]: the nodes on the paths of each row's candidate ids [B, C] (that row's sub-trie)."""
+        paths = self.tensors(candidates.device)["item_paths"][candidates].flatten(1)  # [B, C * max_length]
+        allowed = torch.zeros(candidates.shape[0], self.num_nodes + 1, dtype=torch.bool, device=candidates.device)
+        allowed.scatter_(1, torch.where(paths >= 0, paths, self.num_nodes), True)  # -1 padding -> spare column
+        allowed[:, 0] = True
+        return allowed[:, : self.num_nodes]
+
+
+class ItemIdConstraintLogitsProcessor(LogitsProcessor):
+    """Masks every token that does not extend a beam's prefix towards an item id of the trie (or of the sample's
+    candidates): `PrefixConstrainedLogitsProcessor` with `ItemIdTrie.allowed_tokens`, as batched tensor ops.
+
+    Stateless: each step re-walks the decoder tokens (item ids are a few tokens long), because beam search
+    reorders the rows between steps. `candidate_nodes` [B, num_nodes] (from `ItemIdTrie.candidate_nodes`)
+    restricts sample b to its candidates' sub-trie.
+    """
+
+    def __init__(self, trie: ItemIdTrie, num_beams: int, candidate_nodes: torch.BoolTensor | None = None):
+        self.trie = trie
+        self.num_beams = num_beams
+        self.candidate_nodes = candidate_nodes
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        tensors = self.trie.tensors(input_ids.device)
+        nodes = self.trie.walk(input_ids[:, 1:])  # drop the decoder start token
+        on_trie = nodes.clamp(min=0)
+        starts = tensors["child_offsets"][on_trie]
+        counts = torch.where(nodes >= 0, tensors["child_offsets"][on_trie + 1] - starts, 0)
+        # Every (row, outgoing edge) pair, flattened: row r contributes counts[r] consecutive edges from starts[r].
+        rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+        first_of_row = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        edges = torch.repeat_interleave(starts, counts) + torch.arange(rows.numel(), device=rows.device) - first_of_row
+        if self.candidate_nodes is not None:
+            keep = self.candidate_nodes[rows // self.num_beams, tensors["edge_children"][edges]]
+            rows, edges = rows[keep], edges[keep]
+        # A finished id, or a row off the trie, may only end (what `ItemIdTrie.allowed_tokens` returns).
+        dead_end = torch.ones(nodes.numel(), dtype=torch.bool, device=nodes.device)
+        dead_end[rows] = False
+        ending = dead_end.nonzero().squeeze(1)
+        rows = torch.cat([rows, ending])
+        tokens = torch.cat([tensors["edge_tokens"][edges], torch.full_like(ending, self.trie.eos_token_id)])
+        # Copy the allowed scores into an all -inf tensor: one dense write, the rest touches only allowed entries
+        # (PrefixConstrainedLogitsProcessor builds a dense mask and adds it, several passes over [N, vocab]).
+        allowed = scores[rows, tokens]
+        # As PrefixConstrainedLogitsProcessor: if every allowed token of a sample is -inf, force the allowed ones to 0.
+        samples = rows // self.num_beams
+        satisfiable = torch.zeros(scores.shape[0] // self.num_beams, dtype=torch.bool, device=scores.device)
+        satisfiable.index_put_((samples,), ~allowed.isneginf(), accumulate=True)
+        processed = torch.full_like(scores, -math.inf)
+        processed[rows, tokens] = torch.where(satisfiable[samples], allowed, 0.0)
+        return processed
+
 
 def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
     """A `prefix_allowed_tokens_fn` for `generate`: one trie for the batch, or one per sample (top-n candidates).
 
     `generate` calls it with the batch index and the decoder tokens so far, whose first token is the start token.
+    This per-beam Python callback is the reference `ItemIdConstraintLogitsProcessor` is tested against
+    (`recommend(..., constraint="prefix_fn")`).
     """
 
     def allowed(batch_id: int, decoder_input_ids: torch.Tensor) -> list[int]:
@@ -571,10 +708,50 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     ):
         """`GenerationMixin.generate` with PeaPOD inputs: the encoder runs once on the prompted inputs, then the
         standard decoding loop (greedy, beam search, sampling, `prefix_allowed_tokens_fn`, logits processors) runs
-        on its outputs with the extended attention mask."""
+        on its outputs with the extended attention mask.
+
+        With beam search, the decoder's cross-attention keys/values are projected once per sample and repeated for
+        its beams (`_beam_cache`), instead of once per beam inside the first decoder step; the result is the same.
+        """
         if encoder_outputs is None:
             encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
+        # Beam search expands each sample into num_beams rows; other modes (and a generation_config argument,
+        # whose settings are resolved inside generate) keep transformers' own cache.
+        num_beams = generate_kwargs.get("num_beams", self.generation_config.num_beams) or 1
+        if num_beams > 1 and generate_kwargs.get("use_cache", True) and not {
+            "cache", "past_key_values", "generation_config", "assistant_model"
+        } & set(generate_kwargs):
+            generate_kwargs["cache"] = self._beam_cache(encoder_outputs.last_hidden_state, num_beams)
         return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generate_kwargs)
+
+    def _beam_cache(self, encoder_states: torch.Tensor, repeats: int) -> EncoderDecoderCache:
+        """A decoder cache whose cross-attention keys/values are filled: projected from the [B, S, d] encoder
+        states once per sample, then repeated `repeats` times (beam search expands each sample into its beams,
+        whose cross-attention inputs are equal). `generate` would project them for all B * beams rows: 20x the
+        work, the largest cost of decoding a long top-n prompt."""
+        cross = DynamicCache(config=self.config)
+        for index, block in enumerate(self.decoder.block):
+            attention = block.layer[1].EncDecAttention  # T5LayerCrossAttention
+            shape = (*encoder_states.shape[:2], -1, attention.key_value_proj_dim)
+            keys = attention.k(encoder_states).view(shape).transpose(1, 2).repeat_interleave(repeats, 0)
+            values = attention.v(encoder_states).view(shape).transpose(1, 2).repeat_interleave(repeats, 0)
+            cross.update(keys, values, index)
+        return EncoderDecoderCache(DynamicCache(config=self.config), cross)  # is_updated: set from the filled layers
+
+    @staticmethod
+    def _reorder_cache(cache, beam_idx: torch.LongTensor):
+        """Beam search's cache reordering, without copying the cross-attention keys/values.
+
+        Beam search picks each sample's next beams among that sample's beams only, and every beam of a sample
+        attends to the same encoder states, so its cross-attention cache rows are equal: reordering them (an
+        index_select of [batch * beams, heads, source length, head dim] per layer and step, the largest copy of
+        a long top-n prompt's decoding) changes nothing. Only the self-attention cache is reordered.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
 
     def item_trie(self, tokenizer, item_ids=None) -> ItemIdTrie:
         """The trie over item ids 1..config.num_items (or the given ids)."""
@@ -588,58 +765,73 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def recommend(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
-        length_penalty: float = 0.0, **generate_kwargs,
+        length_penalty: float = 0.0, constraint: str = "tensor", **generate_kwargs,
     ) -> tuple[torch.LongTensor, torch.Tensor]:
         """Ranked item ids by constrained beam search: ([B, top_k] ids padded with -1, [B, top_k] scores).
 
         Every id is a valid catalogue id (and one of the sample's `candidates` [B, C] in top-n), distinct within
         a row. Scores are beam log-likelihoods; `length_penalty=0.0` ranks by plain sequence log-likelihood.
+        `constraint="tensor"` masks with `ItemIdConstraintLogitsProcessor` (batched tensor ops per step);
+        `"prefix_fn"` with the per-beam Python callback `prefix_allowed_tokens_fn` (the slower reference; the
+        rankings are identical).
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
         if candidates is not None:
             candidates = _check_candidate_ids(candidates, input_ids.shape[0])
+        if constraint not in ("tensor", "prefix_fn"):
+            raise ValueError(f"constraint must be 'tensor' or 'prefix_fn', got {constraint!r}")
         if item_trie is None:
             if tokenizer is None:
                 raise ValueError("recommend needs a tokenizer or an item_trie")
             item_trie = self.item_trie(tokenizer)
-        tries = item_trie
+        batch = input_ids.shape[0]
         if candidates is not None:
-            candidates = item_trie.check_candidates(candidates, input_ids.shape[0])
-            tries = [item_trie.restricted_to(row) for row in candidates.tolist()]
+            candidates = item_trie.check_candidates(candidates, batch)
+        if constraint == "tensor":
+            candidate_nodes = None if candidates is None else item_trie.candidate_nodes(candidates.to(self.device))
+            processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+            processors.append(ItemIdConstraintLogitsProcessor(item_trie, num_beams, candidate_nodes))
+            generate_kwargs["logits_processor"] = processors
+        else:
+            tries = item_trie if candidates is None else [item_trie.restricted_to(row) for row in candidates.tolist()]
+            generate_kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(tries)
         output = self.generate(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
             num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
-            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(tries), length_penalty=length_penalty,
-            early_stopping=True, do_sample=False, output_scores=True, return_dict_in_generate=True,
-            **generate_kwargs,
+            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, **generate_kwargs,
         )
-        batch = input_ids.shape[0]
-        sequences = output.sequences[:, 1:].view(batch, num_beams, -1).tolist()  # drop the start token
-        beam_scores = output.sequences_scores.view(batch, num_beams)
+        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # 0: no item
+        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()
         item_ids = torch.full((batch, top_k), -1, dtype=torch.long)
         scores = torch.full((batch, top_k), -math.inf)
-        for row in range(batch):
+        for row, order in enumerate(beam_scores.argsort(dim=1, descending=True, stable=True).tolist()):
             ranked: list[int] = []
-            for beam in beam_scores[row].argsort(descending=True, stable=True).tolist():
-                item = item_trie.item_of(sequences[row][beam])
-                if item is not None and item not in ranked:
+            for beam in order:
+                item = beam_items[row][beam]
+                if item and item not in ranked:
                     item_ids[row, len(ranked)] = item
                     scores[row, len(ranked)] = beam_scores[row, beam]
                     ranked.append(item)
-                if len(ranked) == top_k:
-                    break
+                    if len(ranked) == top_k:
+                        break
         return item_ids, scores
 
     @torch.no_grad()
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
-        candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 256,
+        candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
-        One encoder pass per sample; its states are shared by all of the sample's candidates, which are scored
-        by teacher forcing `candidate_batch_size` (sample, candidate) pairs at a time.
+        One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
+        decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
+        only to itself, and T5's relative position bias depends only on distances within the block, so each block
+        computes exactly what decoding that candidate alone would, while the sample's encoder states (the
+        cross-attention keys/values) are projected and read once for all C candidates instead of once per
+        candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
+        one sample). The vocabulary projection runs only where a target token is, and once for the start token.
         """
         batch = input_ids.shape[0]
         if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
@@ -652,27 +844,39 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         candidates = item_trie.check_candidates(candidates, batch)
         encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
         hidden = encoder_outputs.last_hidden_state
-        num_candidates = candidates.shape[1]
-        pairs = [(row, col) for row in range(batch) for col in range(num_candidates)]
-        scores = torch.empty(batch, num_candidates, device=hidden.device)
-        for start in range(0, len(pairs), candidate_batch_size):
-            chunk = pairs[start : start + candidate_batch_size]
-            rows = torch.tensor([row for row, _ in chunk], device=hidden.device)
-            token_lists = [item_trie.item_token_ids[int(candidates[row, col])] for row, col in chunk]
-            labels = torch.full((len(chunk), max(map(len, token_lists))), -100, dtype=torch.long)
-            for index, tokens in enumerate(token_lists):
-                labels[index, : len(tokens)] = torch.tensor(tokens)
-            labels = labels.to(hidden.device)
-            logits = super().forward(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
-                attention_mask=attention_mask[rows],
-                decoder_input_ids=self._shift_right(labels),
-                use_cache=False,
-            ).logits.float()
-            token_log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sequence_log_probs = (token_log_probs * (labels != -100)).sum(dim=1)
-            for (row, col), value in zip(chunk, sequence_log_probs):
-                scores[row, col] = value
+        device = hidden.device
+        labels = item_trie.tensors(device)["item_labels"][candidates.to(device)]  # [B, C, L], -100 past the end
+        num_candidates, length = labels.shape[1], labels.shape[2]
+        decoder_inputs = torch.cat(  # shifted right: the start token, then all but the last label
+            [torch.full_like(labels[..., :1], self.config.decoder_start_token_id), labels[..., :-1].clamp(min=0)], -1
+        ).flatten(1)  # [B, C * L]
+        block = torch.arange(num_candidates * length, device=device) // length
+        position = torch.arange(num_candidates * length, device=device)
+        packed_mask = (block[:, None] == block[None, :]) & (position[None, :] <= position[:, None])  # [CL, CL]
+        packed_mask = packed_mask[None, None]  # 4-D boolean: used as given (True: attend)
+        scores = torch.empty(batch, num_candidates, device=device)
+        samples_per_call = max(1, candidate_batch_size // max(num_candidates, 1))
+        for first in range(0, batch, samples_per_call):
+            samples = slice(first, first + samples_per_call)
+            decoded = self.decoder(
+                input_ids=decoder_inputs[samples], attention_mask=packed_mask.expand(decoder_inputs[samples].shape[0],
+                                                                                     -1, -1, -1),
+                encoder_hidden_states=hidden[samples], encoder_attention_mask=attention_mask[samples], use_cache=False,
+            ).last_hidden_state.unflatten(1, (num_candidates, length))  # [b, C, L, d]
+            if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
+                decoded = decoded * (self.model_dim**-0.5)
+            targets = labels[samples]
+            # Every block's start position sees only itself: one projection per sample serves all its candidates.
+            start_log_probs = self.lm_head(decoded[:, 0, 0]).float().log_softmax(-1).gather(1, targets[:, :, 0])
+            # Later positions only where a target token is (shorter ids leave padding). The softmax normaliser over
+            # the vocabulary (exp of every logit) is most of the remaining cost; it is what makes the score exact.
+            rest = targets[:, :, 1:]
+            valid = rest != -100
+            logits = self.lm_head(decoded[:, :, 1:][valid]).float()
+            token_log_probs = logits.log_softmax(-1).gather(1, rest[valid].unsqueeze(1)).squeeze(1)
+            log_likelihood = start_log_probs.flatten().index_add(0, valid.flatten(0, 1).nonzero()[:, 0],
+                                                                  token_log_probs)
+            scores[samples] = log_likelihood.view(-1, num_candidates)
         return scores
 
     # -- loading and saving -------------------------------------------------------------------------------
@@ -962,6 +1166,7 @@ if __name__ == "modeling_peapod":
 
 __all__ = [
     "CollaborativePromptEncoder",
+    "ItemIdConstraintLogitsProcessor",
     "ItemIdTrie",
     "PeaPODConfig",
     "PeaPODForConditionalGeneration",

@@ -1,6 +1,7 @@
 """Training throughput of PeaPOD against a plain T5 of the same shape, on the same batches (run by hand).
 
     python benchmarks/train_throughput.py --shape mini --data ../shared/data/amazon/beauty --steps 6 --rounds 3
+    python benchmarks/train_throughput.py --padding_only --padding_users 2000   # padding waste per task only
 
 Batches are real prompts: Beauty histories rendered with the evaluation templates (sequential: up to 20 items;
 top-n: the user plus 100 candidates), tokenised with the T5 tokenizer, batch size 16 by default. Each step is a
@@ -63,6 +64,41 @@ def make_batches(histories, num_items, tokenizer, task, batch_size, count, seed)
     return batches
 
 
+def padding_waste(histories, num_items, tokenizer, batch_size, seed, num_users, group_rounds=50):
+    """Per task, padded / real input tokens of one epoch of training batches, task-alternated as in training,
+    without and with length grouping (`TaskAlternatingBatchSampler(lengths=...)`), on the real training prompts
+    (`build_samples`, training templates) of `num_users` random users."""
+    from datasets_scripts.build_dataset import PieceCache, build_samples
+    from datasets_scripts.splits import fixed_negatives
+    from training.sampler import TaskAlternatingBatchSampler
+
+    users = random.Random(seed).sample(sorted(histories), min(num_users, len(histories)))
+    subset = {user: histories[user] for user in users}
+    negatives = {name: fixed_negatives(subset, num_items, name, seed) for name in ("validation", "test")}
+    samples = build_samples(subset, num_items, negatives, None, seed)
+    pieces = PieceCache(tokenizer)
+    tasks, lengths = [], []
+    for task_id, task in enumerate(("sequential", "topn")):
+        sources = samples[f"{task}_train"]["source"]
+        tasks += [task_id] * len(sources)
+        lengths += [len(ids) for ids in pieces(sources)["input_ids"]]
+    report = {}
+    for label, grouped in (("random", None), ("length_grouped", lengths)):
+        sampler = TaskAlternatingBatchSampler(tasks, batch_size, seed=seed, lengths=grouped, group_rounds=group_rounds)
+        padded = {0: 0, 1: 0}
+        real = {0: 0, 1: 0}
+        for batch in sampler:
+            longest = max(lengths[row] for row in batch)
+            task = tasks[batch[0]]
+            real[task] += sum(lengths[row] for row in batch)
+            padded[task] += longest * len(batch) - sum(lengths[row] for row in batch)
+        for task_id, task in enumerate(("sequential", "topn")):
+            report.setdefault(task, {"samples": tasks.count(task_id),
+                                     "mean_tokens": round(real[task_id] / tasks.count(task_id), 1)})
+            report[task][f"padded_over_real_{label}"] = round(padded[task_id] / real[task_id], 4)
+    return report
+
+
 def samples_per_second(model, batches, peapod: bool, warmup: int = 1) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -92,11 +128,20 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=["sequential", "topn"], choices=["sequential", "topn"])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best of each counts")
+    parser.add_argument("--padding_users", type=int, default=2000,
+                        help="users whose training prompts measure the padding waste (0: skip)")
+    parser.add_argument("--padding_only", action="store_true", help="only the padding report (no model, fast)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     histories = read_histories(Path(args.data))
     num_users, num_items = len(histories), max(max(items) for items in histories.values())
+    if args.padding_users:
+        padding = padding_waste(histories, num_items, tokenizer, args.batch_size, args.seed, args.padding_users)
+        print(json.dumps({"padding_waste": padding, "batch_size": args.batch_size, "users": args.padding_users},
+                         indent=2))
+    if args.padding_only:
+        return
     shape = NAMED_SHAPES[args.shape]
     peapod = PeaPODForConditionalGeneration.from_shape(args.shape, num_users=num_users, num_items=num_items,
                                                        user_embedding_dim=512, num_neighbors=20)

@@ -24,6 +24,7 @@ items[:-1]; top-n uses the fixed negative files.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +144,92 @@ def build_samples(
     return out
 
 
-def _tokenize_batch(batch, tokenizer):
-    from modeling_peapod import compute_whole_word_ids
+# Whitespace to Python's str.split but not to Rust's char::is_whitespace (the tokenizer's WhitespaceSplit).
+_NOT_RUST_WHITESPACE = re.compile("[\x1c-\x1f]")
 
-    # verbose=False: top-n prompts (100 candidates) exceed T5's nominal 512 tokens on purpose; T5's relative
-    # positions handle it, so the length warning is noise here.
-    encoded = tokenizer(batch["source"], verbose=False)
+
+class PieceCache:
+    """Token ids and whole-word ids of texts, assembled from each distinct whitespace-separated word's tokens.
+
+    T5's tokenizer has no normaliser and pre-tokenises with WhitespaceSplit + Metaspace, so a text's tokens are
+    exactly the concatenation of its words' tokens (each word as "▁word") plus EOS, and an ID never spans two
+    words, so whole-word ids (modeling_peapod.whole_word_ids_from_tokens) assemble the same way with the span
+    counter carried over. Prompts repeat the same few thousand words ("item_123,", templates' words), so each is
+    tokenised once instead of once per prompt (tests/test_data_prepare.py proves equality with the tokenizer).
+    For any other tokenizer (`exact_for` False) it calls the tokenizer itself.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.exact = self.exact_for(tokenizer)
+        self.words: dict[str, tuple[list[int], list[int], int]] = {}  # word -> (ids, local whole-word ids, spans)
+
+    @staticmethod
+    def exact_for(tokenizer) -> bool:
+        import json
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return False
+        model = json.loads(backend.to_str())
+        steps = (model.get("pre_tokenizer") or {}).get("pretokenizers", [])
+        post = model.get("post_processor") or {}
+        return (
+            model.get("normalizer") is None
+            and [step.get("type") for step in steps] == ["WhitespaceSplit", "Metaspace"]
+            and steps[1].get("prepend_scheme") == "always" and steps[1].get("split") is True
+            and post.get("type") == "TemplateProcessing"
+            and [next(iter(part)) for part in post.get("single", [])] == ["Sequence", "SpecialToken"]
+            and tokenizer.eos_token_id is not None
+        )
+
+    def _learn(self, words) -> None:
+        from modeling_peapod import whole_word_ids_from_tokens
+
+        new = sorted({word for word in words if word not in self.words})
+        if not new:
+            return
+        for word, ids in zip(new, self.tokenizer(new, add_special_tokens=False, verbose=False)["input_ids"]):
+            local = whole_word_ids_from_tokens(self.tokenizer.convert_ids_to_tokens(ids))
+            self.words[word] = (ids, local, max(local, default=0))
+
+    def __call__(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        """{"input_ids", "whole_word_ids"} of each text (EOS appended), as the tokenizer would give them."""
+        from modeling_peapod import compute_whole_word_ids
+
+        if not self.exact:
+            input_ids = self.tokenizer(texts, verbose=False)["input_ids"]
+            return {"input_ids": input_ids, "whole_word_ids": compute_whole_word_ids(input_ids, self.tokenizer)}
+        split = [None if _NOT_RUST_WHITESPACE.search(text) else text.split() for text in texts]
+        self._learn(word for words in split if words is not None for word in words)
+        eos = self.tokenizer.eos_token_id
+        all_ids, all_whole_word_ids = [], []
+        for text, words in zip(texts, split):
+            if words is None:  # str.split would cut where the tokenizer's WhitespaceSplit does not
+                ids = self.tokenizer(text, verbose=False)["input_ids"]
+                all_ids.append(ids)
+                all_whole_word_ids.append(compute_whole_word_ids([ids], self.tokenizer)[0])
+                continue
+            ids, whole_word_ids, spans = [], [], 0
+            for word in words:
+                word_ids, local, word_spans = self.words[word]
+                ids += word_ids
+                whole_word_ids += [index + spans if index else 0 for index in local]
+                spans += word_spans
+            all_ids.append(ids + [eos])
+            all_whole_word_ids.append(whole_word_ids + [0])
+        return {"input_ids": all_ids, "whole_word_ids": all_whole_word_ids}
+
+
+def _tokenize_batch(batch, pieces: PieceCache):
+    # verbose=False (tokenizer fallback): top-n prompts (100 candidates) exceed T5's nominal 512 tokens on purpose;
+    # T5's relative positions handle it, so the length warning is noise here.
+    encoded = pieces(batch["source"])
     return {
         "input_ids": encoded["input_ids"],
-        "attention_mask": encoded["attention_mask"],
-        "whole_word_ids": compute_whole_word_ids(encoded["input_ids"], tokenizer),
-        "labels": tokenizer(text_target=batch["target"], verbose=False)["input_ids"],
+        "attention_mask": [[1] * len(ids) for ids in encoded["input_ids"]],
+        "whole_word_ids": encoded["whole_word_ids"],
+        "labels": pieces(batch["target"])["input_ids"],
     }
 
 
@@ -182,13 +258,14 @@ def tokenize_dataset_dict(
 
     features = Features({**TEXT_FEATURES, **TOKEN_FEATURES})
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
+    pieces = PieceCache(tokenizer)  # one word cache shared by every split (copied to each worker with num_proc)
     return DatasetDict(
         {
             name: dataset.map(
                 _tokenize_batch,
                 batched=True,
                 batch_size=batch_size,
-                fn_kwargs={"tokenizer": tokenizer},
+                fn_kwargs={"pieces": pieces},
                 features=features,
                 num_proc=num_proc if num_proc and len(dataset) > batch_size else None,
                 new_fingerprint=Hasher.hash([dataset._fingerprint, tokenizer_hash, "peapod-tokenize-v1", batch_size]),

@@ -207,10 +207,13 @@ def _user_table(args: PrepareArguments, train: dict[int, list[int]], num_users: 
         users = matrix
     elif args.embedding == "pmf":
         users, item_embeddings = user_embeddings.train_pmf(
-            train, num_users, num_items, k=args.embedding_dim, seed=args.seed, max_iter=args.pmf_max_iter
+            train, num_users, num_items, k=args.embedding_dim, seed=args.seed, max_iter=args.pmf_max_iter,
+            verbose=True,  # cornac reports each epoch: the longest stage of a full-size prepare shows progress
         )
     else:
-        users = user_embeddings.train_bivae(train, num_users, num_items, k=args.embedding_dim, seed=args.seed)
+        users = user_embeddings.train_bivae(
+            train, num_users, num_items, k=args.embedding_dim, seed=args.seed, verbose=True  # cornac's epoch bar
+        )
     return users, user_embeddings.build_neighbor_table(users, args.num_neighbors), item_embeddings
 
 

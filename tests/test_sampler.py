@@ -139,3 +139,43 @@ def test_per_task_batch_counts_are_logged(caplog):
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TaskAlternatingBatchSampler(**kwargs)
+
+
+# -- length grouping ------------------------------------------------------------------------------------------
+
+LENGTHS = [(row * 37) % 101 + (400 if TASKS[row] == 1 else 0) for row in range(len(TASKS))]
+
+
+def _padding(batches, lengths):
+    """Padded slots: sum over batches of (longest - each)."""
+    return sum(max(lengths[row] for row in batch) * len(batch) - sum(lengths[row] for row in batch) for batch in batches)
+
+
+@pytest.mark.parametrize("num_replicas,batch_size", [(1, 3), (2, 2), (3, 2)])
+def test_length_grouping_keeps_every_guarantee_and_cuts_padding(num_replicas, batch_size):
+    def make(rank, **kwargs):
+        return TaskAlternatingBatchSampler(TASKS, batch_size, seed=4, num_replicas=num_replicas, rank=rank,
+                                           lengths=LENGTHS, group_rounds=2, **kwargs)
+
+    for epoch in (0, 1):
+        per_rank = [epoch_batches(make(rank), epoch) for rank in range(num_replicas)]
+        assert per_rank == [epoch_batches(make(rank), epoch) for rank in range(num_replicas)]  # (seed, epoch)
+        assert len({len(batches) for batches in per_rank}) == 1 == len({len(make(0))} | {len(per_rank[0])})
+        rows = [row for batches in per_rank for batch in batches for row in batch]
+        assert sorted(rows) == list(range(len(TASKS)))  # exact coverage over the processes
+        for step in zip(*per_rank):  # one task per optimizer step, across processes too
+            assert len({task_of(batch) for batch in step}) == 1
+            assert all(1 <= len(batch) <= batch_size for batch in step)
+    assert epoch_batches(make(0), 0) != epoch_batches(make(0), 1)
+
+
+def test_length_grouping_reduces_padding_and_default_order_is_unchanged():
+    lengths = [(row * 7919) % 500 for row in range(len(TASKS))]
+    plain = TaskAlternatingBatchSampler(TASKS, 4, seed=2)
+    grouped = TaskAlternatingBatchSampler(TASKS, 4, seed=2, lengths=lengths, group_rounds=3)
+    assert _padding(epoch_batches(grouped, 0), lengths) < _padding(epoch_batches(plain, 0), lengths)
+    assert epoch_batches(TaskAlternatingBatchSampler(TASKS, 4, seed=2, lengths=None), 0) == epoch_batches(plain, 0)
+    with pytest.raises(ValueError, match="lengths has 3 entries"):
+        TaskAlternatingBatchSampler(TASKS, 4, lengths=[1, 2, 3])
+    with pytest.raises(ValueError, match="group_rounds"):
+        TaskAlternatingBatchSampler(TASKS, 4, lengths=lengths, group_rounds=0)

@@ -190,3 +190,13 @@ def test_configuration_errors_are_caught(tokenizer, train_set, tmp_path):
     )
     with pytest.raises(ValueError, match="needs a 'task_id' column"):
         trainer.get_train_dataloader()
+
+
+def test_group_by_length_hands_the_input_lengths_to_the_sampler(train_set, tmp_path):
+    trainer = PeaPODTrainer(model=tiny_model(), args=training_arguments(tmp_path), train_dataset=train_set,
+                            data_collator=lambda rows: rows, group_by_length=True)
+    sampler = trainer.get_train_dataloader().batch_sampler
+    assert sampler.lengths.tolist() == [len(ids) for ids in train_set["input_ids"]]
+    plain = PeaPODTrainer(model=tiny_model(), args=training_arguments(tmp_path), train_dataset=train_set,
+                          data_collator=lambda rows: rows)
+    assert plain.get_train_dataloader().batch_sampler.lengths is None

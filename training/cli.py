@@ -95,6 +95,9 @@ class DataArguments:
         default=1024, metadata={"help": "Longer sources lose their oldest tokens (top-n prompts are ~500-600)."}
     )
     max_target_length: int = field(default=128, metadata={"help": "A longer target is an error, never cut."})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch similar input lengths together within a task (less padding)."}
+    )
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
     )
@@ -454,6 +457,7 @@ def train(argv: list[str] | None = None) -> dict:
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets or None,
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
         processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
+        group_by_length=data_args.group_by_length,
     )
     if training_args.disable_tqdm or not sys.stderr.isatty():
         # A log file, not a terminal: plain progress lines with an ETA instead of tqdm's carriage returns.

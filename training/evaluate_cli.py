@@ -16,6 +16,7 @@ evaluation that could not be saved. `main()` is the console script (exit status 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,29 @@ class EvaluateArguments:
     allow_other_data: bool = field(
         default=False, metadata={"help": "Evaluate a checkpoint whose data fingerprint is not the prepared folder's."}
     )
+    chunk_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write each chunk of users' results here; a rerun skips finished chunks (resume)."},
+    )
+    shard: str = field(
+        default="0/1",
+        metadata={"help": "i/N: compute only chunks c with c % N == i (needs --chunk_dir); 'auto' takes RANK/"
+                          "WORLD_SIZE from `accelerate launch` or torchrun. The run that finds every chunk reports."},
+    )
+    chunk_size: int = field(default=1024, metadata={"help": "Rows (users) per chunk file of --chunk_dir."})
     update_model_card: bool = field(
         default=False, metadata={"help": "Write the results into the checkpoint's model card (table + model-index)."}
     )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/N` -> (i, N); `auto` -> (RANK, WORLD_SIZE) of the launcher's environment (0/1 without one)."""
+    if text == "auto":
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise PeaPODInputError(f"--shard must be i/N with 0 <= i < N (e.g. 0/2) or 'auto', got {text!r}")
+    return int(index), int(count)
 
 
 def check_arguments(args: EvaluateArguments) -> None:
@@ -80,7 +101,7 @@ def check_arguments(args: EvaluateArguments) -> None:
     unknown = [name for name in args.baselines if name not in BASELINES]
     if unknown:
         raise PeaPODInputError(f"--baselines {unknown}: expected any of {list(BASELINES)}")
-    for name in ("batch_size", "num_beams", "top_k", "max_explanation_tokens"):
+    for name in ("batch_size", "num_beams", "top_k", "max_explanation_tokens", "chunk_size"):
         if getattr(args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
     for name in ("max_users", "max_source_length"):
@@ -116,6 +137,10 @@ def evaluate(argv: list[str] | None = None) -> dict:
     (args,) = parse_dataclasses(EvaluateArguments, argv, "peapod-evaluate")
     check_arguments(args)
 
+    shard = parse_shard(args.shard)
+    if shard[1] > 1 and args.chunk_dir is None:
+        raise PeaPODInputError(f"--shard {args.shard} needs --chunk_dir (the folder where the shards' results meet)")
+
     import torch
 
     from datasets_scripts.prepared import load_prepared
@@ -126,7 +151,8 @@ def evaluate(argv: list[str] | None = None) -> dict:
         from datasets_scripts.tokenizer_loading import load_tokenizer
         from modeling_peapod import PeaPODForConditionalGeneration
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # One GPU per process under `accelerate launch` / torchrun (LOCAL_RANK), the first one otherwise.
+        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
         model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).to(device)
         tokenizer = load_tokenizer(args.tokenizer or args.checkpoint,
                                    flag="--tokenizer" if args.tokenizer else "--checkpoint (its tokenizer)")
@@ -136,7 +162,14 @@ def evaluate(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size, num_beams=args.num_beams, top_k=args.top_k, baselines=args.baselines,
         exclude_history=args.exclude_history, max_explanation_tokens=args.max_explanation_tokens,
         max_source_length=args.max_source_length, seed=args.seed, allow_other_data=args.allow_other_data,
+        chunk_dir=args.chunk_dir, shard=shard, chunk_size=args.chunk_size,
     )
+    incomplete = report.get("chunks", {}).get("incomplete_tasks")
+    if incomplete:
+        print(f"shard {shard[0]}/{shard[1]} done: its chunks are in {args.chunk_dir}; chunks of other shards are "
+              f"missing for {', '.join(incomplete)}. When every shard has finished, the last one to finish (or a "
+              "rerun without --shard, which loads every chunk) writes the results.")
+        return report
     report["checkpoint"] = args.checkpoint
     report["prepared_dir"] = str(args.prepared_dir)
     model_name = Path(args.checkpoint).name if args.checkpoint else "model"

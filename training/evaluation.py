@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from configuration_peapod import PeaPODInputError
+from datasets_scripts.files import atomic_write_text
 
 from .baselines import (
     BPRBaseline,
@@ -109,19 +111,16 @@ def select_rows(dataset, max_users: int | None, excluded_users: set[int]) -> lis
 # Model tasks ----------------------------------------------------------------------------------------------------
 
 
-def _batches(dataset, rows: list[int], batch_size: int, collator, device, description: str, show_progress: bool):
-    """(row dicts, model inputs on `device`) for consecutive slices of `rows`, with a progress bar."""
-    progress = tqdm(total=len(rows), desc=description, unit="sample", disable=not show_progress)
-    try:
-        for start in range(0, len(rows), batch_size):
-            columns = dataset[rows[start : start + batch_size]]
-            records = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            batch = collator(records)
-            inputs = {name: batch[name].to(device) for name in MODEL_INPUTS}
-            yield records, inputs
+def _batches(dataset, rows: list[int], batch_size: int, collator, device, progress=None):
+    """(row dicts, model inputs on `device`) for consecutive slices of `rows`; advances `progress` (tqdm)."""
+    for start in range(0, len(rows), batch_size):
+        columns = dataset[rows[start : start + batch_size]]
+        records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        batch = collator(records)
+        inputs = {name: batch[name].to(device) for name in MODEL_INPUTS}
+        yield records, inputs
+        if progress is not None:
             progress.update(len(records))
-    finally:
-        progress.close()
 
 
 def _model_inputs(inputs: dict) -> tuple:
@@ -168,17 +167,15 @@ def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
     return scores | {"num_users": result["num_users"]}
 
 
-def _run_ranking_task(
-    model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length, show_progress
-):
-    """Sequential (one entry) or top-n (beam and likelihood entries): {name: (ranked lists, targets)}."""
+def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length,
+               progress=None) -> dict[str, list]:
+    """Sequential or top-n rankings of `rows`: {"targets", "beam"} (+ "likelihood" for top-n), lists in row order."""
     from .collator import PeaPODDataCollator
 
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
-    outputs = {"beam": [], "likelihood": []}
-    targets = []
-    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, task, show_progress):
-        targets.extend(int(record["item_id"]) for record in records)
+    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if task == "topn" else {})
+    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, progress):
+        outputs["targets"].extend(int(record["item_id"]) for record in records)
         candidates = None
         if task == "topn":
             candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
@@ -187,11 +184,18 @@ def _run_ranking_task(
         )
         outputs["beam"].extend(_strip_padding(item_ids))
         if task == "topn":
+            # Every candidate of the batch's users is scored in a few decoder calls (score_candidates batches them).
             scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates, item_trie=item_trie)
             outputs["likelihood"].extend(rank_candidates(candidates.numpy(), scores.float().cpu().numpy(), top_k))
+    return outputs
+
+
+def _ranking_entries(task: str, outputs: dict[str, list]) -> dict[str, tuple[list, list]]:
+    """{result name: (ranked lists, targets)} of a task's merged outputs."""
     if task == "sequential":
-        return {"sequential": (outputs["beam"], targets)}
-    return {"topn_beam": (outputs["beam"], targets), "topn_likelihood": (outputs["likelihood"], targets)}
+        return {"sequential": (outputs["beam"], outputs["targets"])}
+    return {"topn_beam": (outputs["beam"], outputs["targets"]),
+            "topn_likelihood": (outputs["likelihood"], outputs["targets"])}
 
 
 def check_explanation_references(dataset, rows: list[int], split: str) -> None:
@@ -205,20 +209,24 @@ def check_explanation_references(dataset, rows: list[int], split: str) -> None:
         )
 
 
-def _run_explanation(
-    model, tokenizer, dataset, rows, batch_size, num_beams, max_new_tokens, max_source_length, show_progress
-):
+def _explain_rows(model, tokenizer, dataset, rows, batch_size, num_beams, max_new_tokens, max_source_length,
+                  progress=None) -> dict[str, list]:
+    """Generated explanations of `rows` and their references: {"predictions", "references"}, in row order."""
     from .collator import PeaPODDataCollator
 
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
     predictions, references = [], []
-    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, "explanation", show_progress):
+    for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, progress):
         generated = model.generate(
             *_model_inputs(inputs), num_beams=num_beams, num_return_sequences=1, do_sample=False,
             max_new_tokens=max_new_tokens,
         )
         predictions.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
         references.extend(record["target"] for record in records)
+    return {"predictions": predictions, "references": references}
+
+
+def _explanation_scores(predictions: list[str], references: list[str]) -> dict:
     bleu = load_metric("bleu_nmt").compute(predictions=predictions, references=references)
     rouge_metric = load_metric("rouge_f1")
     rouge = rouge_metric.compute(predictions=predictions, references=references)
@@ -228,7 +236,96 @@ def _run_explanation(
         "bleu4": bleu["bleu"], "rouge1": rouge["rouge1"], "rouge2": rouge["rouge2"], "rougeL": rouge["rougeL"],
         "rouge1_nmt": rouge_nmt["rouge1"], "rouge2_nmt": rouge_nmt["rouge2"], "rougeL_nmt": rouge_nmt["rougeL"],
         "num_samples": len(predictions),
-    }, predictions
+    }
+
+
+# Chunks: resumable and sharded runs ------------------------------------------------------------------------------
+
+
+class ChunkStore:
+    """Per-chunk result files, so an interrupted evaluation resumes and several processes split the users.
+
+    A task's rows are cut into consecutive chunks of `chunk_size` rows; chunk c's outputs (rankings or generated
+    explanations, in row order) go to `{directory}/{task}-{c:05d}.json`, written atomically. A run loads the
+    chunks already there and computes the missing ones it owns: all of them, or with `shard=(i, n)` those with
+    c % n == i. Merged in chunk order, the outputs are those of one unchunked run, so the metrics are the same.
+    Each file records `fingerprint` (split, settings, model checksum, rows); a file of other settings is refused.
+    """
+
+    def __init__(self, directory, fingerprint: dict, shard: tuple[int, int] = (0, 1), chunk_size: int = 1024):
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+        self.shard = (index, count)
+        self.chunk_size = chunk_size
+
+    def chunks(self, rows: list[int]) -> list[list[int]]:
+        return [rows[start : start + self.chunk_size] for start in range(0, len(rows), self.chunk_size)]
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.shard[1] == self.shard[0]
+
+    def path(self, task: str, chunk: int) -> Path:
+        return self.directory / f"{task}-{chunk:05d}.json"
+
+    def load(self, task: str, chunk: int, rows: list[int]) -> dict | None:
+        path = self.path(task, chunk)
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        expected = {**self.fingerprint, "task": task, "rows": rows}
+        if stored.get("fingerprint") != expected:
+            raise ValueError(
+                f"{path} holds results of another evaluation (other checkpoint, data, split or settings): use a "
+                "fresh --chunk_dir, or delete that folder to start over"
+            )
+        return stored["outputs"]
+
+    def save(self, task: str, chunk: int, rows: list[int], outputs: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        record = {"fingerprint": {**self.fingerprint, "task": task, "rows": rows}, "outputs": outputs}
+        atomic_write_text(self.path(task, chunk), json.dumps(record) + "\n")
+
+
+def model_checksum(model) -> str:
+    """A cheap fingerprint of the weights (sum and sum of squares over every parameter and buffer)."""
+    total = squares = 0.0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        values = tensor.detach().double()
+        total += float(values.sum())
+        squares += float((values * values).sum())
+    return f"{total:.10e}/{squares:.10e}"
+
+
+def _collect(task: str, rows: list[int], compute, store: ChunkStore | None, show_progress: bool, unit: str):
+    """Run `compute(rows, progress) -> {name: list}` over the chunks this process owns, load the others.
+
+    Returns (merged outputs or None when chunks of other shards are still missing, rows computed here)."""
+    chunks = store.chunks(rows) if store is not None else [rows]
+    outputs: dict[int, dict] = {}
+    todo = []
+    for index, chunk in enumerate(chunks):
+        loaded = store.load(task, index, chunk) if store is not None else None
+        if loaded is not None:
+            outputs[index] = loaded
+        elif store is None or store.owns(index):
+            todo.append(index)
+    computed = sum(len(chunks[index]) for index in todo)
+    description = task if store is None or store.shard[1] == 1 else f"{task} (shard {store.shard[0]}/{store.shard[1]})"
+    # tqdm shows the rate (users/s) and the ETA of what this process computes; loaded chunks are not counted.
+    with tqdm(total=computed, desc=description, unit=unit, disable=not show_progress, smoothing=0.1) as progress:
+        for index in todo:
+            outputs[index] = compute(chunks[index], progress)
+            if store is not None:
+                store.save(task, index, chunks[index], outputs[index])
+    if len(outputs) < len(chunks):
+        return None, computed
+    names = outputs[0].keys() if outputs else ()
+    return {name: [value for index in range(len(chunks)) for value in outputs[index][name]] for name in names}, computed
 
 
 # Baselines ------------------------------------------------------------------------------------------------------
@@ -308,6 +405,9 @@ def evaluate_checkpoint(
     seed: int = 0,
     return_rankings: bool = False,
     allow_other_data: bool = False,
+    chunk_dir: str | os.PathLike | None = None,
+    shard: tuple[int, int] = (0, 1),
+    chunk_size: int = 1024,
 ) -> dict:
     """Evaluate `model` (a PeaPODForConditionalGeneration, or None for baselines only) on `prepared`.
 
@@ -320,6 +420,11 @@ def evaluate_checkpoint(
     {name: {"user_ids", "targets", "ranked"}} (the model's ranked lists, row by row) for per-user analysis.
     A model whose config records another `data_fingerprint` than `prepared`'s is refused (PeaPODInputError)
     unless `allow_other_data=True` (`datasets_scripts.prepared.check_data_fingerprint`).
+
+    `chunk_dir` makes the run resumable and shardable (`ChunkStore`): each chunk of `chunk_size` rows is written
+    there when done and skipped by a rerun; `shard=(i, n)` computes only chunks c with c % n == i. When some
+    chunks are still missing (other shards running), the report has no metrics and lists the tasks under
+    "chunks" -> "incomplete_tasks"; the run that finds every chunk reports the same numbers as one unsharded run.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -387,11 +492,26 @@ def evaluate_checkpoint(
         "explanations": {},
     }
 
+    store = None
+    if chunk_dir is not None:
+        fingerprint = {
+            "split": split, "num_items": prepared.num_items, "num_users": prepared.num_users,
+            "model": model_checksum(model) if model is not None else None,
+            **{key: report["settings"][key] for key in ("num_beams", "top_k", "max_explanation_tokens",
+                                                         "max_source_length")},
+        }
+        store = ChunkStore(chunk_dir, fingerprint, shard, chunk_size)
+        report["chunks"] = {"chunk_dir": str(chunk_dir), "shard": list(shard), "chunk_size": chunk_size,
+                            "incomplete_tasks": []}
+    elif shard != (0, 1):
+        raise ValueError("a sharded evaluation needs chunk_dir (where the shards' results meet)")
+
     if model is not None:
         model.eval()
         item_trie = None
         if {"sequential", "topn"} & set(present):
             item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
+        computes, task_outputs = {}, {}
         for task in present:
             rows = task_rows[task]
             dataset = prepared.dataset[f"{task}_{split}"]
@@ -400,17 +520,36 @@ def evaluate_checkpoint(
                 continue
             started = time.perf_counter()
             if task == "explanation":
-                scores, predictions = _run_explanation(
-                    model, tokenizer, dataset, rows, batch_size, num_beams, max_explanation_tokens,
-                    max_source_length, show_progress,
-                )
-                report["results"]["explanation"] = scores
-                report["explanations"] = {"first_predictions": predictions[:5]}
+                def compute(chunk, progress, dataset=dataset):
+                    return _explain_rows(model, tokenizer, dataset, chunk, batch_size, num_beams,
+                                         max_explanation_tokens, max_source_length, progress)
             else:
-                for name, (ranked, targets) in _run_ranking_task(
-                    model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k,
-                    max_source_length, show_progress,
-                ).items():
+                def compute(chunk, progress, dataset=dataset, task=task):
+                    return _rank_rows(model, tokenizer, dataset, chunk, task, item_trie, batch_size, num_beams,
+                                      top_k, max_source_length, progress)
+            computes[task] = compute
+            task_outputs[task], computed = _collect(task, rows, compute, store, show_progress,
+                                                    "sample" if task == "explanation" else "user")
+            seconds = time.perf_counter() - started
+            report["timing"][task] = {
+                "seconds": round(seconds, 3),
+                "samples_computed": computed,
+                "samples_per_second": round(computed / seconds, 3),
+                "users_per_second": round(computed * num_users / len(rows) / seconds, 3),
+            }
+        for task, outputs in task_outputs.items():
+            if outputs is None:  # other shards were still at work when this task ended here: look again now,
+                # after all of this run's chunks are written, so that the shard finishing last sees every chunk
+                outputs, _ = _collect(task, task_rows[task], computes[task], store, False, "user")
+            dataset = prepared.dataset[f"{task}_{split}"]
+            rows = task_rows[task]
+            if outputs is None:  # other shards' chunks are not written yet
+                report["chunks"]["incomplete_tasks"].append(task)
+            elif task == "explanation":
+                report["results"]["explanation"] = _explanation_scores(outputs["predictions"], outputs["references"])
+                report["explanations"] = {"first_predictions": outputs["predictions"][:5]}
+            else:
+                for name, (ranked, targets) in _ranking_entries(task, outputs).items():
                     report["results"][name] = _ranking_scores(ranked, targets)
                     if return_rankings:
                         report.setdefault("rankings", {})[name] = {
@@ -418,12 +557,8 @@ def evaluate_checkpoint(
                             "targets": targets,
                             "ranked": ranked,
                         }
-            seconds = time.perf_counter() - started
-            report["timing"][task] = {
-                "seconds": round(seconds, 3),
-                "samples_per_second": round(len(rows) / seconds, 3),
-                "users_per_second": round(num_users / seconds, 3),
-            }
+        if store is not None and report["chunks"]["incomplete_tasks"]:
+            return report  # a shard's part is done; the run that finds every chunk computes metrics and baselines
 
     for name in baselines:
         started = time.perf_counter()
@@ -488,8 +623,6 @@ def markdown_table(report: dict, model_name: str = "model") -> str:
 
 def write_report(report: dict, output_dir, model_name: str = "model") -> tuple[Path, Path]:
     """Write `results.json` and `results.md` into `output_dir` (created if needed), each atomically."""
-    from datasets_scripts.files import atomic_write_text
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = output_dir / "results.json", output_dir / "results.md"

@@ -41,6 +41,12 @@ class TaskAlternatingBatchSampler:
         rank: this process, in `[0, num_replicas)`.
         drop_last: drop, per task, the last round when it is not P full batches, so that every batch has exactly
             `batch_size` samples (the dropped samples change with the epoch's shuffle).
+        lengths: optional length (e.g. input tokens) of every row: batches then group similar lengths within a
+            task, to cut padding. As transformers' `LengthGroupedSampler`: the task's shuffled rows are cut into
+            mega-batches of `group_rounds` rounds, each sorted by length (longest first) before being cut into
+            rounds, and the task's rounds are then shuffled. Single-task batches, exact coverage, determinism by
+            (seed, epoch) and the distributed split are unchanged; without `lengths` the order is as before.
+        group_rounds: rounds per mega-batch (larger: less padding, less randomness).
     """
 
     def __init__(
@@ -51,6 +57,8 @@ class TaskAlternatingBatchSampler:
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        group_rounds: int = 50,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -63,6 +71,12 @@ class TaskAlternatingBatchSampler:
             raise ValueError(f"task_of_sample must be a non-empty 1-D sequence of task ids, got shape {tasks.shape}")
         if not np.issubdtype(tasks.dtype, np.integer):
             raise ValueError(f"task_of_sample must hold integer task ids, got dtype {tasks.dtype}")
+        if lengths is not None and len(lengths) != tasks.size:
+            raise ValueError(f"lengths has {len(lengths)} entries; expected one per row ({tasks.size})")
+        if group_rounds < 1:
+            raise ValueError(f"group_rounds must be >= 1, got {group_rounds}")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group_rounds = group_rounds
         self.max_batch_size = batch_size
         # Accelerate reads `batch_size` to decide whether a batch is "complete"; None marks variable-size batches.
         self.batch_size = None
@@ -110,7 +124,14 @@ class TaskAlternatingBatchSampler:
     def global_rounds(self) -> list[tuple[int, list[list[int]]]]:
         """The whole epoch as (task, [batch of process 0, …, batch of process P-1]) rounds, in training order."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        rounds_by_task = {task: self._task_rounds(rng.permutation(rows)) for task, rows in self._rows_of_task.items()}
+        rounds_by_task = {}
+        for task, rows in self._rows_of_task.items():
+            shuffled = rng.permutation(rows)
+            if self.lengths is None:
+                rounds_by_task[task] = self._task_rounds(shuffled)
+            else:  # similar lengths together, then the task's rounds in random order
+                rounds = self._task_rounds(self._length_grouped(shuffled))
+                rounds_by_task[task] = [rounds[index] for index in rng.permutation(len(rounds))]
         ordered = []
         for round_index in range(max(len(rounds) for rounds in rounds_by_task.values())):
             for task in self.task_ids:
@@ -121,6 +142,12 @@ class TaskAlternatingBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for _, batches in self.global_rounds():
             yield batches[self.rank]
+
+    def _length_grouped(self, rows: np.ndarray) -> np.ndarray:
+        """Shuffled rows, each mega-batch of `group_rounds` rounds sorted by length, longest first (stable)."""
+        mega = self.group_rounds * self.num_replicas * self.max_batch_size
+        pieces = [rows[start : start + mega] for start in range(0, len(rows), mega)]
+        return np.concatenate([piece[np.argsort(-self.lengths[piece], kind="stable")] for piece in pieces])
 
     def _task_rounds(self, rows: np.ndarray) -> list[list[list[int]]]:
         """Cut one task's shuffled rows into rounds of `num_replicas` batches (see the module docstring)."""

@@ -66,9 +66,11 @@ class PeaPODTrainer(Seq2SeqTrainer):
         ranking_metrics_fn: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
         task_names: list[str] | tuple[str, ...] | None = None,
         model_card_summary=None,
+        group_by_length: bool = False,
         **kwargs,
     ):
-        self.model_card_summary = model_card_summary  # a training.model_card.TrainingSummary, read at every save
+        self.model_card_summary = model_card_summary
+        self.group_by_length = group_by_length  # batches of similar input lengths within a task (less padding)  # a training.model_card.TrainingSummary, read at every save
         super().__init__(*args, **kwargs)
         accelerator_config = self.args.accelerator_config
         if accelerator_config.dispatch_batches or accelerator_config.split_batches:
@@ -91,6 +93,16 @@ class PeaPODTrainer(Seq2SeqTrainer):
 
     # -- training data --------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _input_lengths(dataset) -> list[int]:
+        """Tokens of every row's input_ids, read from the Arrow column without decoding the lists."""
+        import pyarrow.compute as pc
+
+        if isinstance(dataset, datasets.Dataset) and "input_ids" in dataset.column_names:
+            column = dataset.with_format("arrow")[:]["input_ids"]
+            return pc.list_value_length(column).to_pylist()
+        return [len(row["input_ids"]) for row in dataset]
+
     def get_train_dataloader(self) -> DataLoader:
         """A DataLoader over task-alternated batches; each process gets its own batches (see module docstring)."""
         if self.train_dataset is None:
@@ -103,6 +115,7 @@ class PeaPODTrainer(Seq2SeqTrainer):
             num_replicas=max(1, self.args.world_size),
             rank=self.args.process_index,
             drop_last=self.args.dataloader_drop_last,
+            lengths=self._input_lengths(dataset) if self.group_by_length else None,
         )
         data_collator = self.data_collator
         if isinstance(dataset, datasets.Dataset):
