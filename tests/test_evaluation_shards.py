@@ -60,14 +60,14 @@ def test_chunks_of_other_settings_or_weights_are_refused(prepared, tokenizer, tm
 
 def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, capsys):  # noqa: F811
     import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import main
+    from training.evaluate_cli import evaluate as main  # the Python API: returns the report, raises on mistakes
 
     model = tiny_model(prepared)
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     monkeypatch.setattr(prepared_module, "load_prepared", lambda path: prepared)
-    common = ["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--num_beams",
+    common = ["--checkpoint", str(checkpoint), "--prepared_dir", str(tmp_path), "--tasks", "sequential", "--num_beams",
               "4", "--top_k", "2", "--chunk_dir", str(tmp_path / "chunks"), "--chunk_size", "5"]
     main([*common, "--shard", "1/2", "--output_dir", str(tmp_path / "eval")])
     assert "shard 1/2 done" in capsys.readouterr().out and not (tmp_path / "eval").exists()
@@ -75,14 +75,14 @@ def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, caps
     monkeypatch.setenv("WORLD_SIZE", "2")
     merged = main([*common, "--shard", "auto", "--output_dir", str(tmp_path / "eval")])
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["results"] == merged["results"]
-    single = main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential",
+    single = main(["--checkpoint", str(checkpoint), "--prepared_dir", str(tmp_path), "--tasks", "sequential",
                    "--num_beams", "4", "--top_k", "2"])
     assert merged["results"] == single["results"]
     for bad in (["--shard", "2/2"], ["--shard", "x"]):
         with pytest.raises(ValueError, match="--shard must be i/N"):
             main([*common, *bad])
     with pytest.raises(ValueError, match="needs --chunk_dir"):
-        main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--shard", "0/2"])
+        main(["--checkpoint", str(checkpoint), "--prepared_dir", str(tmp_path), "--shard", "0/2"])
 
 
 def test_the_shard_finishing_last_reports_even_when_the_shards_overlap(prepared, tokenizer, tmp_path, monkeypatch):  # noqa: F811
