@@ -1,0 +1,175 @@
+"""Issue 10: user-embedding normalisation, the prompt learning-rate multiplier and the prompt diagnostics."""
+
+import math
+
+import pytest
+import torch
+
+from configuration_peapod import PeaPODConfig
+from modeling_peapod import PeaPODForConditionalGeneration
+from training.diagnostics import (
+    attention_health,
+    bootstrap_interval,
+    gradient_norms,
+    permuted_user_table,
+    prompt_norms,
+    user_table_swapped,
+)
+
+NUM_USERS, D_USER = 12, 8
+
+
+def tiny_model(**fields) -> PeaPODForConditionalGeneration:
+    fields = {"num_users": NUM_USERS, "num_items": 40, "user_embedding_dim": D_USER, "num_neighbors": 4,
+              "dropout_rate": 0.0, **fields}
+    model = PeaPODForConditionalGeneration.from_shape("tiny", **fields)
+    if model.has_collaborative_prompt:
+        table = torch.randn(NUM_USERS + 1, D_USER) * 5
+        table[0] = 0.0  # the unknown user
+        model.set_user_table(table)
+    return model.eval()
+
+
+# -- user_embedding_norm ----------------------------------------------------------------------------------
+
+
+def test_user_embedding_norm_defaults_to_the_paper_and_rejects_unknown_values():
+    assert PeaPODConfig().user_embedding_norm == "none"
+    with pytest.raises(ValueError, match="user_embedding_norm"):
+        PeaPODConfig(user_embedding_norm="batchnorm")
+
+
+def test_no_normalisation_is_the_paper_prompt_encoder():
+    """"none": p = W_I(W_Q u + b_Q) + b_I for the MLP variant, computed by hand from the weights."""
+    model = tiny_model(prompt_encoder="mlp")
+    encoder = model.prompt_encoder
+    users = torch.tensor([1, 2, 3])
+    u = model.user_embeddings[users]
+    expected = encoder.to_prompt(encoder.query(u)).view(3, -1, model.config.d_model)
+    torch.testing.assert_close(model.collaborative_prompt(users)[0], expected)
+
+
+@pytest.mark.parametrize("norm", ["l2", "layernorm"])
+def test_normalised_prompt_ignores_the_scale_of_the_user_table(norm):
+    """With l2/layernorm the prompt depends on the direction of u and s_i, not their scale (layernorm: nor on a
+    shared shift); under "none" scaling the table changes it."""
+    model = tiny_model(user_embedding_norm=norm)
+    users = torch.arange(1, NUM_USERS + 1)
+    before = model.collaborative_prompt(users)[0]
+    with user_table_swapped(model, model.user_embeddings * 7.0, model.user_neighbors):
+        after = model.collaborative_prompt(users)[0]
+    torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-4)
+    paper = tiny_model(user_embedding_norm="none")
+    with user_table_swapped(paper, paper.user_embeddings * 7.0, paper.user_neighbors):
+        scaled = paper.collaborative_prompt(users)[0]
+    assert not torch.allclose(paper.collaborative_prompt(users)[0], scaled, atol=1e-3)
+
+
+def test_l2_rows_have_unit_rms_and_the_unknown_user_stays_zero():
+    model = tiny_model(user_embedding_norm="l2")
+    normalised = model.prompt_encoder.normalize_user_embeddings(model.user_embeddings)
+    torch.testing.assert_close(normalised[1:].norm(dim=1), torch.full((NUM_USERS,), math.sqrt(D_USER)))
+    assert torch.equal(normalised[0], torch.zeros(D_USER))
+
+
+def test_layernorm_user_norm_saves_and_reloads(tmp_path):
+    model = tiny_model(user_embedding_norm="layernorm")
+    with torch.no_grad():
+        model.prompt_encoder.user_norm.weight.fill_(2.0)
+    model.save_pretrained(tmp_path)
+    reloaded = PeaPODForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.user_embedding_norm == "layernorm"
+    users = torch.arange(1, NUM_USERS + 1)
+    torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
+
+
+# -- prompt learning-rate multiplier ----------------------------------------------------------------------
+
+
+def _trainer(tmp_path, multiplier):
+    import datasets
+    from transformers import Seq2SeqTrainingArguments
+
+    from training.trainer import PeaPODTrainer
+
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to="none",
+                                    weight_decay=0.01)
+    data = datasets.Dataset.from_dict({"task_id": [0, 1]})
+    return PeaPODTrainer(model=tiny_model(), args=args, train_dataset=data,
+                         prompt_learning_rate_multiplier=multiplier)
+
+
+def test_prompt_learning_rate_multiplier_splits_the_optimizer_groups(tmp_path):
+    trainer = _trainer(tmp_path, 10.0)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in optimizer.param_groups:
+        is_prompt = {names[id(p)].split(".")[0] in ("prompt_encoder", "task_prompts", "whole_word_embeddings")
+                     for p in group["params"]}
+        assert len(is_prompt) == 1, "a group mixes PeaPOD modules and the T5 body"
+        assert group["lr"] == pytest.approx(1e-2 if is_prompt.pop() else 1e-3)
+    counted = sum(len(group["params"]) for group in optimizer.param_groups)
+    assert counted == sum(1 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_prompt_learning_rate_multiplier_one_keeps_trainers_optimizer(tmp_path):
+    optimizer = _trainer(tmp_path, 1.0).create_optimizer()
+    assert {group["lr"] for group in optimizer.param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="prompt_learning_rate_multiplier"):
+        _trainer(tmp_path, 0.0)
+
+
+# -- diagnostics ------------------------------------------------------------------------------------------
+
+
+def test_permuted_table_gives_each_user_another_users_exact_prompt():
+    model = tiny_model()
+    users = torch.arange(1, NUM_USERS + 1)
+    embeddings, neighbors, permutation = permuted_user_table(model.user_embeddings, model.user_neighbors, seed=3)
+    assert permutation[0] == 0 and sorted(permutation.tolist()) == list(range(NUM_USERS + 1))
+    assert (permutation[1:] != users).all(), "a user kept its own row"
+    original = model.collaborative_prompt(permutation[1:])[0]
+    with user_table_swapped(model, embeddings, neighbors):
+        swapped = model.collaborative_prompt(users)[0]
+    torch.testing.assert_close(swapped, original)
+    assert torch.equal(model.user_embeddings, model.user_embeddings)  # restored (same object back)
+
+
+def test_attention_health_detects_attention_bought_by_norm():
+    """When one neighbour's embedding is huge and aligned with the query, it takes the attention."""
+    model = tiny_model(num_neighbors=3)
+    table = torch.randn(NUM_USERS + 1, D_USER) * 0.01
+    table[1:, 0] = torch.linspace(1, 2, NUM_USERS)  # all alike in direction, norms increasing with the id
+    model.set_user_table(table)
+    with torch.no_grad():  # make the attention logits grow with the neighbour's first coordinate
+        encoder = model.prompt_encoder
+        for linear in (encoder.query, encoder.key):
+            linear.weight.zero_()
+            linear.weight[:, 0] = 3.0
+        encoder.head_query.weight.copy_(torch.eye(model.config.d_model))
+        encoder.head_key.weight.copy_(torch.eye(model.config.d_model))
+    health = attention_health(model)
+    assert health["argmax_is_largest_norm"] == 1.0 and health["heads_agree"] == 1.0
+    assert health["entropy_mean"] < health["entropy_uniform"]
+    assert attention_health(tiny_model(prompt_encoder="mlp"))["prompt_encoder"] == "mlp"
+
+
+def test_prompt_norms_and_gradient_groups():
+    model = tiny_model()
+    norms = prompt_norms(model)
+    assert set(norms) >= {"token_embedding", "task_prompt", "collaborative_prompt", "user_embedding"}
+    assert norms["token_embedding"] == pytest.approx(model.shared.weight.norm(dim=1).mean().item())
+    model.train()
+    input_ids = torch.tensor([[37, 1]])
+    loss = model(input_ids=input_ids, user_ids=torch.tensor([1]), task_ids=torch.tensor([0]),
+                 labels=torch.tensor([[8, 1]])).loss
+    loss.backward()
+    groups = gradient_norms(model)
+    assert set(groups) == {"prompt_encoder", "task_prompts", "t5_body"}  # no whole_word_ids passed: no gradient
+    assert all(value > 0 for value in groups.values())
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    hits = [1] * 30 + [0] * 70
+    low, high = bootstrap_interval(hits, seed=0)
+    assert low < 0.3 < high and 0.15 < low and high < 0.45
