@@ -76,7 +76,12 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from training.diagnostics import _loss_and_topn, attention_health, prompt_norms, shuffle_test
+    from training.diagnostics import (
+        _loss_and_topn,
+        attention_health,
+        prompt_norms,
+        shuffle_test,
+    )
     from training.evaluation import evaluate_checkpoint
 
     torch.manual_seed(args.seed)

@@ -31,7 +31,13 @@ import torch
 from transformers import TrainerCallback
 
 from .baselines import rank_candidates
-from .evaluation import _batches, _model_inputs, _ranking_scores, evaluate_checkpoint, select_rows
+from .evaluation import (
+    _batches,
+    _model_inputs,
+    _ranking_scores,
+    evaluate_checkpoint,
+    select_rows,
+)
 
 # Parameter groups whose gradients are reported separately; everything else is the T5 body.
 PROMPT_PARAMETER_GROUPS = ("prompt_encoder", "task_prompts", "whole_word_embeddings")
