@@ -51,6 +51,12 @@ class PeaPODConfig(T5Config):
         H, the number of attention heads of the collaborative prompt encoder; must divide `d_model`.
     collaborative_prompt_length (`int`, defaults to 3):
         L_p, the number of collaborative user-prompt vectors (the paper's |p_mha| = 3).
+    add_user_prompt_to_tokens (`bool`, defaults to `False`):
+        Besides prepending the L_p collaborative-prompt vectors (the paper), add their mean to the embedding of
+        every input token. Prepended alone, the prompt is 3 of the ~100 (sequential) to ~500 (top-n) encoder
+        positions, and a randomly initialised decoder's near-uniform cross-attention gives it that share of its
+        context (0.5% on top-n, measured): the user signal is diluted and learnt late. A vector added to every
+        position survives any averaging over positions.
     use_task_prompts (`bool`, defaults to `True`):
         Whether to prepend the learned task-specific prompts of POD ("PeaPOD (no task)" ablation when False).
     task_prompt_length (`int`, defaults to 3):
@@ -83,6 +89,7 @@ class PeaPODConfig(T5Config):
     user_embedding_norm: str = "none"
     prompt_encoder_heads: int = 4
     collaborative_prompt_length: int = 3
+    add_user_prompt_to_tokens: bool = False
     use_task_prompts: bool = True
     task_prompt_length: int = 3
     tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS

@@ -484,7 +484,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         user_ids: torch.LongTensor | None = None, task_ids: torch.LongTensor | None = None,
         whole_word_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended."""
+        """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended.
+
+        With `config.add_user_prompt_to_tokens` the mean collaborative-prompt vector is added to every token's
+        embedding as well."""
         if input_ids is None:
             raise ValueError("input_ids is required (PeaPOD builds inputs_embeds itself)")
         self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids)
@@ -495,7 +498,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         if self.config.use_task_prompts:
             prompts.append(self.task_prompts(task_ids).view(-1, self.config.task_prompt_length, self.config.d_model))
         if self.has_collaborative_prompt:
-            prompts.append(self.collaborative_prompt(user_ids)[0])
+            user_prompt = self.collaborative_prompt(user_ids)[0]
+            prompts.append(user_prompt)
+            if self.config.add_user_prompt_to_tokens:  # every position carries the user (config docstring)
+                embeds = embeds + user_prompt.mean(dim=1, keepdim=True).to(embeds.dtype)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if prompts:

@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
+    parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
+                        "output folder (trained with the row's flags) instead of training.")
     args = parser.parse_args(argv)
     if args.plot_only:
         if not args.output:
@@ -193,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.prepared_dir:
         parser.error("--prepared_dir is required")
-    if args.name and len(args.rows) != 1:
-        parser.error("--name names a single row")
+    if (args.name or args.evaluate_run) and len(args.rows) != 1:
+        parser.error("--name and --evaluate_run need a single row")
     from transformers import AutoTokenizer
 
     from datasets_scripts import load_prepared
@@ -208,8 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         name = args.name or row_name(spec)
         run_dir = ROOT / "runs" / "curves" / output.name / name
         started = time.perf_counter()
-        train_metrics = train_row(args, spec, run_dir)
-        train_seconds = time.perf_counter() - started
+        if args.evaluate_run:
+            run_dir = Path(args.evaluate_run)
+            metrics_file = run_dir / "train_metrics.json"
+            train_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        else:
+            train_metrics = train_row(args, spec, run_dir)
+        train_seconds = train_metrics.get("train_runtime") or time.perf_counter() - started
         _, flags = parse_row(spec)
         record = {
             "row": spec, "label": LABELS[flags["prompt_encoder"]] + (f" [{spec}]" if "+" in spec else ""),
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} step {point['step']}: " + ", ".join(
                 f"{key} {point[key]:.4f}" for key in ("topn_hr@10", "topn_shuffle_drop", "sequential_hr@10",
                                                       "topn_loss") if point.get(key) is not None), flush=True)
-            if not args.keep_checkpoints:
+            if not (args.keep_checkpoints or args.evaluate_run):
                 shutil.rmtree(folder)
     print(plot(output))
 

@@ -173,3 +173,24 @@ def test_bootstrap_interval_brackets_the_mean():
     hits = [1] * 30 + [0] * 70
     low, high = bootstrap_interval(hits, seed=0)
     assert low < 0.3 < high and 0.15 < low and high < 0.45
+
+
+# -- add_user_prompt_to_tokens ----------------------------------------------------------------------------
+
+
+def test_user_prompt_added_to_every_token_only_when_asked():
+    input_ids = torch.tensor([[37, 8, 19, 1], [42, 7, 1, 0]])
+    attention_mask = (input_ids != 0).long()
+    inputs = dict(attention_mask=attention_mask, user_ids=torch.tensor([2, 5]), task_ids=torch.tensor([0, 1]))
+    paper = tiny_model()
+    assert paper.config.add_user_prompt_to_tokens is False
+    embeds, mask = paper.build_encoder_inputs(input_ids, **inputs)
+    prefix = paper.config.num_prompt_vectors
+    torch.testing.assert_close(embeds[:, prefix:], paper.shared(input_ids))  # the paper: tokens as they are
+    added = tiny_model(add_user_prompt_to_tokens=True)
+    added.load_state_dict(paper.state_dict())
+    embeds_added, mask_added = added.build_encoder_inputs(input_ids, **inputs)
+    user_prompt = paper.collaborative_prompt(inputs["user_ids"])[0]
+    torch.testing.assert_close(embeds_added[:, prefix:], paper.shared(input_ids) + user_prompt.mean(1, keepdim=True))
+    torch.testing.assert_close(embeds_added[:, :prefix], embeds[:, :prefix])  # the prepended prompts unchanged
+    assert torch.equal(mask, mask_added)

@@ -61,6 +61,9 @@ class ModelArguments:
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
     )
     collaborative_prompt_length: int = field(default=3, metadata={"help": "L_p."})
+    add_user_prompt_to_tokens: bool = field(
+        default=False, metadata={"help": "Also add the mean collaborative-prompt vector to every token embedding."}
+    )
     use_task_prompts: bool = field(default=True, metadata={"help": "Task-specific soft prompts (POD)."})
     task_prompt_length: int = field(default=3, metadata={"help": "L_t."})
     loss_reduction: str = field(default="sequence", metadata={"help": "sequence (eq. 10) | token."})
@@ -214,6 +217,7 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         user_embedding_norm=model_args.user_embedding_norm,
         prompt_encoder_heads=model_args.prompt_encoder_heads,
         collaborative_prompt_length=model_args.collaborative_prompt_length,
+        add_user_prompt_to_tokens=model_args.add_user_prompt_to_tokens,
         use_task_prompts=model_args.use_task_prompts, task_prompt_length=model_args.task_prompt_length,
         loss_reduction=model_args.loss_reduction, dropout_rate=model_args.dropout_rate,
     )

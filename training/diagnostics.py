@@ -280,3 +280,34 @@ def bootstrap_interval(values: Sequence[float], num_samples: int = 1000, seed: i
     means = values[rng.integers(0, values.size, size=(num_samples, values.size))].mean(axis=1)
     tail = (1 - level) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+@torch.no_grad()
+def cross_attention_on_prompt(model, tokenizer, dataset, rows: Sequence[int], batch_size: int = 16) -> dict:
+    """How much of the decoder's cross-attention (first target token, mean over layers, heads and samples) lands
+    on the task-prompt and collaborative-prompt positions, against their share of the encoder positions (what
+    uniform attention would give). A decoder that reads its prompt puts far more than that share on it."""
+    from .collator import PeaPODDataCollator
+
+    collator = PeaPODDataCollator(tokenizer)
+    config = model.config
+    previous = config._attn_implementation
+    model.set_attn_implementation("eager")  # sdpa kernels return no attention weights
+    task_length = config.task_prompt_length if config.use_task_prompts else 0
+    user_length = config.collaborative_prompt_length if model.has_collaborative_prompt else 0
+    mass = {"task_prompt": [], "collaborative_prompt": []}
+    share = {"task_prompt": [], "collaborative_prompt": []}
+    for records, inputs in _batches(dataset, list(rows), batch_size, collator, model.device, "attention", False):
+        labels = collator(records)["labels"].to(model.device)
+        outputs = model(*_model_inputs(inputs), labels=labels, output_attentions=True)
+        attention = torch.stack(outputs.cross_attentions)[:, :, :, 0]  # [layers, B, heads, source]
+        attention = attention.mean(dim=(0, 2))  # [B, source]
+        positions = inputs["attention_mask"].sum(1).float() + task_length + user_length
+        for name, start, length in (("task_prompt", 0, task_length), ("collaborative_prompt", task_length,
+                                                                       user_length)):
+            if length:
+                mass[name] += attention[:, start:start + length].sum(1).tolist()
+                share[name] += (length / positions).tolist()
+    model.set_attn_implementation(previous)
+    return {name: {"attention": float(np.mean(mass[name])), "uniform": float(np.mean(share[name]))}
+            for name in mass if mass[name]}
