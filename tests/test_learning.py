@@ -181,7 +181,7 @@ def test_bootstrap_interval_brackets_the_mean():
 def test_user_prompt_added_to_every_token_only_when_asked():
     input_ids = torch.tensor([[37, 8, 19, 1], [42, 7, 1, 0]])
     attention_mask = (input_ids != 0).long()
-    inputs = dict(attention_mask=attention_mask, user_ids=torch.tensor([2, 5]), task_ids=torch.tensor([0, 1]))
+    inputs = {"attention_mask": attention_mask, "user_ids": torch.tensor([2, 5]), "task_ids": torch.tensor([0, 1])}
     paper = tiny_model()
     assert paper.config.add_user_prompt_to_tokens is False
     embeds, mask = paper.build_encoder_inputs(input_ids, **inputs)
