@@ -99,6 +99,8 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         point = _loss_and_topn(model, tokenizer, prepared, "test", args.eval_users, 16)
         point.pop("_topn_scores", None)
     point["norms"] = prompt_norms(model)
+    point["cross_attention_on_prompt"] = cross_attention_on_prompt(model, tokenizer, prepared.dataset["topn_test"],
+                                                                   range(32))
     if args.sequential_beams:
         report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=["sequential"],
                                      max_users=args.eval_users, num_beams=args.sequential_beams,

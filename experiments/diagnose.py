@@ -7,7 +7,8 @@ Prints (and writes as JSON with `--output`): (a) the mean L2 norms of the task-p
 vectors against the token embeddings, (b) the test loss and top-n HR@10/NDCG@10 (exact candidate likelihood, all
 test users unless `--max_users`) with the user table as is and permuted across users (embeddings and neighbour
 lists moved together), the drop, and how far candidate log-likelihoods move, (c) attention health of the mha
-prompt encoder. See `training/diagnostics.py` for the definitions; `prompt_diagnostics.json` in a checkpoint
+prompt encoder, (d) the share of the decoder's cross-attention that lands on the prompt positions. See
+`training/diagnostics.py` for the definitions; `prompt_diagnostics.json` in a checkpoint
 trained with `--prompt_diagnostics_every K` holds the gradient and prompt norms over training.
 """
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from datasets_scripts import load_prepared
-    from training.diagnostics import attention_health, prompt_norms, shuffle_test
+    from training.diagnostics import attention_health, cross_attention_on_prompt, prompt_norms, shuffle_test
 
     model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         "shuffle": shuffle_test(model, tokenizer, prepared, split=args.split, max_users=args.max_users,
                                 seed=args.seed, sequential=args.sequential),
         "attention": attention_health(model),
+        "cross_attention_on_prompt": {
+            task: cross_attention_on_prompt(model, tokenizer, prepared.dataset[f"{task}_{args.split}"], range(64))
+            for task in ("sequential", "topn") if f"{task}_{args.split}" in prepared.dataset
+        },
     }
     diagnosis["shuffle"]["as_is"].pop("topn_hits", None)
     diagnosis["shuffle"]["permuted"].pop("topn_hits", None)
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(chance {attention['chance']:.3f}), all heads agree {attention['heads_agree']:.3f}")
     else:
         print(f"(c) {attention['note']}")
+    for task, shares in diagnosis["cross_attention_on_prompt"].items():
+        print(f"(d) {task}: decoder cross-attention on the prompt positions (first 64 users, first target token): "
+              + ", ".join(f"{name} {value['attention']:.4f} (uniform share {value['uniform']:.4f})"
+                          for name, value in shares.items()))
     if args.output:
         Path(args.output).write_text(json.dumps(diagnosis, indent=1))
     return 0
