@@ -79,6 +79,7 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     from training.diagnostics import (
         _loss_and_topn,
         attention_health,
+        cross_attention_on_prompt,
         prompt_norms,
         shuffle_test,
     )

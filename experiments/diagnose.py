@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from datasets_scripts import load_prepared
-    from training.diagnostics import attention_health, cross_attention_on_prompt, prompt_norms, shuffle_test
+    from training.diagnostics import (
+        attention_health,
+        cross_attention_on_prompt,
+        prompt_norms,
+        shuffle_test,
+    )
 
     model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
