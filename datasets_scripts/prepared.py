@@ -67,6 +67,15 @@ class PrepareArguments:
     p5_dir: str | None = field(default=None, metadata={"help": "A P5/POD folder: sequential.txt, datamaps.json."})
     reviews: str | None = field(default=None, metadata={"help": "A raw McAuley review dump (.json or .json.gz)."})
     synthetic: bool = field(default=False, metadata={"help": "Use the seeded synthetic demo data."})
+    synthetic_variant: str = field(
+        default="default",
+        metadata={
+            "help": "With --synthetic: default (communities and chains), or a planted-signal variant whose held-out "
+            "items come from one known source: history (successor of the last item), user (the user's long-term "
+            "taste), neighbors (what the user's clique-mates took). See docs/data.md.",
+            "choices": ["default", "history", "user", "neighbors"],
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw (splits, negatives, sampling)."})
     reindex_items: bool = field(
         default=False, metadata={"help": "Leakage-free variant: re-index items with a seeded random bijection."}
@@ -112,6 +121,16 @@ def _check_arguments(args: PrepareArguments) -> None:
     sources = [name for name, value in given.items() if value]
     if len(sources) != 1:
         raise ValueError(f"give exactly one data source of --p5_dir, --reviews, --synthetic (got {sources or 'none'})")
+    from configuration_peapod import PeaPODInputError
+
+    from .synthetic import SYNTHETIC_VARIANTS
+
+    if args.synthetic_variant not in SYNTHETIC_VARIANTS:
+        raise PeaPODInputError(
+            f"--synthetic_variant {args.synthetic_variant!r}: expected one of {', '.join(SYNTHETIC_VARIANTS)}"
+        )
+    if args.synthetic_variant != "default" and not args.synthetic:
+        raise PeaPODInputError(f"--synthetic_variant {args.synthetic_variant} needs --synthetic")
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"output_dir {output} exists and is not a folder")
@@ -135,9 +154,9 @@ def _load_source(args: PrepareArguments) -> P5Data:
         from .amazon_reviews import reviews_to_p5
 
         return reviews_to_p5(args.reviews, k=args.k_core, seed=args.seed)
-    from .synthetic import SyntheticConfig, generate_synthetic
+    from .synthetic import synthetic_data
 
-    return generate_synthetic(SyntheticConfig(seed=args.seed))
+    return synthetic_data(args.synthetic_variant, seed=args.seed)
 
 
 def _user_table(args: PrepareArguments, train: dict[int, list[int]], num_users: int, num_items: int, matrix):
@@ -281,6 +300,11 @@ def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
         )
     else:
         source = "Seeded synthetic data (datasets_scripts.synthetic): communities, categories, item chains."
+        if args.synthetic_variant != "default":
+            source = (
+                f"Seeded synthetic data (datasets_scripts.synthetic), planted-signal variant `{args.synthetic_variant}`: "
+                "the held-out items follow from one known source (docs/data.md)."
+            )
     embedding = args.embedding
     if embedding not in EMBEDDING_METHODS:
         embedding = f"user-supplied matrix {Path(args.embedding).name}"

@@ -4,14 +4,14 @@
     python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --seeds 0  # one seed
     python experiments/run.py experiments/configs/instruments-p5-peapod.yaml --baselines_only
 
-A config (YAML) names the data (`dataset`: synthetic | beauty | toys | instruments, `reindex_items`,
-`max_users`), the model row (`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the
+A config (YAML) names the data (`dataset`: synthetic | beauty | toys | instruments, `synthetic_variant`:
+default | history | user | neighbors (docs/data.md), `reindex_items`, `max_users`), the model row (`prompt_encoder`, `prompt_encoder_heads`, `use_task_prompts`, `shape`) and the
 budget (`max_steps`, `max_train_seconds`, `batch_size`, `learning_rate`, `eval_users`). Prepared folders are
 cached under `prepared/`; checkpoints go to `runs/experiments/`; each (row, seed) writes
 `experiments/results/<row>-seed<k>.json`. Training and evaluation use the GPU when there is one.
 
-The popularity and PMF baselines depend on the data and the evaluated users only (PMF scores with the prepared
-folder's own PMF factors), so `--baselines_only` writes them once per prepared folder as
+The popularity, PMF and Markov-chain baselines depend on the data and the evaluated users only (PMF scores with the
+prepared folder's own PMF factors), so `--baselines_only` writes them once per prepared folder as
 `experiments/results/baselines-<folder>-<users>users.json`; `--baselines` (none) skips them in model runs, as the
 GPU script does (experiments/gpu/).
 """
@@ -32,12 +32,12 @@ REAL_DATA = {
     "instruments": ("reviews", "data/amazon-musical-instruments/reviews_Musical_Instruments_5.json.gz"),
 }
 DEFAULTS = dict(
-    dataset="synthetic", reindex_items=False, max_users=None, shape="tiny", prompt_encoder="mha",
-    prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=300,
+    dataset="synthetic", synthetic_variant="default", reindex_items=False, max_users=None, shape="tiny",
+    prompt_encoder="mha", prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512, max_steps=300,
     batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
     max_source_length=1024, data_seed=0, max_train_seconds=None, lr_scheduler_type="linear", warmup_steps=None,
 )
-BASELINES = ("popularity", "pmf")
+BASELINES = ("popularity", "pmf", "markov")  # the default set; any of training.evaluation.BASELINES may be named
 
 
 def load_config(path: str) -> dict:
@@ -51,12 +51,15 @@ def load_config(path: str) -> dict:
 def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
     from datasets_scripts import prepare
 
-    parts = [config["dataset"]] + (["reindexed"] if config["reindex_items"] else []) + (
+    variant = config["synthetic_variant"]
+    if variant != "default" and config["dataset"] != "synthetic":
+        raise ValueError(f"synthetic_variant {variant!r} needs dataset: synthetic (got {config['dataset']!r})")
+    parts = [config["dataset"]] + ([variant] if variant != "default" else []) + (["reindexed"] if config["reindex_items"] else []) + (
         [f"{config['max_users']}users"] if config["max_users"] else []) + [f"pmf{config['embedding_dim']}",
                                                                           f"n{config['num_neighbors']}"]
     folder = ROOT / "prepared" / "-".join(parts)
     if not folder.exists():
-        source: dict = {"synthetic": True}
+        source: dict = {"synthetic": True, "synthetic_variant": variant}
         if config["dataset"] != "synthetic":
             key, relative = REAL_DATA[config["dataset"]]
             source = {key: str(shared / relative)}
@@ -124,13 +127,13 @@ def evaluate_on_test(config: dict, prepared_dir: Path, model, tokenizer, baselin
                                num_beams=config["num_beams"], baselines=baselines, seed=seed, show_progress=False)
 
 
-def run_baselines(config: dict, prepared_dir: Path, tokenizer: str) -> dict:
+def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
     """The baselines alone on the rows a model run of `config` evaluates (same split, users and candidates)."""
     from transformers import AutoTokenizer
 
     from training import cli
 
-    report = evaluate_on_test(config, prepared_dir, None, AutoTokenizer.from_pretrained(tokenizer), BASELINES,
+    report = evaluate_on_test(config, prepared_dir, None, AutoTokenizer.from_pretrained(tokenizer), baselines,
                               config["data_seed"])
     return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
             "eval_users": config["eval_users"], "baselines": report["baselines"], "users": report["users"],
@@ -158,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="*")
     parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))
-    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+    from training.evaluation import BASELINES as KNOWN_BASELINES
+
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=KNOWN_BASELINES,
                         help="Baselines evaluated beside each model run (none: --baselines with no names).")
     parser.add_argument("--baselines_only", action="store_true", help="Write the baselines file and stop.")
     args = parser.parse_args(argv)
@@ -169,8 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     results_dir = ROOT / "experiments" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     if args.baselines_only:
-        name = f"baselines-{prepared_dir.name}-{config['eval_users']}users.json"
-        write_json(results_dir / name, run_baselines(config, prepared_dir, tokenizer))
+        users = "all" if config["eval_users"] is None else config["eval_users"]
+        name = f"baselines-{prepared_dir.name}-{users}users.json"
+        write_json(results_dir / name, run_baselines(config, prepared_dir, tokenizer, tuple(args.baselines)))
         return
     for seed in args.seeds if args.seeds is not None else config["seeds"]:
         record = run_seed(config, seed, prepared_dir, tokenizer, tuple(args.baselines))

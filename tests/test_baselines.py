@@ -1,4 +1,5 @@
-"""Most-popular and PMF baselines on hand-made matrices: known rankings, tie rule, history rule, candidates."""
+"""Most-popular, PMF and Markov-chain baselines on hand-made data: known rankings, tie rule, history rule,
+candidates."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from training.baselines import (
     BPRBaseline,
+    MarkovChainBaseline,
     PMFBaseline,
     PopularityBaseline,
     item_popularity,
@@ -99,3 +101,50 @@ def test_rank_helpers_drop_excluded_and_break_ties_by_id():
     assert rank_candidates([[9, 4, 7]], [[0.5, 0.5, 0.9]], top_k=3) == [[7, 4, 9]]
     with pytest.raises(ValueError, match="top_k"):
         rank_by_score(np.zeros((1, 3)), top_k=0)
+
+
+# Training transitions of TRAIN: 3->1 (users 1, 2), 1->2, 1->5, 3->5, 5->1, 3->2, 2->4; nothing follows 4 or 6.
+# Popularity (the tie-break): 3 (4) > 1 (3) > 2 = 5 (2) > 4 (1) > 6 (0).
+
+
+def test_markov_chain_ranks_by_transition_counts_then_popularity_then_id():
+    baseline = MarkovChainBaseline(TRAIN, NUM_ITEMS)
+    histories = {1: [2, 3], 2: [6, 1], 3: [4], 4: [1, 5]}
+    ranked = recommend_sequential(baseline, [1, 2, 3, 4], top_k=6, histories=histories)
+    assert ranked == [
+        [1, 2, 5, 3, 4, 6],  # after 3: 1 (2 steps), then 2 and 5 (1 each; equal popularity -> lower id), the rest
+        [2, 5, 3, 1, 4, 6],  # after 1: 2 and 5, then by popularity
+        [3, 1, 2, 5, 4, 6],  # after 4: never followed by anything -> pure popularity
+        [1, 3, 2, 5, 4, 6],  # after 5: 1, then by popularity
+    ]
+    # Only the last item of the history matters.
+    assert recommend_sequential(baseline, [1], 3, {1: [6, 4, 2, 1]}) == recommend_sequential(baseline, [1], 3, {1: [1]})
+    assert recommend_sequential(baseline, [1], 3, {1: [1]}, exclude_history=True) == [[2, 5, 3]]
+
+
+def test_markov_chain_top_n_and_missing_histories():
+    baseline = MarkovChainBaseline(TRAIN, NUM_ITEMS)
+    ranked = recommend_topn(baseline, [1, 2], [[6, 5, 2, 4], [6, 4, 2, 1]], top_k=4, histories={1: [1], 2: [5]})
+    assert ranked == [[2, 5, 4, 6], [1, 2, 4, 6]]
+    with pytest.raises(ValueError, match="pass histories"):
+        recommend_topn(baseline, [1], [[6, 5]])
+    with pytest.raises(ValueError, match="non-empty history for every user; none for user 2"):
+        recommend_sequential(baseline, [1, 2], histories={1: [3]})
+    with pytest.raises(ValueError, match="id 9 is outside"):
+        recommend_sequential(baseline, [1], histories={1: [9]})
+
+
+def test_markov_chain_is_a_near_oracle_on_the_history_variant_and_weak_on_user():
+    from datasets_scripts.splits import leave_one_out
+    from datasets_scripts.synthetic import synthetic_data
+
+    hit_rates = {}
+    for variant in ("history", "user"):
+        data = synthetic_data(variant, seed=0)
+        split = leave_one_out(data.histories)
+        users = sorted(data.histories)
+        baseline = MarkovChainBaseline(split.train, data.num_items)
+        inputs = {user: data.histories[user][:-1] for user in users}
+        ranked = recommend_sequential(baseline, users, 10, inputs)
+        hit_rates[variant] = np.mean([split.test[user] in row for user, row in zip(users, ranked)])
+    assert hit_rates["history"] > 0.95 and hit_rates["user"] < 0.6

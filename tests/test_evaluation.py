@@ -4,6 +4,7 @@ likelihood ranker, user-table checks, empty references, and the CLI."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,67 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
         main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--update_model_card", "True"])
     with pytest.raises(ValueError, match="--update_model_card needs --checkpoint"):
         main(["--prepared_dir", "unused", "--baselines", "popularity", "--update_model_card", "True"])
+
+
+# Bootstrap intervals over users --------------------------------------------------------------------------------
+
+
+def _numpy_percentile_bootstrap(values, resamples=1000, seed=0):
+    """The reference: resample users with replacement, mean per resample, 2.5th and 97.5th percentiles."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return np.percentile(means, [2.5, 97.5]).tolist()
+
+
+def test_bootstrap_interval_matches_a_numpy_reference_contains_the_value_and_shrinks():
+    from training.evaluation import bootstrap_interval
+
+    hits = (np.random.default_rng(3).random(400) < 0.3).astype(float)
+    low, high = bootstrap_interval(hits)
+    assert [low, high] == pytest.approx(_numpy_percentile_bootstrap(hits), abs=1e-12)
+    assert low <= hits.mean() <= high and low < high
+    assert bootstrap_interval(hits) == [low, high]  # seeded: the same interval every time
+    assert bootstrap_interval(hits, seed=1) != [low, high]
+    more = np.tile(hits, 16)  # the same hit rate, 16 x the users
+    more_low, more_high = bootstrap_interval(more)
+    assert more_low <= more.mean() <= more_high and (more_high - more_low) < 0.5 * (high - low)
+    assert bootstrap_interval([1.0, 1.0, 1.0]) == [1.0, 1.0] and bootstrap_interval([0.5]) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
+
+
+def test_every_ranking_metric_gets_its_interval_from_the_per_user_values():
+    from training.evaluation import RANKING_COLUMNS, _ranking_scores
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, 50, size=300).tolist()
+    ranked = [rng.permutation(np.arange(1, 50))[:10].tolist() for _ in targets]
+    scores = _ranking_scores(ranked, targets)
+    ranks = [row.index(t) + 1 if t in row else None for row, t in zip(ranked, targets)]
+    for column in RANKING_COLUMNS:
+        k = int(column.split("@")[1])
+        if column.startswith("hr"):
+            per_user = np.array([float(r is not None and r <= k) for r in ranks])
+        else:
+            per_user = np.array([1 / np.log2(r + 1) if r is not None and r <= k else 0.0 for r in ranks])
+        assert scores[column] == pytest.approx(per_user.mean())
+        assert scores[f"{column}_ci"] == pytest.approx(_numpy_percentile_bootstrap(per_user), abs=1e-12)
+    assert scores["num_users"] == 300
+
+
+def test_reports_carry_intervals_for_the_model_and_the_baselines(model, tokenizer, prepared):
+    report = evaluate_checkpoint(
+        model, tokenizer, prepared, tasks=("sequential", "topn"), max_users=6, baselines=("popularity", "markov"),
+        **FAST,
+    )
+    entries = [*report["results"].values(), *(m for b in report["baselines"].values() for m in b.values())]
+    assert len(entries) == 3 + 4
+    for metrics in entries:
+        low, high = metrics["hr@5_ci"]
+        assert low <= metrics["hr@5"] <= high
+    assert report["settings"]["intervals"]["resamples"] == 1000
+    table = markdown_table(report)
+    hr5 = report["baselines"]["markov"]["sequential"]["hr@5"]
+    low, high = report["baselines"]["markov"]["sequential"]["hr@5_ci"]
+    assert "| markov | sequential (full ranking) |" in table and f"{hr5:.4f} ({low:.4f}–{high:.4f})" in table
+    json.dumps(report)  # JSON-ready

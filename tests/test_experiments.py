@@ -74,4 +74,4 @@ def test_a_row_runs_and_its_baselines_alone_match_the_in_run_ones(tmp_path, monk
     assert {name: metrics["num_users"] for name, metrics in record["results"].items()} == {
         "sequential": 5, "topn_beam": 5, "topn_likelihood": 5}
     alone = run.run_baselines(config, folder, str(TOKENIZER_DIR))
-    assert alone["baselines"] == record["baselines"] and set(alone["baselines"]) == {"popularity", "pmf"}
+    assert alone["baselines"] == record["baselines"] and set(alone["baselines"]) == {"popularity", "pmf", "markov"}

@@ -6,6 +6,15 @@
   sigmoid(u·v_i), a monotone function of it, so the ranking is the same.
 * `BPRBaseline`: cornac BPR, the implicit-feedback matrix factorisation (b_i + u·v_i), because PMF fitted to
   implicit positives only does not learn to rank (see `PMFBaseline`).
+* `MarkovChainBaseline`: a first-order Markov chain, last item -> next item, from transition counts of the
+  training histories; popularity breaks ties and stands in for a last item never followed by anything.
+* `PlantedOracleBaseline`: on the planted-signal synthetic variants only, the ranking by the planted ground truth
+  (the ceiling; datasets_scripts/synthetic.py).
+
+Baselines that condition on the user's items (`uses_history = True`: Markov chain, oracle) are given, for
+sequential, the split's input history (the prompt's: items[:-2] for validation, items[:-1] for test) and, for
+top-n, the training history items[:-2] (the top-n prompt carries no history: the model knows only what it was
+trained on, and so does the baseline).
 
 Both are trained on the training interactions only (items[:-2] of every user), like the generative model, and
 both produce the ranked-list format of `training/metrics/ranking`: for each user a list of distinct item ids,
@@ -169,6 +178,72 @@ class BPRBaseline(PMFBaseline):
         return cls(users, items, biases)
 
 
+class MarkovChainBaseline:
+    """First-order Markov chain: score(u, i) = count(last item of u -> i) over the training histories.
+
+    Transitions are the consecutive pairs (a, b) of every training history. Ties (including a last item with no
+    recorded successor, whose counts are all zero) are broken by popularity (`item_popularity`), then by the lower
+    item id: score = count + popularity / (max popularity + 1), exact in float64 because counts are integers and
+    the popularity term is below 1. Counts are a scipy sparse matrix, so large catalogues fit in memory.
+    """
+
+    name = "markov"
+    uses_history = True
+
+    def __init__(self, train_histories: Mapping[int, Sequence[int]], num_items: int):
+        from scipy.sparse import csr_matrix
+
+        self.num_items = num_items
+        popularity = item_popularity(train_histories, num_items)
+        self.tie_break = popularity / (popularity[1:].max(initial=0.0) + 1.0)  # in [0, 1), -inf for padding
+        sources, targets = [], []
+        for items in train_histories.values():
+            sources.extend(items[:-1])
+            targets.extend(items[1:])
+        self.transitions = csr_matrix(
+            (np.ones(len(sources)), (np.asarray(sources, dtype=np.int64), np.asarray(targets, dtype=np.int64))),
+            shape=(num_items + 1, num_items + 1),
+        )  # duplicates are summed: entry (a, b) = number of a -> b steps
+
+    def score_items(self, user_ids: Sequence[int], histories: Mapping[int, Sequence[int]]) -> np.ndarray:
+        """[len(user_ids), num_items + 1] scores given each user's history (its last item is the state)."""
+        missing = [user for user in user_ids if not histories.get(user)]
+        if missing:
+            raise ValueError(f"the Markov chain needs a non-empty history for every user; none for user {missing[0]}")
+        last = np.asarray([histories[user][-1] for user in user_ids], dtype=np.int64)
+        _check_ids(last, self.num_items, "last history item")
+        return self.transitions[last].toarray() + self.tie_break
+
+
+class PlantedOracleBaseline:
+    """The ceiling on a planted-signal synthetic variant: `datasets_scripts.synthetic.planted_oracle_scores`.
+
+    `structure` is the variant's ground truth in the ids of the data being evaluated (see
+    `datasets_scripts.synthetic.planted_structure`); items of the given history are never recommended.
+    """
+
+    name = "oracle"
+    uses_history = True
+
+    def __init__(self, structure: dict, num_items: int):
+        self.structure = structure
+        self.num_items = num_items
+
+    def score_items(self, user_ids: Sequence[int], histories: Mapping[int, Sequence[int]]) -> np.ndarray:
+        from datasets_scripts.synthetic import planted_oracle_scores
+
+        return planted_oracle_scores(self.structure, list(user_ids), histories, self.num_items)
+
+
+def baseline_scores(baseline, user_ids: Sequence[int], histories: Mapping[int, Sequence[int]] | None) -> np.ndarray:
+    """`baseline.score_items`, given the users' histories when the baseline conditions on them."""
+    if getattr(baseline, "uses_history", False):
+        if histories is None:
+            raise ValueError(f"the {baseline.name} baseline conditions on the users' histories: pass histories=")
+        return baseline.score_items(user_ids, histories)
+    return baseline.score_items(user_ids)
+
+
 def recommend_sequential(
     baseline,
     user_ids: Sequence[int],
@@ -180,7 +255,8 @@ def recommend_sequential(
     """Top-k of a full ranking over all items for each user (the sequential protocol), best first.
 
     `exclude_history=True` removes the items of `histories[user]` (required then) from that user's ranking; the
-    default keeps them, matching the generative model (see the module docstring).
+    default keeps them, matching the generative model (see the module docstring). Baselines with
+    `uses_history` (Markov chain, oracle) condition on `histories` (required then).
     """
     if exclude_history and histories is None:
         raise ValueError("exclude_history=True needs the users' histories")
@@ -188,7 +264,7 @@ def recommend_sequential(
     user_ids = list(user_ids)
     for start in range(0, len(user_ids), chunk_size):
         chunk = user_ids[start : start + chunk_size]
-        scores = np.array(baseline.score_items(chunk), dtype=np.float64)  # a writable copy
+        scores = np.array(baseline_scores(baseline, chunk, histories), dtype=np.float64)  # a writable copy
         if exclude_history:
             for row, user in enumerate(chunk):
                 scores[row, np.asarray(histories[user], dtype=np.int64)] = -np.inf
@@ -216,11 +292,16 @@ def rank_candidates(candidates, scores, top_k: int = 10) -> list[list[int]]:
     return [[int(candidates[row, i]) for i in positions if i >= 0] for row, positions in enumerate(order)]
 
 
-def recommend_topn(baseline, user_ids: Sequence[int], candidates, top_k: int = 10) -> list[list[int]]:
-    """Top-k of each user's own candidate list ([B, C] item ids, e.g. the 100 fixed candidates), best first."""
+def recommend_topn(
+    baseline, user_ids: Sequence[int], candidates, top_k: int = 10, histories: Mapping[int, Sequence[int]] | None = None
+) -> list[list[int]]:
+    """Top-k of each user's own candidate list ([B, C] item ids, e.g. the 100 fixed candidates), best first.
+
+    `histories` (the training histories under the protocol) is needed by baselines with `uses_history`.
+    """
     candidates = np.asarray(candidates, dtype=np.int64)
     if candidates.ndim != 2 or candidates.shape[0] != len(user_ids):
         raise ValueError(f"candidates must be [num_users={len(user_ids)}, C], got shape {candidates.shape}")
     _check_ids(candidates, baseline.num_items, "candidate item")
-    scores = np.take_along_axis(np.asarray(baseline.score_items(list(user_ids))), candidates, axis=1)
+    scores = np.take_along_axis(np.asarray(baseline_scores(baseline, list(user_ids), histories)), candidates, axis=1)
     return rank_candidates(candidates, scores, top_k)

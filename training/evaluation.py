@@ -29,11 +29,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .baselines import (
     BPRBaseline,
+    MarkovChainBaseline,
+    PlantedOracleBaseline,
     PMFBaseline,
     PopularityBaseline,
     rank_candidates,
@@ -44,8 +47,14 @@ from .metrics import load_metric
 
 TASKS = ("sequential", "topn", "explanation")
 SPLITS = ("validation", "test")
-BASELINES = ("popularity", "pmf", "bpr")
+# "oracle" exists only on the planted-signal synthetic variants (datasets_scripts/synthetic.py).
+BASELINES = ("popularity", "pmf", "bpr", "markov", "oracle")
 RANKING_K = (1, 5, 10)
+# 95% percentile-bootstrap intervals over users: 1,000 resamples from a fixed seed, the same resampled users for
+# every metric and every method evaluated on the same rows (so their intervals are paired).
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
 # The batch tensors the model's recommend / score_candidates / generate take, in their positional order.
 MODEL_INPUTS = ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_word_ids")
 # The columns of the paper's tables (HR@1 reported for sequential too, SPEC §3).
@@ -124,10 +133,39 @@ def _strip_padding(item_ids: torch.Tensor) -> list[list[int]]:
     return [[int(i) for i in row if i >= 0] for row in item_ids.tolist()]
 
 
+def bootstrap_interval(
+    values: Sequence[float],
+    num_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence_level: float = CONFIDENCE_LEVEL,
+) -> list[float]:
+    """[low, high]: the percentile-bootstrap interval of the mean of per-user `values` (users resampled with
+    replacement; scipy.stats.bootstrap). The resamples depend only on (seed, number of users), so two metrics or
+    methods on the same users are resampled identically. One user, or all values equal: [mean, mean]."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"bootstrap_interval needs a non-empty 1-D vector of per-user values, got shape {values.shape}")
+    if values.size == 1 or np.all(values == values[0]):
+        return [float(values[0]), float(values[0])]  # every resample has the same mean
+    # batch: 100 resamples at a time bounds memory (100 x users) on large data; the draws are the same as unbatched.
+    result = bootstrap(
+        (values,), np.mean, n_resamples=num_resamples, confidence_level=confidence_level, method="percentile",
+        vectorized=True, batch=100, rng=np.random.default_rng(seed),
+    )
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
 def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
+    """{metric: mean over users, metric_ci: [low, high] (95% bootstrap over users), num_users}."""
     metric = load_metric("ranking")
-    result = metric.compute(predictions=ranked, references=targets, k_values=list(RANKING_K))
-    return {name: result[name] for name in RANKING_COLUMNS} | {"num_users": result["num_users"]}
+    result = metric.compute(predictions=ranked, references=targets, k_values=list(RANKING_K), per_user=True)
+    scores = {}
+    for name in RANKING_COLUMNS:
+        scores[name] = result[name]
+        scores[f"{name}_ci"] = bootstrap_interval(result["per_user"][name])
+    return scores | {"num_users": result["num_users"]}
 
 
 def _run_ranking_task(
@@ -205,7 +243,8 @@ def build_baseline(name: str, prepared, seed: int = 0):
 
     PMF reuses the prepared folder's PMF factors (user_table.safetensors: user and item embeddings, trained on the
     training interactions only) when they are there, else trains cornac PMF with the paper's settings. BPR is
-    always trained here (cornac BPR, k=64, 200 epochs).
+    always trained here (cornac BPR, k=64, 200 epochs). The Markov chain counts the training transitions; the
+    oracle needs a planted-signal synthetic folder (its ground truth is regenerated from the folder's seed).
     """
     if name == "popularity":
         return PopularityBaseline(_train_histories(prepared.histories), prepared.num_items)
@@ -215,6 +254,12 @@ def build_baseline(name: str, prepared, seed: int = 0):
         return PMFBaseline.fit(_train_histories(prepared.histories), prepared.num_users, prepared.num_items, seed=seed)
     if name == "bpr":
         return BPRBaseline.fit(_train_histories(prepared.histories), prepared.num_users, prepared.num_items, seed=seed)
+    if name == "markov":
+        return MarkovChainBaseline(_train_histories(prepared.histories), prepared.num_items)
+    if name == "oracle":
+        from datasets_scripts.synthetic import planted_structure
+
+        return PlantedOracleBaseline(planted_structure(prepared), prepared.num_items)
     raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
 
 
@@ -234,7 +279,9 @@ def evaluate_baseline(baseline, prepared, split: str, task_rows: dict, top_k: in
             histories = {user: prepared.histories[user][:end] for user in users}
             ranked = recommend_sequential(baseline, users, top_k, histories, exclude_history=exclude_history)
         else:
-            ranked = recommend_topn(baseline, users, columns["candidates"], top_k)
+            # The top-n prompt carries no history: baselines that condition on one get the training history.
+            histories = {user: prepared.histories[user][:-2] for user in users}
+            ranked = recommend_topn(baseline, users, columns["candidates"], top_k, histories)
         results[task] = _ranking_scores(ranked, targets)
     return results
 
@@ -326,6 +373,10 @@ def evaluate_checkpoint(
             "history_excluded_by_model": False, "max_explanation_tokens": max_explanation_tokens, "seed": seed,
             "max_source_length": max_source_length,
             "tie_break": "lower item id first",
+            "intervals": {
+                "method": "percentile bootstrap over users (scipy.stats.bootstrap)", "confidence": CONFIDENCE_LEVEL,
+                "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+            },
         },
         "explanations": {},
     }
@@ -379,14 +430,21 @@ def evaluate_checkpoint(
 # Output ---------------------------------------------------------------------------------------------------------
 
 
-def _format(value) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def _format(value, interval=None) -> str:
+    """`0.1234 (0.1100–0.1370)`: the value and, when there is one, its 95% interval."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.4f}" + (f" ({interval[0]:.4f}–{interval[1]:.4f})" if interval is not None else "")
 
 
 def markdown_table(report: dict, model_name: str = "model") -> str:
     """The report as markdown: one ranking table (HR/NDCG) and one explanation table (BLEU/ROUGE)."""
-    lines = [f"Split: `{report['split']}`. Users excluded (absent from the user table): "
-             f"{report['users']['excluded_absent_from_user_table']['count']}.", ""]
+    header = (
+        f"Split: `{report['split']}`. Users excluded (absent from the user table): "
+        f"{report['users']['excluded_absent_from_user_table']['count']}. Ranking metrics: mean over users "
+        f"({CONFIDENCE_LEVEL:.0%} percentile-bootstrap interval over users, {BOOTSTRAP_RESAMPLES:,} resamples)."
+    )
+    lines = [header, ""]
     ranking_rows = []
     labels = {"sequential": "sequential (beam)", "topn_beam": "top-n (beam)", "topn_likelihood": "top-n (likelihood)"}
     for name in ("sequential", "topn_beam", "topn_likelihood"):
@@ -399,7 +457,10 @@ def markdown_table(report: dict, model_name: str = "model") -> str:
         header = ["method", "task", *(column.upper() for column in RANKING_COLUMNS), "users"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, task, metrics in ranking_rows:
-            cells = [method, task, *(_format(metrics.get(c)) for c in RANKING_COLUMNS), str(metrics["num_users"])]
+            cells = [
+                method, task, *(_format(metrics.get(c), metrics.get(f"{c}_ci")) for c in RANKING_COLUMNS),
+                str(metrics["num_users"]),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if "explanation" in report["results"]:

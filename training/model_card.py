@@ -50,8 +50,10 @@ class TrainingSummary:
 
 
 def _metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The scores of a task's results, without its bookkeeping entries (num_users, num_samples)."""
-    return {name: value for name, value in metrics.items() if not name.startswith("num_")}
+    """The scores of a task's results, without its bookkeeping entries (num_users, num_samples) and intervals."""
+    return {
+        name: value for name, value in metrics.items() if not name.startswith("num_") and isinstance(value, int | float)
+    }
 
 
 def _results_table(results: dict[str, dict[str, float]]) -> str:

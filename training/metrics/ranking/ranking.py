@@ -30,8 +30,10 @@ Args:
     predictions: list of ranked lists of item ids (ints, best first, distinct, no padding).
     references: list of the relevant item id of each user (int).
     k_values: cut-offs to report (default (1, 5, 10)); each must be >= 1.
+    per_user: also return every user's own HR@k / NDCG@k (default False), e.g. for bootstrap intervals.
 Returns:
-    {"hr@k": float, "ndcg@k": float for every k in k_values, "num_users": int}
+    {"hr@k": float, "ndcg@k": float for every k in k_values, "num_users": int}, and with per_user=True
+    "per_user": {"hr@k": [float per user], "ndcg@k": [...]} in the order of the predictions.
 Example:
     >>> metric = evaluate.load("training/metrics/ranking")
     >>> metric.compute(predictions=[[3, 1, 2], [5, 4]], references=[1, 9], k_values=[1, 2])
@@ -79,7 +81,7 @@ class Ranking(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, k_values=(1, 5, 10)):
+    def _compute(self, predictions, references, k_values=(1, 5, 10), per_user=False):
         k_values = list(k_values)
         if not k_values or any(int(k) != k or k < 1 for k in k_values):
             raise ValueError(f"k_values must be a non-empty list of integers >= 1, got {k_values}")
@@ -89,10 +91,14 @@ class Ranking(evaluate.Metric):
             _rank_of(list(ranked), int(target), index)
             for index, (ranked, target) in enumerate(zip(predictions, references))
         ]
-        result = {}
+        result, users = {}, {}
         for k in k_values:
             hits = [rank is not None and rank <= k for rank in ranks]
+            users[f"hr@{k}"] = [float(hit) for hit in hits]
+            users[f"ndcg@{k}"] = [1.0 / math.log2(rank + 1) if hit else 0.0 for rank, hit in zip(ranks, hits)]
             result[f"hr@{k}"] = sum(hits) / len(ranks)
-            result[f"ndcg@{k}"] = sum(1.0 / math.log2(rank + 1) for rank, hit in zip(ranks, hits) if hit) / len(ranks)
+            result[f"ndcg@{k}"] = sum(users[f"ndcg@{k}"]) / len(ranks)
         result["num_users"] = len(ranks)
+        if per_user:
+            result["per_user"] = users
         return result
