@@ -41,7 +41,14 @@ class DemoArguments:
     learning_rate: float = field(default=5e-3, metadata={"help": "AdamW learning rate (the paper's 5e-3)."})
     embedding_dim: int = field(default=64, metadata={"help": "PMF dimension (the paper uses 512)."})
     num_neighbors: int = field(default=10, metadata={"help": "n, neighbours per user."})
-    eval_users: int = field(default=50, metadata={"help": "Test users evaluated."})
+    eval_users: int | None = field(default=None, metadata={"help": "First N test users evaluated (default: all)."})
+    user_embedding_norm: str = field(
+        default="none", metadata={"help": "none (paper) | l2 | layernorm (PeaPODConfig.user_embedding_norm)."}
+    )
+    add_user_prompt_to_tokens: bool = field(
+        default=True, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
+                                "paper's prepended prompt only)."},
+    )
     num_beams: int = field(default=20, metadata={"help": "Beams for ranking (paper: 20)."})
     seed: int = field(default=0, metadata={"help": "Seed of data, training and evaluation."})
     fresh: bool = field(default=False, metadata={"help": "Delete output_dir first."})
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_metrics = cli.main([
         "--prepared_dir", str(prepared_dir), "--output_dir", str(model_dir), "--base_model", f"random:{args.shape}",
         "--tokenizer", tokenizer_path, "--prompt_encoder", args.prompt_encoder,
+        "--user_embedding_norm", args.user_embedding_norm,
+        "--add_user_prompt_to_tokens", str(args.add_user_prompt_to_tokens and args.prompt_encoder != "none"),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.max_steps // 20),
         "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", str(max(args.max_steps // 10, 1)),
@@ -121,11 +130,30 @@ def main(argv: list[str] | None = None) -> dict:
     print("[5/5] one user's recommendations and an explanation")
     shown = show_user(reloaded, tokenizer, prepared, user=1)
     print(markdown_table(report, model_name=f"PeaPOD ({args.prompt_encoder}, {args.shape})"))
+    print(comparison_line(report))
     elapsed = time.perf_counter() - started
     print(f"\nDone in {elapsed:.0f} s. Hub-ready folder: {model_dir} (README.md is its model card).")
     result = {"seconds": elapsed, "train": train_metrics, "report": report, "example": shown}
     (Path(args.output_dir) / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def comparison_line(report: dict) -> str:
+    """One line: the model's top-n (likelihood) and sequential HR@10 with their 95% bootstrap intervals over users,
+    against the baselines' on the same users, e.g. "top-n HR@10 0.31 [0.26, 0.36] vs popularity 0.12, pmf 0.36"."""
+    parts = []
+    for task, result_name in (("topn", "topn_likelihood"), ("sequential", "sequential")):
+        metrics = report["results"].get(result_name)
+        if metrics is None:
+            continue
+        low, high = metrics.get("hr@10_ci", (float("nan"), float("nan")))
+        baselines = ", ".join(f"{name} {tasks[task]['hr@10']:.2f}" for name, tasks in report["baselines"].items()
+                              if task in tasks)
+        label = "top-n" if task == "topn" else "sequential"
+        parts.append(f"{label} HR@10 {metrics['hr@10']:.2f} [{low:.2f}, {high:.2f}]" + (f" vs {baselines}" if
+                                                                                        baselines else ""))
+    users = report["users"]["evaluated_per_task"]
+    return "Summary: " + "; ".join(parts) + f" ({max(users.values(), default=0)} test users, 95% bootstrap intervals)."
 
 
 def show_user(model, tokenizer, prepared, user: int) -> dict:

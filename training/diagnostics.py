@@ -271,17 +271,6 @@ class PromptDiagnosticsCallback(TrainerCallback):
             temporary.replace(target)
 
 
-def bootstrap_interval(values: Sequence[float], num_samples: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of the mean of per-user values (e.g. hits): (low, high)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(num_samples, values.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
 @torch.no_grad()
 def cross_attention_on_prompt(model, tokenizer, dataset, rows: Sequence[int], batch_size: int = 16) -> dict:
     """How much of the decoder's cross-attention (first target token, mean over layers, heads and samples) lands
