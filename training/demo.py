@@ -46,7 +46,7 @@ class DemoArguments:
         default="none", metadata={"help": "none (paper) | l2 | layernorm (PeaPODConfig.user_embedding_norm)."}
     )
     add_user_prompt_to_tokens: bool = field(
-        default=True, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
+        default=False, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
                                 "paper's prepended prompt only)."},
     )
     num_beams: int = field(default=20, metadata={"help": "Beams for ranking (paper: 20)."})
