@@ -71,12 +71,6 @@ class PeaPODConfig(T5Config):
         them, and attention logits then grow with a neighbour's norm. `"l2"`: each row rescaled to L2 norm
         sqrt(d_u) (unit root-mean-square, the scale the fan-in initialised projections expect), so attention
         depends on direction only. `"layernorm"`: a learned `nn.LayerNorm(d_u)` shared by u and its neighbours.
-    whole_word_init_std (`float`, defaults to 1.0):
-        Standard deviation (times `initializer_factor`) of the initial whole-word embeddings (index 0 stays zero).
-        1.0 is the scale of a randomly initialised T5's token embeddings, so a fresh model adds to every ID token
-        a random vector as large as the token itself, one per list position; a pretrained T5's token embeddings
-        are far larger than the N(0, 1) whole-word table of the reference code. Smaller values keep ID tokens
-        recognisable from the start.
     loss_reduction (`str`, defaults to `"sequence"`):
         `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
         all target tokens of the batch (transformers' default for T5).
@@ -100,7 +94,6 @@ class PeaPODConfig(T5Config):
     task_prompt_length: int = 3
     tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS
     max_whole_word_ids: int = 512
-    whole_word_init_std: float = 1.0
     loss_reduction: str = "sequence"
     decoder_start_token_id: int | None = 0
 
@@ -112,8 +105,6 @@ class PeaPODConfig(T5Config):
     def _validate_peapod_fields(self) -> None:
         if self.prompt_encoder not in PROMPT_ENCODERS:
             raise ValueError(f"prompt_encoder={self.prompt_encoder!r} is not one of {PROMPT_ENCODERS}")
-        if not (isinstance(self.whole_word_init_std, (int, float)) and self.whole_word_init_std >= 0):
-            raise ValueError(f"whole_word_init_std={self.whole_word_init_std!r} must be a number >= 0")
         if self.user_embedding_norm not in USER_EMBEDDING_NORMS:
             raise ValueError(
                 f"user_embedding_norm={self.user_embedding_norm!r} is not one of {USER_EMBEDDING_NORMS}"

@@ -388,7 +388,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         if self.config.use_task_prompts:
             init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)
         # Index 0 (every non-ID token) adds nothing, so a pretrained T5 sees its own embeddings there.
-        init.normal_(self.whole_word_embeddings.weight, mean=0.0, std=factor * self.config.whole_word_init_std)
+        init.normal_(self.whole_word_embeddings.weight, mean=0.0, std=factor * 1.0)
         init.zeros_(self.whole_word_embeddings.weight[0])
 
     # -- user table ---------------------------------------------------------------------------------------

@@ -82,17 +82,6 @@ def test_layernorm_user_norm_saves_and_reloads(tmp_path):
     torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
 
 
-def test_whole_word_init_std_scales_the_initial_table_and_defaults_to_the_token_scale():
-    paper = tiny_model()
-    assert paper.config.whole_word_init_std == 1.0
-    assert paper.whole_word_embeddings.weight[1:].std().item() == pytest.approx(1.0, rel=0.05)
-    small = tiny_model(whole_word_init_std=0.1)
-    assert small.whole_word_embeddings.weight[1:].std().item() == pytest.approx(0.1, rel=0.05)
-    assert torch.equal(small.whole_word_embeddings.weight[0], torch.zeros(small.config.d_model))
-    with pytest.raises(ValueError, match="whole_word_init_std"):
-        PeaPODConfig(whole_word_init_std=-1.0)
-
-
 # -- prompt learning-rate multiplier ----------------------------------------------------------------------
 
 

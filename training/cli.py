@@ -61,9 +61,6 @@ class ModelArguments:
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
     )
     collaborative_prompt_length: int = field(default=3, metadata={"help": "L_p."})
-    whole_word_init_std: float = field(
-        default=1.0, metadata={"help": "Initial std of the whole-word embeddings (1.0: the token embeddings' scale)."}
-    )
     add_user_prompt_to_tokens: bool = field(
         default=False, metadata={"help": "Also add the mean collaborative-prompt vector to every token embedding."}
     )
@@ -221,7 +218,6 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         prompt_encoder_heads=model_args.prompt_encoder_heads,
         collaborative_prompt_length=model_args.collaborative_prompt_length,
         add_user_prompt_to_tokens=model_args.add_user_prompt_to_tokens,
-        whole_word_init_std=model_args.whole_word_init_std,
         use_task_prompts=model_args.use_task_prompts, task_prompt_length=model_args.task_prompt_length,
         loss_reduction=model_args.loss_reduction, dropout_rate=model_args.dropout_rate,
     )
