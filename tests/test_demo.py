@@ -12,6 +12,7 @@ def test_demo_end_to_end(tmp_path, tokenizer, capsys):
                    "--batch_size", "4", "--eval_users", "3", "--num_beams", "10", "--embedding_dim", "8"])
     printed = capsys.readouterr().out
     assert "[5/5]" in printed and "| PeaPOD (mha, tiny) | sequential (beam) |" in printed
+    assert "Summary: top-n HR@10" in printed and "vs popularity" in printed
     assert len(result["example"]["top10"]) == 10 and len(set(result["example"]["top10"])) == 10
     assert isinstance(result["example"]["explanation"], str)
     model_dir = tmp_path / "demo" / "model"

@@ -269,3 +269,20 @@ def test_trained_model_uses_its_user_table(tokenizer):
     pod_scores = pod.score_candidates(**pod_inputs, candidates=candidates, tokenizer=tokenizer)
     assert torch.allclose(pod_scores, pod_scores[:1].expand_as(pod_scores))  # the same scores for every user
     assert pod_accuracy(pod_scores) == 0.5
+
+
+def test_demo_comparison_line_names_the_model_the_interval_and_the_baselines():
+    from training.demo import comparison_line
+
+    report = {
+        "results": {"topn_likelihood": {"hr@10": 0.31, "hr@10_ci": [0.26, 0.36]},
+                    "sequential": {"hr@10": 0.08, "hr@10_ci": [0.05, 0.11]}},
+        "baselines": {"popularity": {"topn": {"hr@10": 0.12}, "sequential": {"hr@10": 0.04}},
+                      "pmf": {"topn": {"hr@10": 0.36}, "sequential": {"hr@10": 0.17}}},
+        "users": {"evaluated_per_task": {"sequential": 300, "topn": 300}},
+    }
+    line = comparison_line(report)
+    assert line.count("\n") == 0
+    assert "top-n HR@10 0.31 [0.26, 0.36] vs popularity 0.12, pmf 0.36" in line
+    assert "sequential HR@10 0.08 [0.05, 0.11] vs popularity 0.04, pmf 0.17" in line
+    assert "300 test users" in line
