@@ -192,7 +192,8 @@ def test_user_prompt_added_to_every_token_only_when_asked():
 # -- the main fix, end to end: after a short training the model's outputs depend on its user table ----------
 
 
-def _train_on_user_signal(tokenizer, steps: int = 30, **fields):
+def _train_on_user_signal(tokenizer, steps: int = 30, dropout_rate: float = 0.0, linear_decay: bool = False,
+                          **fields):
     """A tiny model trained on a task only the user table can answer: each user belongs to one of two groups
     (its embedding points along the group's direction), and its target is an item of its group; the input text
     (a long candidate list, as in top-n, and no user id) is the same for everyone."""
@@ -207,12 +208,13 @@ def _train_on_user_signal(tokenizer, steps: int = 30, **fields):
     source = "Recommend one item from the candidates: " + ", ".join(f"item_{i}" for i in list(range(3, 11)) * 6)
     torch.manual_seed(0)
     model = PeaPODForConditionalGeneration.from_shape(
-        "tiny", num_users=num_users, num_items=10, user_embedding_dim=D_USER, num_neighbors=3, dropout_rate=0.0,
-        **fields)
+        "tiny", num_users=num_users, num_items=10, user_embedding_dim=D_USER, num_neighbors=3,
+        dropout_rate=dropout_rate, **fields)
     if model.has_collaborative_prompt:
         model.set_user_table(table)
     encoded = tokenizer([source], return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps if linear_decay else 1.0)
     model.train()
     for _ in range(steps):
         users = torch.randint(1, num_users + 1, (16,), generator=generator)
@@ -225,6 +227,7 @@ def _train_on_user_signal(tokenizer, steps: int = 30, **fields):
                      whole_word_ids=compute_whole_word_ids(input_ids, tokenizer), labels=labels).loss
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
     model.eval()
     users = torch.arange(1, num_users + 1)
@@ -251,24 +254,37 @@ def _shuffle_effect(model, inputs, candidates, tokenizer):
 
 
 def test_trained_model_uses_its_user_table(tokenizer):
-    """With the fix (add_user_prompt_to_tokens), 30 steps suffice for the candidate scores to follow the user
-    table: permuting the table across users moves them by a large share of their spread and the group accuracy
-    falls. The paper's prepended prompt alone moves them far less at the same step (its signal is diluted over
-    the ~200 input positions); POD (no table) cannot tell the groups apart."""
-    model, inputs, candidates, accuracy = _train_on_user_signal(tokenizer, add_user_prompt_to_tokens=True)
+    """The main fix of issue 10, pinned on a task only the user table can answer. With the demo's recipe (dropout
+    0, constant learning rate) 60 steps suffice: the candidate scores follow the user table — permuting it across
+    users moves them by a large share of their spread and the group accuracy falls to chance. With the paper's
+    recipe (dropout 0.1, linear decay to 0) the same 60 steps leave the scores almost blind to the table (the
+    synthetic-data runs of README "Model learning" show the same at 300 steps). POD, which has no table, gives
+    every user the same scores."""
+    model, inputs, candidates, accuracy = _train_on_user_signal(tokenizer, steps=60)
     scores, shuffled, permutation, effect = _shuffle_effect(model, inputs, candidates, tokenizer)
     assert accuracy(scores) >= 0.9
     assert effect > 0.1, "the scores ignore the user table"
     moved_group = (permutation[1:] % 2 != torch.arange(1, 17) % 2).float().mean().item()
     assert accuracy(shuffled) <= 1.0 - 0.8 * moved_group  # users given the other group's row now miss
 
-    paper, paper_inputs, _, _ = _train_on_user_signal(tokenizer)
-    assert _shuffle_effect(paper, paper_inputs, candidates, tokenizer)[3] < effect / 2
+    paper, paper_inputs, _, _ = _train_on_user_signal(tokenizer, steps=60, dropout_rate=0.1, linear_decay=True)
+    assert _shuffle_effect(paper, paper_inputs, candidates, tokenizer)[3] < effect / 4
 
-    pod, pod_inputs, _, pod_accuracy = _train_on_user_signal(tokenizer, prompt_encoder="none")
+    pod, pod_inputs, _, pod_accuracy = _train_on_user_signal(tokenizer, steps=60, prompt_encoder="none")
     pod_scores = pod.score_candidates(**pod_inputs, candidates=candidates, tokenizer=tokenizer)
     assert torch.allclose(pod_scores, pod_scores[:1].expand_as(pod_scores))  # the same scores for every user
     assert pod_accuracy(pod_scores) == 0.5
+
+
+def test_user_prompt_added_to_tokens_is_taken_up_sooner(tokenizer):
+    """add_user_prompt_to_tokens on the same task: after 30 steps the scores follow the table much more than with
+    the prepended prompt alone (0.20 vs 0.02 of the spread when written), whose 3 positions are diluted among the
+    ~200 of the input."""
+    added, inputs, candidates, _ = _train_on_user_signal(tokenizer, add_user_prompt_to_tokens=True)
+    prepended, prepended_inputs, _, _ = _train_on_user_signal(tokenizer)
+    effect_added = _shuffle_effect(added, inputs, candidates, tokenizer)[3]
+    assert effect_added > 0.1
+    assert _shuffle_effect(prepended, prepended_inputs, candidates, tokenizer)[3] < effect_added / 4
 
 
 def test_demo_comparison_line_names_the_model_the_interval_and_the_baselines():
