@@ -302,3 +302,15 @@ def test_demo_comparison_line_names_the_model_the_interval_and_the_baselines():
     assert "top-n HR@10 0.31 [0.26, 0.36] vs popularity 0.12, pmf 0.36" in line
     assert "sequential HR@10 0.08 [0.05, 0.11] vs popularity 0.04, pmf 0.17" in line
     assert "300 test users" in line
+
+
+def test_diagnose_script_refuses_a_missing_folder(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "diagnose.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "absent"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"diagnose.py: error: {tmp_path / 'absent'} is not a folder" in result.stderr
