@@ -311,6 +311,6 @@ def test_diagnose_script_refuses_a_missing_folder(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "experiments" / "diagnose.py"
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "absent"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+                            check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"diagnose.py: error: {tmp_path / 'absent'} is not a folder" in result.stderr
