@@ -197,6 +197,7 @@ class CollaborativePromptEncoder(nn.Module):
     The per-head projections W_h^{Q,K,V} of eq. (7) are stacked into one d_m x d_m map each (as in
     `nn.MultiheadAttention`); with H = 1 this is eq. (5) with its sqrt(d_m) scale.
     `mlp`: the paper's "0 heads" ablation, no neighbours: p = W_I (W_Q u + b_Q) + b_I.
+    `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`).
     """
 
     def __init__(self, config):
@@ -206,6 +207,9 @@ class CollaborativePromptEncoder(nn.Module):
         self.num_heads = config.prompt_encoder_heads
         self.prompt_length = config.collaborative_prompt_length
         self.d_model = d_model
+        self.user_embedding_norm = config.user_embedding_norm
+        if self.user_embedding_norm == "layernorm":
+            self.user_norm = nn.LayerNorm(d_user)
         self.query = nn.Linear(d_user, d_model)  # W_Q, b_Q  eq. (1)
         if self.variant == "mha":
             self.key = nn.Linear(d_user, d_model)  # W_K, b_K  eq. (2)
@@ -220,10 +224,12 @@ class CollaborativePromptEncoder(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """u [B, d_u] and S_u [B, n, d_u] -> (p [B, L_p, d_m], attention weights [B, H, n] or None)."""
+        user_embedding = self.normalize_user_embeddings(user_embedding)
         query = self.query(user_embedding)  # [B, d_m]
         if self.variant == "mlp":
             summary, attention = query, None
         else:
+            neighbor_embeddings = self.normalize_user_embeddings(neighbor_embeddings)
             batch, num_neighbors, _ = neighbor_embeddings.shape
             head_width = self.d_model // self.num_heads
             keys = self.head_key(self.key(neighbor_embeddings))  # [B, n, d_m]
@@ -238,6 +244,16 @@ class CollaborativePromptEncoder(nn.Module):
             attention = attention.squeeze(2)  # [B, H, n]
         prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)
         return prompt, (attention if output_attentions else None)
+
+    def normalize_user_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """`user_embedding_norm`: "none" (the paper) leaves the rows as given; "l2" rescales each row to norm
+        sqrt(d_u), i.e. unit root-mean-square, the input scale the fan-in initialised projections assume;
+        "layernorm" applies the learned LayerNorm. Rows of zeros (the unknown user) stay zero under "l2"."""
+        if self.user_embedding_norm == "l2":
+            return F.normalize(embeddings, dim=-1) * math.sqrt(embeddings.shape[-1])
+        if self.user_embedding_norm == "layernorm":
+            return self.user_norm(embeddings)
+        return embeddings
 
 
 # 3. Constrained decoding over item ids ---------------------------------------------------------------------
@@ -508,6 +524,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                     init.normal_(linear.weight, mean=0.0, std=factor * linear.in_features**-0.5)
                     if linear.bias is not None:
                         init.zeros_(linear.bias)
+            if self.config.user_embedding_norm == "layernorm":
+                init.ones_(self.prompt_encoder.user_norm.weight)
+                init.zeros_(self.prompt_encoder.user_norm.bias)
         # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
         if self.config.use_task_prompts:
             init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)
@@ -616,7 +635,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         user_ids: torch.LongTensor | None = None, task_ids: torch.LongTensor | None = None,
         whole_word_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended."""
+        """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended.
+
+        With `config.add_user_prompt_to_tokens` the mean collaborative-prompt vector is added to every token's
+        embedding as well."""
         if input_ids is None:
             raise ValueError("input_ids is required (PeaPOD builds inputs_embeds itself)")
         self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids, attention_mask)
@@ -627,7 +649,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         if self.config.use_task_prompts:
             prompts.append(self.task_prompts(task_ids).view(-1, self.config.task_prompt_length, self.config.d_model))
         if self.has_collaborative_prompt:
-            prompts.append(self.collaborative_prompt(user_ids)[0])
+            user_prompt = self.collaborative_prompt(user_ids)[0]
+            prompts.append(user_prompt)
+            if self.config.add_user_prompt_to_tokens:  # every position carries the user (config docstring)
+                embeds = embeds + user_prompt.mean(dim=1, keepdim=True).to(embeds.dtype)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if prompts:

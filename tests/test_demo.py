@@ -19,6 +19,7 @@ def test_demo_end_to_end(tmp_path, tokenizer, capsys):
                    "--batch_size", "4", "--eval_users", "3", "--num_beams", "10", "--embedding_dim", "8"])
     printed = capsys.readouterr().out
     assert "[5/5]" in printed and "| PeaPOD (mha, tiny) | sequential (beam) |" in printed
+    assert "Summary: top-n HR@10" in printed and "vs popularity" in printed
     model_dir = tmp_path / "demo" / "model"
     assert (model_dir / "README.md").read_text().count("| sequential | hr@10 |") == 1
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())

@@ -63,14 +63,28 @@ class ModelArguments:
     )
     prompt_encoder: str = field(default="mha", metadata={"help": "mha | mlp (0 heads) | none (POD)."})
     prompt_encoder_heads: int = field(default=4, metadata={"help": "H, attention heads of the prompt encoder."})
+    user_embedding_norm: str = field(
+        default="none", metadata={"help": "none (paper) | l2 | layernorm: normalise u and s_i before the projections."}
+    )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
     )
     collaborative_prompt_length: int = field(default=3, metadata={"help": "L_p."})
+    add_user_prompt_to_tokens: bool = field(
+        default=False, metadata={"help": "Also add the mean collaborative-prompt vector to every token embedding."}
+    )
     use_task_prompts: bool = field(default=True, metadata={"help": "Task-specific soft prompts (POD)."})
     task_prompt_length: int = field(default=3, metadata={"help": "L_t."})
     loss_reduction: str = field(default="sequence", metadata={"help": "sequence (eq. 10) | token."})
     dropout_rate: float = field(default=0.1, metadata={"help": "T5 dropout."})
+    prompt_learning_rate_multiplier: float = field(
+        default=1.0, metadata={"help": "Learning rate of the prompt encoder, task prompts and whole-word embeddings, "
+                               "as a multiple of --learning_rate (1: one rate, the paper)."},
+    )
+    prompt_diagnostics_every: int = field(
+        default=0, metadata={"help": "Every K steps, record the gradient norms reaching the prompt encoder and the "
+                             "prompt norms into <output_dir>/prompt_diagnostics.json (0: off)."},
+    )
 
 
 @dataclass
@@ -331,8 +345,10 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
     peapod_fields = dict(
         num_users=prepared.num_users, num_items=prepared.num_items, user_embedding_dim=embeddings.shape[1],
         num_neighbors=num_neighbors, prompt_encoder=model_args.prompt_encoder,
+        user_embedding_norm=model_args.user_embedding_norm,
         prompt_encoder_heads=model_args.prompt_encoder_heads,
         collaborative_prompt_length=model_args.collaborative_prompt_length,
+        add_user_prompt_to_tokens=model_args.add_user_prompt_to_tokens,
         use_task_prompts=model_args.use_task_prompts, task_prompt_length=model_args.task_prompt_length,
         loss_reduction=model_args.loss_reduction, dropout_rate=model_args.dropout_rate,
     )
@@ -458,6 +474,7 @@ def train(argv: list[str] | None = None) -> dict:
         data_collator=PeaPODDataCollator(tokenizer, data_args.max_source_length, data_args.max_target_length),
         processing_class=tokenizer, ranking_metrics_fn=ranking_metrics_fn, model_card_summary=summary,
         group_by_length=data_args.group_by_length,
+        prompt_learning_rate_multiplier=model_args.prompt_learning_rate_multiplier,
     )
     if training_args.disable_tqdm or not sys.stderr.isatty():
         # A log file, not a terminal: plain progress lines with an ETA instead of tqdm's carriage returns.
@@ -468,6 +485,10 @@ def train(argv: list[str] | None = None) -> dict:
         if trainer.pop_callback(ProgressCallback) is not None:
             trainer.add_callback(PrinterCallback)  # the loss lines the bar printed
         trainer.add_callback(ProgressLineCallback())
+    if model_args.prompt_diagnostics_every:
+        from training.diagnostics import PromptDiagnosticsCallback
+
+        trainer.add_callback(PromptDiagnosticsCallback(model_args.prompt_diagnostics_every))
     time_budget = None
     if data_args.max_train_seconds is not None:
         time_budget = TimeBudgetCallback(data_args.max_train_seconds)

@@ -48,12 +48,25 @@ class DemoArguments:
     max_users: int | None = field(default=None, metadata={"help": "Use the first N users of real data."})
     shape: str = field(default="tiny", metadata={"help": "Named random T5 shape: tiny | mini | t5-small."})
     prompt_encoder: str = field(default="mha", metadata={"help": "mha | mlp | none."})
-    max_steps: int = field(default=200, metadata={"help": "Training steps (batches)."})
+    max_steps: int = field(default=300, metadata={"help": "Training steps (batches)."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=5e-3, metadata={"help": "AdamW learning rate (the paper's 5e-3)."})
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup", metadata={"help": "transformers schedule; a short run decayed linearly to 0 "
+                                                  "spends its last third at a fraction of the rate (issue 10)."},
+    )
+    dropout_rate: float = field(default=0.0, metadata={"help": "T5 dropout (0: a few hundred steps on small data "
+                                                        "underfit rather than overfit; issue 10)."})
     embedding_dim: int = field(default=64, metadata={"help": "PMF dimension (the paper uses 512)."})
     num_neighbors: int = field(default=10, metadata={"help": "n, neighbours per user."})
-    eval_users: int = field(default=50, metadata={"help": "Test users evaluated."})
+    eval_users: int | None = field(default=None, metadata={"help": "First N test users evaluated (default: all)."})
+    user_embedding_norm: str = field(
+        default="none", metadata={"help": "none (paper) | l2 | layernorm (PeaPODConfig.user_embedding_norm)."}
+    )
+    add_user_prompt_to_tokens: bool = field(
+        default=False, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
+                                "paper's prepended prompt only)."},
+    )
     num_beams: int = field(default=20, metadata={"help": "Beams for ranking (paper: 20)."})
     seed: int = field(default=0, metadata={"help": "Seed of data, training and evaluation."})
     fresh: bool = field(default=False, metadata={"help": "Delete output_dir first."})
@@ -137,8 +150,11 @@ def run_demo(argv: list[str] | None = None) -> dict:
     train_metrics = cli.train([
         "--prepared_dir", str(prepared_dir), "--output_dir", str(model_dir), "--base_model", f"random:{args.shape}",
         "--tokenizer", tokenizer_path, "--prompt_encoder", args.prompt_encoder,
+        "--user_embedding_norm", args.user_embedding_norm,
+        "--add_user_prompt_to_tokens", str(args.add_user_prompt_to_tokens and args.prompt_encoder != "none"),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.max_steps // 20),
+        "--lr_scheduler_type", args.lr_scheduler_type, "--dropout_rate", str(args.dropout_rate),
         "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", str(max(args.max_steps // 10, 1)),
         "--seed", str(args.seed), "--report_to", "none", "--dataloader_num_workers", "0",
         "--overwrite_output_dir", "True", "--max_eval_samples_per_task", "64", "--disable_tqdm", "True",
@@ -151,6 +167,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     model = PeaPODForConditionalGeneration.from_pretrained(model_dir).eval()  # the installed class, not the folder's
     report = evaluate_checkpoint(model, tokenizer, prepared, split="test", max_users=args.eval_users,
                                  num_beams=args.num_beams, baselines=("popularity", "pmf"), seed=args.seed,
+                                 max_explanation_tokens=32,  # the synthetic sentences are ~15 tokens
                                  show_progress=False)
     write_report(report, model_dir / "eval", model_name=f"PeaPOD ({args.prompt_encoder}, {args.shape})")
 
@@ -160,7 +177,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
         dataset_name=args.data,
         dataset_description=prepared.config.get("source_notes", {}).get("source", args.data),
         base_shape=args.shape, user_embedding_source=f"cornac PMF, k = {args.embedding_dim}, training interactions",
-        optimisation=f"AdamW lr {args.learning_rate}, batch {args.batch_size}, {args.max_steps} steps",
+        optimisation=f"AdamW lr {args.learning_rate} ({args.lr_scheduler_type}), dropout {args.dropout_rate}, batch "
+                     f"{args.batch_size}, {args.max_steps} steps",
         seed=args.seed, hardware=cli.hardware_description(), train_time=f"{train_seconds:.0f} s",
         results=ranking, example_user=1, example_history=prepared.histories[1][:-2][-5:],
     )
@@ -174,6 +192,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     print("[5/5] one user's recommendations and an explanation")
     shown = show_user(reloaded, tokenizer, prepared, user=1)
     print(markdown_table(report, model_name=f"PeaPOD ({args.prompt_encoder}, {args.shape})"))
+    print(comparison_line(report))
     elapsed = time.perf_counter() - started
     print(f"\nDone in {elapsed:.0f} s. Hub-ready folder: {model_dir} (README.md is its model card).")
     result = {"seconds": elapsed, "train": train_metrics, "report": report, "example": shown}
@@ -195,6 +214,24 @@ def check_code_files_are_installed_ones(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The `peapod-demo` console script: 0 on success, 2 with one line on a user's mistake."""
     return run_console_script("peapod-demo", run_demo, argv)
+
+
+def comparison_line(report: dict) -> str:
+    """One line: the model's top-n (likelihood) and sequential HR@10 with their 95% bootstrap intervals over users,
+    against the baselines' on the same users, e.g. "top-n HR@10 0.31 [0.26, 0.36] vs popularity 0.12, pmf 0.36"."""
+    parts = []
+    for task, result_name in (("topn", "topn_likelihood"), ("sequential", "sequential")):
+        metrics = report["results"].get(result_name)
+        if metrics is None:
+            continue
+        low, high = metrics.get("hr@10_ci", (float("nan"), float("nan")))
+        baselines = ", ".join(f"{name} {tasks[task]['hr@10']:.2f}" for name, tasks in report["baselines"].items()
+                              if task in tasks)
+        label = "top-n" if task == "topn" else "sequential"
+        parts.append(f"{label} HR@10 {metrics['hr@10']:.2f} [{low:.2f}, {high:.2f}]" + (f" vs {baselines}" if
+                                                                                        baselines else ""))
+    users = report["users"]["evaluated_per_task"]
+    return "Summary: " + "; ".join(parts) + f" ({max(users.values(), default=0)} test users, 95% bootstrap intervals)."
 
 
 def show_user(model, tokenizer, prepared, user: int) -> dict:

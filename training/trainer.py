@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TASKS = ("sequential", "topn", "explanation")  # the project's task order (task_id = index)
 TASK_COLUMN = "task_id"
+PEAPOD_MODULES = ("prompt_encoder.", "task_prompts.", "whole_word_embeddings.")  # what PeaPOD adds to T5
 
 
 class PeaPODTrainer(Seq2SeqTrainer):
@@ -55,6 +56,9 @@ class PeaPODTrainer(Seq2SeqTrainer):
             ("sequential", "topn", "explanation").
         model_card_summary: a `training.model_card.TrainingSummary`; every saved folder gets a model card
             (README.md) rendered from it.
+        prompt_learning_rate_multiplier: the learning rate of the modules PeaPOD adds to T5 (prompt encoder,
+            task prompts, whole-word embeddings) is this multiple of `args.learning_rate` (1.0: one rate for all,
+            as in the paper); the schedule scales both rates alike.
 
     `train_dataset` needs a `task_id` column. `eval_dataset` is a dict {task name: dataset} or one dataset with
     a `task_id` column, which is split by task.
@@ -67,10 +71,14 @@ class PeaPODTrainer(Seq2SeqTrainer):
         task_names: list[str] | tuple[str, ...] | None = None,
         model_card_summary=None,
         group_by_length: bool = False,
+        prompt_learning_rate_multiplier: float = 1.0,
         **kwargs,
     ):
-        self.model_card_summary = model_card_summary
-        self.group_by_length = group_by_length  # batches of similar input lengths within a task (less padding)  # a training.model_card.TrainingSummary, read at every save
+        self.model_card_summary = model_card_summary  # a training.model_card.TrainingSummary, read at every save
+        self.group_by_length = group_by_length  # batches of similar input lengths within a task (less padding)
+        if not (math.isfinite(prompt_learning_rate_multiplier) and prompt_learning_rate_multiplier > 0):
+            raise ValueError(f"prompt_learning_rate_multiplier must be > 0, got {prompt_learning_rate_multiplier}")
+        self.prompt_learning_rate_multiplier = prompt_learning_rate_multiplier
         super().__init__(*args, **kwargs)
         accelerator_config = self.args.accelerator_config
         if accelerator_config.dispatch_batches or accelerator_config.split_batches:
@@ -148,6 +156,28 @@ class PeaPODTrainer(Seq2SeqTrainer):
             )
         self._task_batch_sampler = sampler
         return dataloader
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer; with `prompt_learning_rate_multiplier` != 1 each parameter group is split in two,
+        the PeaPOD modules' half at the multiplied rate (weight decay groups are kept)."""
+        optimizer = super().create_optimizer(model)
+        if self.prompt_learning_rate_multiplier == 1.0:
+            return optimizer
+        model = self.model if model is None else model
+        prompt_parameters = {id(p) for n, p in model.named_parameters() if n.startswith(PEAPOD_MODULES)
+                             or any(f".{prefix}" in n for prefix in PEAPOD_MODULES)}
+        groups = []
+        for group in optimizer.param_groups:
+            params = group["params"]
+            for is_prompt in (False, True):
+                chosen = [p for p in params if (id(p) in prompt_parameters) == is_prompt]
+                if chosen:
+                    lr = group["lr"] * (self.prompt_learning_rate_multiplier if is_prompt else 1.0)
+                    groups.append({**group, "params": chosen, "lr": lr})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:
         # The collator reads `user_id`/`task_id` (singular, one per row) and outputs `user_ids`/`task_ids`; keep
