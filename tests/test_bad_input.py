@@ -210,6 +210,8 @@ CASES = {
         "--output_dir", str(t / "out"), "--tokenizer", "/nonexistent"], "--tokenizer /nonexistent: no such folder"),
     "demo: unknown --data": ("peapod-demo", lambda t, p, c: [
         "--output_dir", str(t / "out"), "--tokenizer", TOK, "--data", "movies"], "--data 'movies'"),
+    "demo: --dropout_rate 1.5": ("peapod-demo", lambda t, p, c: [
+        "--output_dir", str(t / "out"), "--tokenizer", TOK, "--dropout_rate", "1.5"], "--dropout_rate must be in [0, 1)"),
 }
 
 

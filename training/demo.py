@@ -86,12 +86,14 @@ def check_arguments(args: DemoArguments) -> None:
     if args.prompt_encoder not in PROMPT_ENCODERS:
         raise PeaPODInputError(f"--prompt_encoder {args.prompt_encoder!r}: expected one of {PROMPT_ENCODERS}")
     for name in ("max_steps", "batch_size", "embedding_dim", "num_neighbors", "eval_users", "num_beams"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:  # eval_users None = every test user
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_beams < 10:
         raise PeaPODInputError(f"--num_beams must be >= 10 (the demo shows a top-10 list), got {args.num_beams}")
     if not args.learning_rate > 0:
         raise PeaPODInputError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if not 0 <= args.dropout_rate < 1:
+        raise PeaPODInputError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
     if args.max_users is not None and args.max_users < 2:
         raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
