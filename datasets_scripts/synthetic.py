@@ -164,23 +164,21 @@ def generate_synthetic(config: SyntheticConfig | None = None) -> P5Data:
             config.p_preferred_feature,
         )
 
+    structure = {"user_community": user_community, "item_category": item_category, "community_chains": chains,
+                 "item_features": item_features}
+    return _synthetic_p5_data(histories, records, config, "synthetic", structure)
+
+
+def _synthetic_p5_data(histories, records, config, source: str, structure: dict) -> P5Data:
+    """The generated histories and review records as P5Data: explanation split, ids' raw names, ground truth."""
     explanations, dropped = split_explanations(records, leave_one_out(histories), config.seed)
     return P5Data(
         histories=histories,
         id2user={user: f"synthetic_user_{user}" for user in histories},
         id2item={item: f"synthetic_item_{item}" for item in range(1, config.num_items + 1)},
         explanations=explanations,
-        extra={
-            "source": "synthetic",
-            "synthetic_config": vars(config).copy(),
-            "explanations_dropped": dropped,
-            "_structure": {
-                "user_community": user_community,
-                "item_category": item_category,
-                "community_chains": chains,
-                "item_features": item_features,
-            },
-        },
+        extra={"source": source, "synthetic_config": vars(config).copy(), "explanations_dropped": dropped,
+               "_structure": structure},
     )
 
 
@@ -402,25 +400,9 @@ def generate_planted(config: PlantedConfig) -> P5Data:
             rng, user, history, community, item_features, item_category, community % config.features_per_item,
             config.p_preferred_feature,
         )
-    explanations, dropped = split_explanations(records, leave_one_out(histories), config.seed)
-    return P5Data(
-        histories=histories,
-        id2user={user: f"synthetic_user_{user}" for user in histories},
-        id2item={item: f"synthetic_item_{item}" for item in range(1, config.num_items + 1)},
-        explanations=explanations,
-        extra={
-            "source": f"synthetic ({config.variant} planted signal)",
-            "synthetic_config": vars(config).copy(),
-            "explanations_dropped": dropped,
-            "_structure": {
-                "variant": config.variant,
-                "user_community": user_community,
-                "item_category": item_category,
-                "item_features": item_features,
-                **structure,
-            },
-        },
-    )
+    structure = {"variant": config.variant, "user_community": user_community, "item_category": item_category,
+                 "item_features": item_features, **structure}
+    return _synthetic_p5_data(histories, records, config, f"synthetic ({config.variant} planted signal)", structure)
 
 
 def synthetic_data(variant: str = "default", seed: int = 0) -> P5Data:
