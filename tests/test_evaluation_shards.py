@@ -60,7 +60,9 @@ def test_chunks_of_other_settings_or_weights_are_refused(prepared, tokenizer, tm
 
 def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, capsys):  # noqa: F811
     import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import evaluate as main  # the Python API: returns the report, raises on mistakes
+    from training.evaluate_cli import (
+        evaluate as main,  # the Python API: returns the report, raises on mistakes
+    )
 
     model = tiny_model(prepared)
     checkpoint = tmp_path / "checkpoint"
