@@ -314,3 +314,33 @@ def test_diagnose_script_refuses_a_missing_folder(tmp_path):
                             check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"diagnose.py: error: {tmp_path / 'absent'} is not a folder" in result.stderr
+
+
+# -- cross-attention on the prompt (experiments/diagnose.py, experiments/curves.py) -------------------------------
+
+
+@pytest.mark.parametrize("prompt_encoder", ["mha", "none"])
+def test_cross_attention_on_prompt_measures_the_prompt_positions(synthetic_prepared, tokenizer, prompt_encoder):
+    from datasets_scripts import load_prepared
+    from training.collator import PeaPODDataCollator
+    from training.diagnostics import cross_attention_on_prompt
+
+    prepared = load_prepared(synthetic_prepared)
+    table = prepared.user_embeddings
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=table.shape[0] - 1, num_items=prepared.num_items, user_embedding_dim=table.shape[1],
+        num_neighbors=3, prompt_encoder=prompt_encoder, dropout_rate=0.0)
+    if model.has_collaborative_prompt:
+        model.set_user_table(table, prepared.user_neighbors)
+    dataset, rows = prepared.dataset["topn_test"], [0, 1, 2, 3, 4]
+    measured = cross_attention_on_prompt(model.eval(), tokenizer, dataset, rows, batch_size=2)
+
+    # What uniform attention would put on each prompt: its length over all encoder positions, sample by sample.
+    tokens = PeaPODDataCollator(tokenizer)([dataset[row] for row in rows])["attention_mask"].sum(1).double()
+    lengths = {"task_prompt": 3, "collaborative_prompt": 3 if prompt_encoder == "mha" else 0}
+    assert set(measured) == {name for name, length in lengths.items() if length}
+    for name, result in measured.items():
+        uniform = (lengths[name] / (tokens + sum(lengths.values()))).mean().item()
+        assert result["uniform"] == pytest.approx(uniform, rel=1e-6)
+        assert 0.0 < result["attention"] < 1.0  # a share of the softmax over the encoder positions
+    assert sum(result["attention"] for result in measured.values()) < 1.0

@@ -286,7 +286,7 @@ def cross_attention_on_prompt(model, tokenizer, dataset, rows: Sequence[int], ba
     user_length = config.collaborative_prompt_length if model.has_collaborative_prompt else 0
     mass = {"task_prompt": [], "collaborative_prompt": []}
     share = {"task_prompt": [], "collaborative_prompt": []}
-    for records, inputs in _batches(dataset, list(rows), batch_size, collator, model.device, "attention", False):
+    for records, inputs in _batches(dataset, list(rows), batch_size, collator, model.device):
         labels = collator(records)["labels"].to(model.device)
         outputs = model(*_model_inputs(inputs), labels=labels, output_attentions=True)
         attention = torch.stack(outputs.cross_attentions)[:, :, :, 0]  # [layers, B, heads, source]
