@@ -74,8 +74,8 @@ def train_row(args, spec: str, output_dir: Path) -> dict:
 def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     """The metrics of one checkpoint folder (see the module docstring)."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM
 
+    from modeling_peapod import PeaPODForConditionalGeneration
     from training.diagnostics import (
         _loss_and_topn,
         attention_health,
@@ -86,7 +86,7 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     from training.evaluation import evaluate_checkpoint
 
     torch.manual_seed(args.seed)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()  # installed classes, not the folder's code
     started = time.perf_counter()
     if model.has_collaborative_prompt:
         shuffled = shuffle_test(model, tokenizer, prepared, max_users=args.eval_users, seed=args.seed)

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_dir():
             parser.error(f"{path} is not a folder")
 
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     from datasets_scripts import load_prepared
+    from datasets_scripts.tokenizer_loading import load_tokenizer
+    from modeling_peapod import PeaPODForConditionalGeneration
     from training.diagnostics import (
         attention_health,
         cross_attention_on_prompt,
@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         shuffle_test,
     )
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
+    # The installed classes, never the checkpoint folder's code (README, "What happens on bad input").
+    model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).eval()
+    tokenizer = load_tokenizer(args.checkpoint, flag="checkpoint (its tokenizer)")
     prepared = load_prepared(args.prepared_dir)
     if not getattr(model, "has_collaborative_prompt", False):
         parser.error(f"{args.checkpoint} has no collaborative prompt (POD): nothing to diagnose")
