@@ -3,6 +3,7 @@
     peapod-prepare --synthetic --output_dir prepared/synthetic --tokenizer path/to/t5 --embedding_dim 64
     peapod-prepare --p5_dir data/amazon/beauty --output_dir prepared/beauty --reindex_items
     peapod-prepare --reviews reviews_Musical_Instruments_5.json.gz --output_dir prepared/instruments
+    peapod-prepare --p5_dir data/amazon/toys --output_dir prepared/toys --embedding best --compare_neighbor_sources pmf bpr
 
 See docs/data.md for the formats and the prepared-folder layout.
 """
@@ -28,6 +29,10 @@ def format_summary(config: dict) -> str:
     lines = [f"{'':<{width}}  {'count':>10}", "-" * (width + 12)]
     lines += [f"{name:<{width}}  {value:>10,}" for name, value in rows]
     lines.append(f"user table {statistics['user_embedding_shape']}, neighbours {statistics['user_neighbors_shape']}")
+    if "neighbor_diagnostic" in config:  # folders prepared before the diagnostic existed have none
+        from .prepared import describe_neighbor_diagnostic
+
+        lines.append(describe_neighbor_diagnostic(config["neighbor_diagnostic"]))
     lines.append(f"prepared in {config['seconds']} s -> {config['arguments']['output_dir']}")
     return "\n".join(lines)
 

@@ -9,10 +9,10 @@ A prepared folder (fixed layout, the trainer and evaluator depend on it):
     negatives_validation.txt   99 fixed negatives per user (P5 `user neg1 ... neg99` format)
     negatives_test.txt
     user_table.safetensors     user_embeddings [U+1, d] (row 0 zeros), user_neighbors [U+1, n],
-                               item_embeddings [I+1, d] for PMF
+                               item_embeddings [I+1, d] for PMF and BPR
     dataset/                   the tokenised DatasetDict (save_to_disk)
     README.md                  dataset card
-    prepare_config.json        arguments, seed, statistics
+    prepare_config.json        arguments, seed, statistics, the neighbour diagnostic
 
 Everything is built in a temporary sibling folder and renamed at the end, so a failure leaves the output folder
 as it was. Input is validated (and the user matrix loaded) before the heavy steps.
@@ -53,7 +53,10 @@ from .p5_format import (
     write_p5_dir,
 )
 
-EMBEDDING_METHODS = ("pmf", "bivae")
+EMBEDDING_METHODS = ("pmf", "bivae", "bpr")
+BEST = "best"  # --embedding best: the source of --compare_neighbor_sources with the highest neighbour diagnostic
+RANDOM_SOURCE = "random"  # the random-neighbours reference, always reported; accepted in --compare_neighbor_sources
+DEFAULT_BEST_SOURCES = ("pmf", "bpr")
 REQUIRED_FILES = (
     "sequential.txt",
     "datamaps.json",
@@ -94,7 +97,19 @@ class PrepareArguments:
         default="t5-small", metadata={"help": "Tokenizer name or path (offline: a local T5 tokenizer folder)."}
     )
     embedding: str = field(
-        default="pmf", metadata={"help": "User embeddings: pmf, bivae, or a user matrix file (.npy/.safetensors/.csv)."}
+        default="pmf",
+        metadata={
+            "help": "User embeddings: pmf, bpr, bivae, a user matrix file (.npy/.safetensors/.csv), or best (the "
+            "source of --compare_neighbor_sources, default pmf bpr, with the highest neighbour diagnostic)."
+        },
+    )
+    compare_neighbor_sources: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Also report the neighbour diagnostic (validation items in the neighbours' training histories) "
+            "of these sources: pmf, bpr, bivae, random. With --embedding best, the candidates.",
+            "nargs": "+",
+        },
     )
     embedding_dim: int = field(default=512, metadata={"help": "Dimension of PMF/BiVAE user embeddings."})
     num_neighbors: int = field(default=20, metadata={"help": "Neighbours per user in the neighbour table."})
@@ -103,6 +118,8 @@ class PrepareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
     k_core: int = field(default=5, metadata={"help": "k of the k-core filter of raw reviews."})
     pmf_max_iter: int = field(default=100, metadata={"help": "PMF epochs (paper: 100)."})
+    bpr_max_iter: int = field(default=100, metadata={"help": "BPR epochs (cornac's default 100)."})
+    bpr_learning_rate: float = field(default=0.01, metadata={"help": "BPR learning rate (docs/embeddings.md)."})
     num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
 
 
@@ -152,22 +169,40 @@ def _check_arguments(args: PrepareArguments) -> None:
             "another folder (--overwrite replaces only prepared folders)"
         )
     inputs = [path for path in (args.p5_dir, args.reviews) if path]
-    if args.embedding not in EMBEDDING_METHODS:
+    if args.embedding not in (*EMBEDDING_METHODS, BEST):
         if not Path(args.embedding).exists():
             raise FileNotFoundError(
-                f"--embedding {args.embedding!r} is neither one of {EMBEDDING_METHODS} nor an existing user-matrix "
-                "file"
+                f"--embedding {args.embedding!r} is neither one of {(*EMBEDDING_METHODS, BEST)} nor an existing "
+                "user-matrix file"
             )
         inputs.append(args.embedding)
+    _check_neighbor_sources(args)
     # Checked even without --overwrite: writing a prepared folder over (or around) the source is never right.
     check_replaceable(output, MARKER_FILE, PREPARED_ENTRIES, inputs=inputs, flag="--output_dir")
-    for name in ("embedding_dim", "num_neighbors", "k_core", "pmf_max_iter"):
+    for name in ("embedding_dim", "num_neighbors", "k_core", "pmf_max_iter", "bpr_max_iter"):
         if getattr(args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.bpr_learning_rate > 0:
+        raise PeaPODInputError(f"--bpr_learning_rate must be > 0, got {args.bpr_learning_rate}")
     if args.max_users is not None and args.max_users < 2:
         raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
     if args.num_proc is not None and args.num_proc < 1:
         raise PeaPODInputError(f"--num_proc must be >= 1, got {args.num_proc}")
+
+
+def _check_neighbor_sources(args: PrepareArguments) -> None:
+    """--compare_neighbor_sources names known sources; --embedding best has at least one learnt candidate."""
+    sources = args.compare_neighbor_sources or []
+    unknown = [source for source in sources if source not in (*EMBEDDING_METHODS, RANDOM_SOURCE)]
+    if unknown:
+        raise PeaPODInputError(
+            f"--compare_neighbor_sources {unknown[0]!r}: expected any of {', '.join((*EMBEDDING_METHODS, RANDOM_SOURCE))}"
+        )
+    if args.embedding == BEST and sources and not set(sources) - {RANDOM_SOURCE}:
+        raise PeaPODInputError(
+            "--embedding best needs a source to choose: --compare_neighbor_sources names only random (the reference, "
+            "which has no user embeddings); add pmf, bpr or bivae"
+        )
 
 
 def _check_synthetic_variant(args: PrepareArguments) -> None:
@@ -199,16 +234,26 @@ def _load_source(args: PrepareArguments) -> P5Data:
     return synthetic_data(args.synthetic_variant, seed=args.seed)
 
 
-def _user_table(args: PrepareArguments, train: dict[int, list[int]], num_users: int, num_items: int, matrix):
+def _user_table(
+    args: PrepareArguments, train: dict[int, list[int]], num_users: int, num_items: int, matrix,
+    method: str | None = None,
+):
+    """(user_embeddings, user_neighbors, item_embeddings or None) from `method` (default: --embedding)."""
     from . import user_embeddings
 
+    method = method or args.embedding
     item_embeddings = None
-    if matrix is not None:
+    if method not in EMBEDDING_METHODS:
         users = matrix
-    elif args.embedding == "pmf":
+    elif method == "pmf":
         users, item_embeddings = user_embeddings.train_pmf(
             train, num_users, num_items, k=args.embedding_dim, seed=args.seed, max_iter=args.pmf_max_iter,
             verbose=True,  # cornac reports each epoch: the longest stage of a full-size prepare shows progress
+        )
+    elif method == "bpr":
+        users, item_embeddings = user_embeddings.train_bpr(
+            train, num_users, num_items, k=args.embedding_dim, seed=args.seed, max_iter=args.bpr_max_iter,
+            learning_rate=args.bpr_learning_rate, verbose=True,
         )
     else:
         users = user_embeddings.train_bivae(
@@ -253,7 +298,7 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
         )
     # Fail fast on a bad user matrix and an unloadable tokenizer, before any heavy work.
     matrix = None
-    if args.embedding not in EMBEDDING_METHODS:
+    if args.embedding not in (*EMBEDDING_METHODS, BEST):
         from .user_embeddings import load_user_matrix
 
         matrix = load_user_matrix(args.embedding, source_num_users, allow_pickle=args.allow_pickle)
@@ -282,7 +327,9 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
         stages.set_postfix_str("user embeddings and neighbours")
         from .user_embeddings import save_user_table
 
-        users, neighbors, items = _user_table(args, loo.train, data.num_users, data.num_items, matrix)
+        users, neighbors, items, diagnostic = _user_table_by_diagnostic(
+            args, loo.train, loo.validation, data.num_users, data.num_items, matrix
+        )
         save_user_table(temporary / "user_table.safetensors", users, neighbors, items)
         stages.update()
 
@@ -321,9 +368,11 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "reindexed_items": item_reindex is not None,
             "statistics": statistics,
             "source_notes": notes,
+            "neighbor_diagnostic": diagnostic,
             "seconds": round(time.time() - started, 1),
         }
-        write_dataset_card(temporary / "README.md", output.name, statistics, _provenance(args, notes))
+        provenance = _provenance(args, notes) + [describe_neighbor_diagnostic(diagnostic)]
+        write_dataset_card(temporary / "README.md", output.name, statistics, provenance)
         atomic_write_json(temporary / MARKER_FILE, config)  # last: it marks the folder as complete
         stages.update()
 
@@ -331,6 +380,62 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
         replace_folder(temporary, output)
         stages.update()
     return config
+
+
+def _source_label(args: PrepareArguments, method: str) -> str:
+    return method if method in EMBEDDING_METHODS else f"file {Path(method).name}"
+
+
+def _user_table_by_diagnostic(
+    args: PrepareArguments, train: dict[int, list[int]], validation: dict[int, int], num_users: int, num_items: int,
+    matrix,
+) -> tuple:
+    """The user table of --embedding (or, for `best`, of the winning source) and the neighbour diagnostic.
+
+    Every compared source is trained on the training items and scored by `neighbor_hit_rate` on the validation
+    items (never the test items), beside random neighbours (seeded with --seed). Only the table kept so far is
+    held in memory. Returns (users, neighbors, items, diagnostic) where diagnostic is what prepare_config.json
+    records under "neighbor_diagnostic".
+    """
+    from .neighbor_diagnostic import neighbor_hit_rate, random_neighbor_table
+
+    compared = [source for source in args.compare_neighbor_sources or [] if source != RANDOM_SOURCE]
+    if args.embedding == BEST:
+        candidates = list(dict.fromkeys(compared or DEFAULT_BEST_SOURCES))
+    else:
+        candidates = list(dict.fromkeys([args.embedding, *compared]))
+    hit_rates: dict[str, float] = {}
+    kept, kept_rate = None, -1.0
+    for method in candidates:
+        table = _user_table(args, train, num_users, num_items, matrix, method=method)
+        rate = neighbor_hit_rate(table[1], train, validation)
+        hit_rates[_source_label(args, method)] = round(rate, 4)
+        # --embedding best keeps the first source with the highest rate; otherwise the one named
+        if (args.embedding == BEST and rate > kept_rate) or method == args.embedding:
+            kept, kept_rate, chosen = table, rate, method
+    random_table = random_neighbor_table(num_users, args.num_neighbors, seed=args.seed)
+    hit_rates[RANDOM_SOURCE] = round(neighbor_hit_rate(random_table, train, validation), 4)
+    diagnostic = {
+        "split": "validation",
+        "num_users": len(validation),
+        "num_neighbors": args.num_neighbors,
+        "hit_rates": hit_rates,
+        "random_seed": args.seed,
+        "chosen": _source_label(args, chosen),
+        "selection": "best" if args.embedding == BEST else "given",
+    }
+    return (*kept, diagnostic)
+
+
+def describe_neighbor_diagnostic(diagnostic: dict) -> str:
+    """One sentence for the summary and the dataset card: what was measured, each source's figure, the choice."""
+    rates = ", ".join(f"{source} {rate:.4f}" for source, rate in diagnostic["hit_rates"].items())
+    how = "chosen as the best by this diagnostic" if diagnostic["selection"] == "best" else "as asked"
+    return (
+        f"Neighbour diagnostic (share of {diagnostic['num_users']:,} users whose validation item is in the training "
+        f"history of one of their {diagnostic['num_neighbors']} nearest neighbours; random neighbours seeded "
+        f"{diagnostic['random_seed']}): {rates}. User table from {diagnostic['chosen']} ({how})."
+    )
 
 
 def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
@@ -349,7 +454,9 @@ def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
                 "the held-out items follow from one known source (docs/data.md)."
             )
     embedding = args.embedding
-    if embedding not in EMBEDDING_METHODS:
+    if embedding == BEST:
+        embedding = "the best source by the neighbour diagnostic (below)"
+    elif embedding not in EMBEDDING_METHODS:
         embedding = f"user-supplied matrix {Path(args.embedding).name}"
     ids = "in the source id space"
     if args.reindex_items:

@@ -141,6 +141,39 @@ def train_bivae(
     return rows_by_our_ids(model.get_user_vectors(), train_set.uid_map, num_users + 1)
 
 
+def train_bpr(
+    train_histories: dict[int, list[int]],
+    num_users: int,
+    num_items: int,
+    k: int = 512,
+    seed: int = 0,
+    max_iter: int = 100,
+    learning_rate: float = 1e-3,
+    lambda_reg: float = 1e-2,
+    verbose: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPR user and item factors (Rendle et al. 2009) with cornac's `BPR`: a user-embedding source beyond the paper.
+
+    BPR learns from (user, observed item, unobserved item) triples it samples itself, the pairwise ranking loss
+    -log sigmoid(u·v_i + b_i - u·v_j - b_j), so unlike PMF it needs no sampled zero ratings (and must not get them:
+    cornac's BPR takes every stored pair as observed). Defaults are cornac's (100 epochs, learning rate 1e-3,
+    lambda 1e-2) with k = 512 like PMF; with `seed` set cornac trains single-threaded, so runs are repeatable.
+    Returns `user_embeddings` [num_users + 1, k] and `item_embeddings` [num_items + 1, k] (cornac's `u_factors`,
+    `i_factors`; the item biases are not kept: cosine neighbours do not use them), float32, aligned to our ids
+    exactly as `train_pmf`'s, zero rows for row 0 and users/items without training interactions.
+    """
+    import cornac
+
+    train_set = cornac_train_set(train_histories, num_users, num_items, seed, negatives_per_positive=0)
+    model = cornac.models.BPR(
+        k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=verbose
+    )
+    model.fit(train_set)
+    user_embeddings = rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
+    item_embeddings = rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
+    return user_embeddings, item_embeddings
+
+
 # A user-supplied matrix --------------------------------------------------------------------------------------
 
 
