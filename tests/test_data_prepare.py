@@ -134,13 +134,17 @@ def test_missing_piece_is_named(prepared, tmp_path):
 def test_summary_table(prepared):
     config = prepared[1]
     lines = format_summary(config).splitlines()
-    rows = dict(line.rsplit(None, 1) for line in lines[2:-2])  # "name   count" rows between header and footer
+    rows = dict(line.rsplit(None, 1) for line in lines[2:-3])  # "name   count" rows between header and footer
     statistics = config["statistics"]
     expected = {"users": statistics["num_users"], "items": statistics["num_items"],
                 "interactions": statistics["num_interactions"], **statistics["split_sizes"]}
     assert {name.strip(): int(count.replace(",", "")) for name, count in rows.items()} == expected
     assert expected["users"] == 40 and len(rows) == 3 + 9
-    assert lines[-2] == "user table [41, 8], neighbours [41, 5]"
+    assert lines[-3] == "user table [41, 8], neighbours [41, 5]"
+    rates = config["neighbor_diagnostic"]["hit_rates"]
+    assert list(rates) == ["file users.npy", "random"] and config["neighbor_diagnostic"]["split"] == "validation"
+    assert lines[-2].startswith("Neighbour diagnostic (share of 40 users whose validation item is in the training "
+                                "history of one of their 5 nearest neighbours") and f"random {rates['random']:.4f}" in lines[-2]
     assert lines[-1].endswith(f"-> {config['arguments']['output_dir']}")
 
 
