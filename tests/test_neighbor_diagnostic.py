@@ -9,6 +9,7 @@ import torch
 from conftest import TOKENIZER_DIR, console_script, skip_without_shared
 
 from datasets_scripts import load_prepared, prepare
+from datasets_scripts.cli import main
 from datasets_scripts.neighbor_diagnostic import (
     neighbor_hit_rate,
     neighbor_hits,
@@ -100,7 +101,7 @@ def test_bpr_rows_are_cornac_factors_at_our_ids():
     assert not users[0].any() and not users[9].any() and not items[0].any() and not items[22].any()
 
     train_set = cornac_train_set(histories, 9, 22, seed=4)
-    model = cornac.models.BPR(k=6, max_iter=20, learning_rate=1e-3, lambda_reg=1e-2, seed=4)
+    model = cornac.models.BPR(k=6, max_iter=20, learning_rate=1e-2, lambda_reg=1e-2, seed=4)
     model.fit(train_set)
     assert list(train_set.uid_map) != sorted(train_set.uid_map)  # cornac's order is not ours: the map matters
     for our_user, index in train_set.uid_map.items():
@@ -193,22 +194,30 @@ def test_bpr_and_best_end_to_end(tmp_path, tokenizer_dir):
                   num_neighbors=4, bpr_max_iter=20, embedding="bpr")
     assert bpr["neighbor_diagnostic"]["hit_rates"]["bpr"] == rates["bpr"]
     histories = load_prepared(tmp_path / "bpr", load_dataset=False).histories
-    users, items = train_bpr({u: h[:-2] for u, h in histories.items()}, 40, data.num_items, k=8, seed=0, max_iter=20,
-                             learning_rate=0.01)
+    users, items = train_bpr({u: h[:-2] for u, h in histories.items()}, 40, data.num_items, k=8, seed=0, max_iter=20)
     saved = load_prepared(tmp_path / "bpr", load_dataset=False)
     assert torch.equal(saved.user_embeddings, users) and torch.equal(saved.item_embeddings, items)
 
 
+def test_unknown_source_exits_2_with_one_line(tmp_path):
+    """The console script as a subprocess: a source name it does not know."""
+    done = subprocess.run([console_script("peapod-prepare"), "--synthetic", "--output_dir", str(tmp_path / "out"),
+                           "--compare_neighbor_sources", "pmf", "svd"], check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "peapod-prepare: error: --compare_neighbor_sources 'svd': expected any of pmf, bivae, bpr, random"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--compare_neighbor_sources", "pmf", "svd"], "--compare_neighbor_sources 'svd'"),
-    (["--embedding", "svd"], "--embedding 'svd'"),
+    (["--embedding", "svd"], "--embedding 'svd' is neither one of"),
     (["--embedding", "best", "--compare_neighbor_sources", "random"], "--embedding best needs a source"),
     (["--bpr_learning_rate", "0"], "--bpr_learning_rate must be > 0"),
+    (["--bpr_max_iter", "0"], "--bpr_max_iter must be >= 1"),
 ])
-def test_bad_source_flags_exit_2_with_one_line(flags, message, tmp_path):
-    done = subprocess.run([console_script("peapod-prepare"), "--synthetic", "--output_dir", str(tmp_path / "out"),
-                           *flags], check=False, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+def test_bad_source_flags(flags, message, tmp_path, capsys):
+    assert main(["--synthetic", "--output_dir", str(tmp_path / "out"), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("peapod-prepare: error: ") and message in lines[0]
     assert not (tmp_path / "out").exists()
