@@ -42,8 +42,8 @@ def neighbor_hits(
     `user_neighbors` is [num_users + 1, n] (row u = user u's neighbours; id 0 = no neighbour, never matches),
     `train_histories` {user: [item, ...]} the training items, `held_out` {user: item} one item per user (for
     leave-one-out, the validation items). Vectorised: each (neighbour, item) query is one int64 code looked up in
-    the sorted codes of the training pairs (`np.isin`), so full Beauty (22k users x 20 neighbours) takes well under
-    a second.
+    the sorted codes of the training pairs (`np.isin`): full Beauty (22k users x 20 neighbours) in under a second
+    (benchmarks/neighbor_diagnostic_speed.py).
     """
     neighbors = np.asarray(user_neighbors.cpu() if isinstance(user_neighbors, torch.Tensor) else user_neighbors)
     if neighbors.ndim != 2:
