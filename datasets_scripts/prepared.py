@@ -111,7 +111,7 @@ class PrepareArguments:
             "nargs": "+",
         },
     )
-    embedding_dim: int = field(default=512, metadata={"help": "Dimension of PMF/BiVAE user embeddings."})
+    embedding_dim: int = field(default=512, metadata={"help": "Dimension of PMF/BPR/BiVAE user embeddings."})
     num_neighbors: int = field(default=20, metadata={"help": "Neighbours per user in the neighbour table."})
     max_users: int | None = field(default=None, metadata={"help": "Keep only the first N users (quick runs)."})
     allow_pickle: bool = field(default=False, metadata={"help": "Allow a pickled user matrix (runs code!)."})
