@@ -429,8 +429,13 @@ def _user_table_by_diagnostic(
 
 def describe_neighbor_diagnostic(diagnostic: dict) -> str:
     """One sentence for the summary and the dataset card: what was measured, each source's figure, the choice."""
-    rates = ", ".join(f"{source} {rate:.4f}" for source, rate in diagnostic["hit_rates"].items())
+    hit_rates = diagnostic["hit_rates"]
+    rates = ", ".join(f"{source} {rate:.4f}" for source, rate in hit_rates.items())
     how = "chosen as the best by this diagnostic" if diagnostic["selection"] == "best" else "as asked"
+    better = [source for source, rate in hit_rates.items()
+              if source != RANDOM_SOURCE and rate > hit_rates[diagnostic["chosen"]]]
+    if better:
+        how += f"; {' and '.join(better)} scored higher: --embedding best would choose {better[0]}"
     return (
         f"Neighbour diagnostic (share of {diagnostic['num_users']:,} users whose validation item is in the training "
         f"history of one of their {diagnostic['num_neighbors']} nearest neighbours; random neighbours seeded "

@@ -16,7 +16,11 @@ from datasets_scripts.neighbor_diagnostic import (
     prepared_neighbor_diagnostic,
     random_neighbor_table,
 )
-from datasets_scripts.prepared import PrepareArguments, _user_table_by_diagnostic
+from datasets_scripts.prepared import (
+    PrepareArguments,
+    _user_table_by_diagnostic,
+    describe_neighbor_diagnostic,
+)
 from datasets_scripts.user_embeddings import cornac_train_set, train_bpr
 
 
@@ -141,6 +145,10 @@ def test_best_keeps_the_source_with_the_higher_figure(good, monkeypatch):
     assert torch.equal(neighbors, BAD) and diagnostic["selection"] == "given" and diagnostic["chosen"] == args.embedding
     assert list(diagnostic["hit_rates"]) == [args.embedding, good, "random"] and diagnostic["hit_rates"][good] == 1.0
     assert diagnostic["hit_rates"][args.embedding] == 0.0
+    sentence = describe_neighbor_diagnostic(diagnostic)
+    assert sentence.endswith(f"User table from {args.embedding} (as asked; {good} scored higher: --embedding best "
+                             f"would choose {good}).")
+    assert f"{good} 1.0000" in sentence and f"{args.embedding} 0.0000" in sentence
 
 
 def _write_p5(folder, histories, num_items):
