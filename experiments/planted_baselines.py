@@ -7,7 +7,7 @@
 For each variant of `peapod-prepare --synthetic --synthetic_variant` (docs/data.md) this prepares the folder
 exactly as `experiments/run.py` does for a config with `dataset: synthetic`, `synthetic_variant: <variant>` and the
 run defaults (PMF k = 512, 20 neighbours, data seed 0; cached under `prepared/synthetic-<variant>-pmf512-n20`),
-evaluates the baselines on the test split of ALL users under the model's protocol (training/evaluation.py:
+evaluates the baselines on the test split of ALL users under the model's protocol (training/evaluation/runner.py:
 sequential = full ranking, top-n = the 100 fixed candidates) and writes
 
 * experiments/results/planted-baselines.json: the evaluation reports (every metric with its 95% bootstrap interval
