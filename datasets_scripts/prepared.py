@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from configuration_peapod import PeaPODInputError
+from configuration_peapod import PeaPODInputError, check_task_order
 
 from . import splits as splits_module
 from . import user_embeddings
@@ -469,6 +469,22 @@ def data_fingerprint(path: str | os.PathLike, num_users: int, num_items: int) ->
         if file.is_file():
             digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
     return {"sha256": digest.hexdigest()[:16], "num_users": num_users, "num_items": num_items}
+
+
+def data_task_ids(dataset) -> dict[str, int]:
+    """{task name: the task_id its rows carry} of a prepared `DatasetDict`, read from the first row of each
+    `{task}_{split}` split (every row of a split has the same task)."""
+    task_ids: dict[str, int] = {}
+    for name, split in dataset.items():
+        if len(split) and "task_id" in split.column_names:
+            task_ids.setdefault(name.rsplit("_", 1)[0], int(split[0]["task_id"]))
+    return task_ids
+
+
+def check_task_order_matches(config, prepared: PreparedData) -> None:
+    """Refuse a model whose `config.tasks` order differs from the prepared data's task ids (PeaPODInputError
+    naming both orders): the ids would silently select another task's prompt."""
+    check_task_order(config.tasks, data_task_ids(prepared.dataset), "the model's config", str(prepared.path))
 
 
 def check_data_fingerprint(

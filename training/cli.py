@@ -39,7 +39,7 @@ from configuration_peapod import (
 from datasets_scripts import load_prepared, prepare
 from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_json, atomic_write_text
-from datasets_scripts.prepared import check_data_fingerprint
+from datasets_scripts.prepared import check_data_fingerprint, check_task_order_matches
 from datasets_scripts.tokenizer_loading import (
     check_folder_or_hub_name,
     check_tokenizer_name,
@@ -108,8 +108,8 @@ class DataArguments:
         default=None, metadata={"help": "A folder made by peapod-prepare; default: the synthetic demo data."}
     )
     tasks: list[str] = field(
-        default_factory=lambda: ["sequential", "topn", "explanation"],
-        metadata={"help": "Tasks to train on (those present in the data)."},
+        default_factory=lambda: list(DEFAULT_TASKS),
+        metadata={"help": f"Tasks to train on (those present in the data); the task registry has {DEFAULT_TASKS}."},
     )
     max_train_samples_per_task: int | None = field(
         default=None, metadata={"help": "A seeded random subset of each task's training samples (budgets)."}
@@ -435,6 +435,7 @@ def train(argv: list[str] | None = None) -> dict:
     # Refuse a checkpoint trained on other data; a fresh model records this data's fingerprint.
     check_data_fingerprint(model.config, prepared, data_args.allow_other_data, record=True,
                            checkpoint=training_args.resume_from_checkpoint)
+    check_task_order_matches(model.config, prepared)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
 
     ranking_metrics_fn = None

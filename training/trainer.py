@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import seed_worker, speed_metrics
 
+from configuration_peapod import DEFAULT_TASKS
 from datasets_scripts.files import give_default_permissions
 
 from .collator import INPUT_COLUMNS
@@ -42,7 +43,6 @@ from .sampler import TaskAlternatingBatchSampler
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASKS = ("sequential", "topn", "explanation")  # the project's task order (task_id = index)
 TASK_COLUMN = "task_id"
 PEAPOD_MODULES = ("prompt_encoder.", "task_prompts.", "whole_word_embeddings.")  # what PeaPOD adds to T5
 
@@ -55,8 +55,8 @@ class PeaPODTrainer(Seq2SeqTrainer):
             with the unwrapped model in eval mode; its keys are logged with the `eval_` prefix (e.g. a returned
             `sequential_ndcg@10` becomes `eval_sequential_ndcg@10`). It must return the same values on every
             process (deterministic), because early stopping and best-checkpoint decisions must agree.
-        task_names: names of the task ids, for the metric keys; default `model.config.tasks`, else
-            ("sequential", "topn", "explanation").
+        task_names: names of the task ids, for the metric keys; default `model.config.tasks`, else the task
+            registry's order (`configuration_peapod.DEFAULT_TASKS`).
         model_card_summary: a `training.publishing.model_card.TrainingSummary`; every saved folder gets a model card
             (README.md) rendered from it.
         prompt_learning_rate_multiplier: the learning rate of the modules PeaPOD adds to T5 (prompt encoder,

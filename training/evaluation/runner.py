@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from scipy.stats import bootstrap
 
-from configuration_peapod import PeaPODInputError
-from datasets_scripts.prepared import check_data_fingerprint
+from configuration_peapod import DEFAULT_TASKS, TASK_REGISTRY, PeaPODInputError
+from datasets_scripts.prepared import check_data_fingerprint, check_task_order_matches
 from datasets_scripts.synthetic import planted_structure
 from training.collator import PeaPODDataCollator
 
@@ -47,7 +47,7 @@ from .baselines import (
 from .metrics import load_metric
 from .store import ChunkStore, collect_chunks, model_checksum
 
-TASKS = ("sequential", "topn", "explanation")
+TASKS = DEFAULT_TASKS  # the task registry (configuration_peapod.TASK_REGISTRY) says how each is scored
 SPLITS = ("validation", "test")
 # "oracle" exists only on the planted-signal synthetic variants (datasets_scripts/synthetic.py).
 BASELINES = ("popularity", "pmf", "bpr", "markov", "oracle")
@@ -169,17 +169,18 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
                progress=None) -> dict[str, list]:
     """Sequential or top-n rankings of `rows`: {"targets", "beam"} (+ "likelihood" for top-n), lists in row order."""
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
-    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if task == "topn" else {})
+    ranks_candidates = TASK_REGISTRY[task].ranks_candidates
+    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if ranks_candidates else {})
     for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, progress):
         outputs["targets"].extend(int(record["item_id"]) for record in records)
         candidates = None
-        if task == "topn":
+        if ranks_candidates:
             candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
         item_ids, _ = model.recommend(
             *_model_inputs(inputs), item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
         )
         outputs["beam"].extend(_strip_padding(item_ids))
-        if task == "topn":
+        if ranks_candidates:
             # Every candidate of the batch's users is scored in a few decoder calls (score_candidates batches them).
             scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates, item_trie=item_trie)
             outputs["likelihood"].extend(rank_candidates(candidates.numpy(), scores.float().cpu().numpy(), top_k))
@@ -188,10 +189,10 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
 
 def _ranking_entries(task: str, outputs: dict[str, list]) -> dict[str, tuple[list, list]]:
     """{result name: (ranked lists, targets)} of a task's merged outputs."""
-    if task == "sequential":
-        return {"sequential": (outputs["beam"], outputs["targets"])}
-    return {"topn_beam": (outputs["beam"], outputs["targets"]),
-            "topn_likelihood": (outputs["likelihood"], outputs["targets"])}
+    if not TASK_REGISTRY[task].ranks_candidates:
+        return {task: (outputs["beam"], outputs["targets"])}
+    return {f"{task}_beam": (outputs["beam"], outputs["targets"]),
+            f"{task}_likelihood": (outputs["likelihood"], outputs["targets"])}
 
 
 def check_explanation_references(dataset, rows: list[int], split: str) -> None:
@@ -260,7 +261,6 @@ def build_baseline(name: str, prepared, seed: int = 0):
     if name == "markov":
         return MarkovChainBaseline(_train_histories(prepared.histories), prepared.num_items)
     if name == "oracle":
-
         return PlantedOracleBaseline(planted_structure(prepared), prepared.num_items)
     raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
 
@@ -269,13 +269,13 @@ def evaluate_baseline(baseline, prepared, split: str, task_rows: dict, top_k: in
     """The baseline's ranking metrics on the same rows as the model: {"sequential": {...}, "topn": {...}}."""
     results = {}
     for task, rows in task_rows.items():
-        if task == "explanation" or not rows:
+        if TASK_REGISTRY[task].target != "item" or not rows:
             continue
         dataset = prepared.dataset[f"{task}_{split}"]
         columns = dataset[rows]
         users = [int(u) for u in columns["user_id"]]
         targets = [int(i) for i in columns["item_id"]]
-        if task == "sequential":
+        if not TASK_REGISTRY[task].ranks_candidates:
             # The input history of the split: items[:-2] for validation, items[:-1] for test (SPEC §2).
             end = -2 if split == "validation" else -1
             histories = {user: prepared.histories[user][:end] for user in users}
@@ -347,8 +347,8 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model is not None:
         check_user_table(model, prepared.num_users)
-
         check_data_fingerprint(model.config, prepared, allow_other_data)
+        check_task_order_matches(model.config, prepared)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
             raise PeaPODInputError(
@@ -365,8 +365,8 @@ def evaluate_checkpoint(
     task_rows = {
         task: select_rows(prepared.dataset[f"{task}_{split}"], max_users, set(excluded)) for task in present
     }
-    if "explanation" in task_rows:
-        check_explanation_references(prepared.dataset[f"explanation_{split}"], task_rows["explanation"], split)
+    for task in (task for task in present if TASK_REGISTRY[task].target == "text"):
+        check_explanation_references(prepared.dataset[f"{task}_{split}"], task_rows[task], split)
 
     report = {
         "split": split,
@@ -413,7 +413,7 @@ def evaluate_checkpoint(
     if model is not None:
         model.eval()
         item_trie = None
-        if {"sequential", "topn"} & set(present):
+        if any(TASK_REGISTRY[task].target == "item" for task in present):
             item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
         computes, task_outputs = {}, {}
         for task in present:
@@ -423,7 +423,7 @@ def evaluate_checkpoint(
             if not rows:
                 continue
             started = time.perf_counter()
-            if task == "explanation":
+            if TASK_REGISTRY[task].target == "text":
                 def compute(chunk, progress, dataset=dataset):
                     return _explain_rows(model, tokenizer, dataset, chunk, batch_size, num_beams,
                                          max_explanation_tokens, max_source_length, progress)
@@ -432,8 +432,8 @@ def evaluate_checkpoint(
                     return _rank_rows(model, tokenizer, dataset, chunk, task, item_trie, batch_size, num_beams,
                                       top_k, max_source_length, progress)
             computes[task] = compute
-            task_outputs[task], computed = collect_chunks(task, rows, compute, store, show_progress,
-                                                    "sample" if task == "explanation" else "user")
+            unit = "sample" if TASK_REGISTRY[task].target == "text" else "user"
+            task_outputs[task], computed = collect_chunks(task, rows, compute, store, show_progress, unit)
             seconds = time.perf_counter() - started
             report["timing"][task] = {
                 "seconds": round(seconds, 3),
@@ -449,8 +449,8 @@ def evaluate_checkpoint(
             rows = task_rows[task]
             if outputs is None:  # other shards' chunks are not written yet
                 report["chunks"]["incomplete_tasks"].append(task)
-            elif task == "explanation":
-                report["results"]["explanation"] = _explanation_scores(outputs["predictions"], outputs["references"])
+            elif TASK_REGISTRY[task].target == "text":
+                report["results"][task] = _explanation_scores(outputs["predictions"], outputs["references"])
                 report["explanations"] = {"first_predictions": outputs["predictions"][:5]}
             else:
                 for name, (ranked, targets) in _ranking_entries(task, outputs).items():
