@@ -5,7 +5,13 @@ refused instead of silently feeding one task's prompt to another."""
 import pytest
 from test_evaluation import FAST, prepared, tiny_model, tokenizer  # noqa: F401 (fixtures)
 
-from configuration_peapod import DEFAULT_TASKS, TASK_REGISTRY, PeaPODInputError, check_task_order, task_spec
+from configuration_peapod import (
+    DEFAULT_TASKS,
+    TASK_REGISTRY,
+    PeaPODInputError,
+    check_task_order,
+    task_spec,
+)
 from datasets_scripts.prepared import check_task_order_matches, data_task_ids
 from datasets_scripts.templates import EVAL_TEMPLATES, TRAIN_TEMPLATES
 from training.collator import HISTORY_TASK_IDS
