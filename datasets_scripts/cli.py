@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from .console import USER_ERRORS, parse_dataclasses, run_console_script
-from .prepared import PrepareArguments, prepare
+from .prepared import PrepareArguments, describe_neighbor_diagnostic, prepare
 
 
 def format_summary(config: dict) -> str:
@@ -30,8 +30,6 @@ def format_summary(config: dict) -> str:
     lines += [f"{name:<{width}}  {value:>10,}" for name, value in rows]
     lines.append(f"user table {statistics['user_embedding_shape']}, neighbours {statistics['user_neighbors_shape']}")
     if "neighbor_diagnostic" in config:  # folders prepared before the diagnostic existed have none
-        from .prepared import describe_neighbor_diagnostic
-
         lines.append(describe_neighbor_diagnostic(config["neighbor_diagnostic"]))
     lines.append(f"prepared in {config['seconds']} s -> {config['arguments']['output_dir']}")
     return "\n".join(lines)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .splits import leave_one_out
+
 
 def _training_keys(train_histories: Mapping[int, Sequence[int]], stride: int) -> np.ndarray:
     """Sorted unique user * stride + item codes of every training (user, item) pair: one int64 per pair."""
@@ -107,8 +109,7 @@ def prepared_neighbor_diagnostic(path: str | os.PathLike, seed: int = 0) -> dict
     Returns {"split": "validation", "num_users", "num_neighbors", "hit_rate", "random_hit_rate", "random_seed"}.
     Works on any folder `load_prepared` reads, whichever source its table came from.
     """
-    from .prepared import load_prepared
-    from .splits import leave_one_out
+    from .prepared import load_prepared  # here: prepared imports this module
 
     prepared = load_prepared(path, load_dataset=False)
     split = leave_one_out(prepared.histories)  # split.test is never looked at
