@@ -8,12 +8,16 @@ transformers and that file. It reads top to bottom from building blocks to the f
 3. Constrained decoding: a prefix trie over tokenised item ids, flattened into tensors for a logits processor.
 4. `PeaPODForConditionalGeneration`: a T5 whose encoder input is
    [task prompt | collaborative user prompt | token embeddings + whole-word embeddings].
+5. `PeaPODRecommendationPipeline`: a transformers pipeline (user or history + task -> ranked items, or an
+   explanation) that `save_pretrained` registers in config.json, so `pipeline(model=..., trust_remote_code=True)`
+   builds it from the checkpoint alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, T5ForConditionalGeneration
+from transformers import AutoConfig, Pipeline, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
@@ -1028,6 +1032,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             "AutoModel": "modeling_peapod.PeaPODForConditionalGeneration",
             "AutoModelForSeq2SeqLM": "modeling_peapod.PeaPODForConditionalGeneration",
         }
+        # transformers writes `custom_pipelines` only from `Pipeline.save_pretrained`; written here, every saved
+        # folder (Trainer's included) carries the pipeline, and `push_to_hub` uploads it with the code files.
+        self.config.custom_pipelines = custom_pipelines_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -1179,6 +1186,281 @@ def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
         )
 
 
+# 5. A transformers pipeline --------------------------------------------------------------------------------
+
+# The task name under which the pipeline is registered and saved in config.json's `custom_pipelines`.
+PIPELINE_TASK = "peapod-recommendation"
+PIPELINE_CLASS = "modeling_peapod.PeaPODRecommendationPipeline"
+
+# The evaluation prompt of each task, worded exactly as `datasets_scripts/templates.py` (EVAL_TEMPLATES,
+# MAX_HISTORY) writes the validation and test rows; as remote code this file cannot import that one, so
+# tests/test_pipeline.py checks this copy against it. Only `evaluation_prompt` reads them.
+_EVALUATION_TEMPLATES = {
+    "sequential": "Given the purchase history of user_{user}: {history}, predict the next item.",
+    "topn": "Recommend one item to user_{user} from the candidates: {candidates}",
+    "explanation": "Generate an explanation for user_{user} about item_{item}.",
+}
+_MAX_HISTORY = 20  # the prompt lists the 20 most recent items
+
+
+def evaluation_prompt(
+    task: str, user_id: int, history: Sequence[int] | None = None, candidates: Sequence[int] | None = None,
+    item_id: int | None = None,
+) -> str:
+    """The text prompt `peapod-prepare` writes for a validation/test row of `task`: what the model was evaluated on.
+
+    `history` is cut to its 20 most recent items; items are written `item_a, item_b, ...`.
+    """
+    def items(ids: Sequence[int]) -> str:
+        return ", ".join(f"item_{item}" for item in ids)
+
+    return _EVALUATION_TEMPLATES[task].format(
+        user=user_id, history=items(list(history or [])[-_MAX_HISTORY:]), candidates=items(candidates or []),
+        item=item_id if item_id is not None else "",
+    )
+
+
+def custom_pipelines_entry() -> dict:
+    """config.json's `custom_pipelines`: what `Pipeline.save_pretrained` writes for a registered pipeline, read by
+    `transformers.pipeline(model=..., trust_remote_code=True)` to load the class from the folder's code."""
+    return {PIPELINE_TASK: {"impl": PIPELINE_CLASS, "pt": ["AutoModelForSeq2SeqLM"], "type": "text"}}
+
+
+_REQUEST_KEYS = ("task", "user_id", "history", "candidates", "item_id")
+_TOPN_RANKINGS = ("likelihood", "beam")
+
+
+def _integer(value, name: str) -> int:
+    """An integer id (Python, numpy or a 0-d integer tensor); bools, floats and strings are refused."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not (
+        value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex()
+    ):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PeaPODInputError(f"{name} must be an integer id, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _item_list(values, name: str, num_items: int) -> list[int]:
+    """A non-empty list of catalogue item ids (1..num_items; any id >= 1 when the config records no catalogue)."""
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1:
+            raise PeaPODInputError(f"{name} must be a flat list of item ids, got a tensor of shape {tuple(values.shape)}")
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise PeaPODInputError(f"{name} must be a list of item ids, got {type(values).__name__}")
+    if not values:
+        raise PeaPODInputError(f"{name} is empty: give at least one item id")
+    ids = [_integer(value, f"{name}[{position}]") for position, value in enumerate(values)]
+    high = num_items or max(ids)
+    outside = sorted({item for item in ids if not 1 <= item <= high})
+    if outside:
+        catalogue = f"the catalogue's ids 1..{num_items}" if num_items else "item ids >= 1"
+        raise PeaPODInputError(f"{name} contains {outside[:10]}; expected {catalogue}")
+    return ids
+
+
+def parse_request(request, config: PeaPODConfig) -> dict:
+    """Check one pipeline input against the model's config; returns {task, user_id (None: new user), history,
+    candidates, item_id} with the unused keys None. Every mistake is a `PeaPODInputError` naming the key."""
+    example = '{"user_id": 7, "task": "topn", "candidates": [12, 40, 41]}'
+    if not isinstance(request, dict):
+        raise PeaPODInputError(f"a PeaPOD pipeline input is a dict such as {example}; got {type(request).__name__}")
+    unknown = sorted(set(request) - set(_REQUEST_KEYS))
+    if unknown:
+        raise PeaPODInputError(f"unknown input key(s) {unknown}; the keys are {list(_REQUEST_KEYS)}")
+    task = request.get("task")
+    known_tasks = [name for name in _EVALUATION_TEMPLATES if name in config.tasks]
+    if task not in known_tasks:
+        raise PeaPODInputError(f"task={task!r}: expected one of {known_tasks}, e.g. {example}")
+    parsed = dict.fromkeys(_REQUEST_KEYS)
+    parsed["task"] = task
+    if request.get("user_id") is not None:
+        user = _integer(request["user_id"], "user_id")
+        if user < 0 or (config.num_users and user > config.num_users):
+            raise PeaPODInputError(
+                f"user_id={user} is not in the model's user table (0 = unknown user, 1..{config.num_users}); for a "
+                "user the model has not seen, leave out user_id and pass their history (item ids)"
+            )
+        parsed["user_id"] = user
+    new_user = parsed["user_id"] is None
+    wants = {
+        "history": task == "sequential" or new_user,
+        "candidates": task == "topn",
+        "item_id": task == "explanation",
+    }
+    for key, wanted in wants.items():
+        given = request.get(key) is not None
+        if wanted and not given:
+            why = "a new user (no user_id) is folded in from it" if key == "history" and new_user and task != \
+                "sequential" else f"the {task} prompt holds it"
+            raise PeaPODInputError(f"task {task!r} needs {key!r}: {why}")
+        if given and not wanted:
+            why = ("history is read for task 'sequential' (its prompt) and for a new user (no user_id)"
+                   if key == "history" else f"task {task!r} does not use it")
+            raise PeaPODInputError(f"unexpected {key!r} for task {task!r}: {why}")
+    if wants["history"]:
+        parsed["history"] = _item_list(request["history"], "history", config.num_items)
+    if wants["candidates"]:
+        parsed["candidates"] = _item_list(request["candidates"], "candidates", config.num_items)
+        repeated = sorted({item for item in parsed["candidates"] if parsed["candidates"].count(item) > 1})
+        if repeated:
+            raise PeaPODInputError(f"candidates repeats item id(s) {repeated[:10]}; each candidate once")
+    if wants["item_id"]:
+        parsed["item_id"] = _item_list([request["item_id"]], "item_id", config.num_items)[0]
+    return parsed
+
+
+class PeaPODRecommendationPipeline(Pipeline):
+    """Recommendations and explanations from a PeaPOD checkpoint, one request (or a list of them) at a time.
+
+    ```python
+    from transformers import pipeline
+    recommender = pipeline(model="<checkpoint folder or Hub id>", trust_remote_code=True)
+    recommender({"user_id": 7, "task": "topn", "candidates": [12, 40, 41]})   # [{"item_id": 40, "score": -1.3}, ...]
+    recommender({"user_id": 7, "task": "sequential", "history": [12, 40]})     # the next items, whole catalogue
+    recommender({"history": [12, 40], "task": "topn", "candidates": [3, 41]})  # a new user, folded in
+    recommender({"user_id": 7, "task": "explanation", "item_id": 12})          # {"explanation": "..."}
+    ```
+
+    A request is a dict: `task` ("sequential", "topn" or "explanation"), `user_id` (a user of the training data,
+    0 = the unknown user) or, for a user the model has never seen, no `user_id` and their `history` (item ids,
+    oldest first), which `fold_in_users` turns into a collaborative prompt; the prompt's text then names the
+    unknown user `user_0`. `history` is also the sequential prompt's purchase history (its 20 most recent
+    items), `candidates` the top-n candidate ids, `item_id` the item to explain.
+
+    The prompt is the evaluation's (`evaluation_prompt`, tokenised as `peapod-prepare` tokenises it), and the
+    ranking the evaluation's: sequential by constrained beam search over the catalogue (`recommend`), top-n by the
+    exact log-likelihood of every candidate (`score_candidates`, ties to the lower id; `topn_ranking="beam"` for
+    beam search restricted to the candidates), explanations by beam search. Rankings are lists of
+    `{"item_id", "score"}` (scores are log-likelihoods, best first), an explanation is `{"explanation": text}`.
+
+    Parameters (at construction or per call): `top_k` (10) items returned, `num_beams` (20), `max_new_tokens` (64)
+    of an explanation, `topn_ranking` ("likelihood"). The model is put in eval mode. A bad request raises
+    `PeaPODInputError` (a `ValueError`) naming the key and what was expected.
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None:
+            raise PeaPODInputError("a PeaPOD pipeline needs the T5 tokenizer: save it into the checkpoint folder")
+        self.model.eval()  # an inference pipeline: no dropout
+        self._catalogue_trie: ItemIdTrie | None = None
+
+    def __call__(self, inputs, *args, **kwargs):
+        """One request (a dict) -> its result; a list of requests -> a list of results, one request per forward."""
+        if (kwargs.get("batch_size") or self._batch_size or 1) != 1:
+            raise PeaPODInputError(
+                "batch_size must be 1: requests differ in task and length; pass a list to run several"
+            )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _sanitize_parameters(self, top_k=None, num_beams=None, max_new_tokens=None, topn_ranking=None, **unknown):
+        if unknown:
+            raise PeaPODInputError(
+                f"unknown pipeline parameter(s) {sorted(unknown)}; expected top_k, num_beams, max_new_tokens, "
+                "topn_ranking"
+            )
+        forward, postprocess = {}, {}
+        for name, value, target in (
+            ("top_k", top_k, postprocess), ("num_beams", num_beams, forward), ("max_new_tokens", max_new_tokens, forward),
+        ):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise PeaPODInputError(f"{name}={value!r} must be an integer >= 1")
+                target[name] = value
+        if "top_k" in postprocess:
+            forward["top_k"] = postprocess["top_k"]
+        if topn_ranking is not None:
+            if topn_ranking not in _TOPN_RANKINGS:
+                raise PeaPODInputError(f"topn_ranking={topn_ranking!r} must be one of {_TOPN_RANKINGS}")
+            forward["topn_ranking"] = topn_ranking
+        return {}, forward, postprocess
+
+    def preprocess(self, inputs) -> dict:
+        """Check the request and build the model inputs of one evaluation row (a batch of one)."""
+        request = parse_request(inputs, self.model.config)
+        if request["task"] == "sequential" and not self.model.config.num_items:
+            raise PeaPODInputError("config.num_items is 0: the checkpoint records no catalogue to recommend from")
+        new_user = request["user_id"] is None
+        # A new user's text names the unknown user 0: it must not claim the id of a user the model has seen.
+        text = evaluation_prompt(
+            request["task"], 0 if new_user else request["user_id"], request["history"], request["candidates"],
+            request["item_id"],
+        )
+        # The tokenisation `peapod-prepare` gives a source (datasets_scripts.build_dataset.PieceCache reproduces it).
+        input_ids = torch.tensor([self.tokenizer(text, verbose=False)["input_ids"]], dtype=torch.long)
+        return {
+            "task": request["task"],
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "whole_word_ids": compute_whole_word_ids(input_ids, self.tokenizer),
+            "user_ids": torch.tensor([0 if new_user else request["user_id"]]),
+            "task_ids": torch.tensor([list(self.model.config.tasks).index(request["task"])]),
+            "candidates": None if request["candidates"] is None else torch.tensor([request["candidates"]]),
+            "fold_in_history": request["history"] if new_user else None,
+        }
+
+    def _forward(self, model_inputs: dict, top_k: int = 10, num_beams: int = 20, max_new_tokens: int = 64,
+                 topn_ranking: str = "likelihood") -> dict:
+        task, candidates = model_inputs["task"], model_inputs["candidates"]
+        inputs = {name: model_inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids",
+                                                        "whole_word_ids")}
+        if model_inputs["fold_in_history"] is not None:
+            inputs.update(self._fold_in(model_inputs["fold_in_history"]))
+        if task == "explanation":
+            generated = self.model.generate(
+                **inputs, num_beams=num_beams, num_return_sequences=1, do_sample=False, max_new_tokens=max_new_tokens
+            )
+            return {"task": task, "generated": generated}
+        item_trie = self._item_trie(candidates)
+        if task == "topn" and topn_ranking == "likelihood":
+            scores = self.model.score_candidates(**inputs, candidates=candidates, item_trie=item_trie)
+            return {"task": task, "item_ids": candidates, "scores": scores}
+        if top_k > num_beams:
+            raise PeaPODInputError(f"top_k={top_k} needs at least as many beams, got num_beams={num_beams}")
+        item_ids, scores = self.model.recommend(
+            **inputs, item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
+        )
+        return {"task": task, "item_ids": item_ids, "scores": scores}
+
+    def postprocess(self, model_outputs: dict, top_k: int = 10):
+        if model_outputs["task"] == "explanation":
+            return {"explanation": self.tokenizer.decode(model_outputs["generated"][0], skip_special_tokens=True)}
+        pairs = [(int(item), float(score)) for item, score in
+                 zip(model_outputs["item_ids"][0].tolist(), model_outputs["scores"][0].tolist()) if item >= 0]
+        # Beam results come ranked; likelihood scores are ranked here as the evaluation ranks them (ties: lower id).
+        pairs.sort(key=lambda pair: (-pair[1], pair[0]))
+        return [{"item_id": item, "score": score} for item, score in pairs[:top_k]]
+
+    def _fold_in(self, history: list[int]) -> dict:
+        """A new user's collaborative inputs: `fold_in_users` solves for the user's embedding with the checkpoint's
+        item factors fixed and finds their neighbours in the user table."""
+        if not self.model.has_collaborative_prompt:
+            return {}  # POD: no user table, the text prompt is all there is
+        fold_in_users = getattr(self.model, "fold_in_users", None)
+        if fold_in_users is None:
+            raise PeaPODInputError(
+                "this checkpoint's code cannot fold in a new user (no fold_in_users): pass a user_id of the table"
+            )
+        user_embeddings, user_neighbors = fold_in_users([history])
+        return {"user_embeddings": user_embeddings, "user_neighbors": user_neighbors}
+
+    def _item_trie(self, candidates: torch.Tensor | None) -> ItemIdTrie:
+        """The catalogue's trie (built once), or, for a checkpoint that records no catalogue, the candidates'."""
+        if not self.model.config.num_items:
+            return ItemIdTrie.from_tokenizer(self.tokenizer, candidates[0].tolist())
+        if self._catalogue_trie is None:
+            self._catalogue_trie = self.model.item_trie(self.tokenizer)
+        return self._catalogue_trie
+
+
 PeaPODConfig.register_for_auto_class()
 PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 if __name__ == "modeling_peapod":
@@ -1188,6 +1470,15 @@ if __name__ == "modeling_peapod":
     # warning). The model class is deliberately not registered with AutoModelForSeq2SeqLM: a registered class
     # would replace the folder's code even under trust_remote_code=True, which is how Hub users load it.
     AutoConfig.register(PeaPODConfig.model_type, PeaPODConfig, exist_ok=True)
+    # `transformers.pipeline("peapod-recommendation", model=model, tokenizer=tokenizer)` for a loaded model. As
+    # remote code the class is found through config.json's `custom_pipelines` instead, and registering each loaded
+    # copy again would only log "already registered" warnings.
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=PeaPODRecommendationPipeline, pt_model=AutoModelForSeq2SeqLM, type="text"
+    )
 
 __all__ = [
     "CollaborativePromptEncoder",
@@ -1195,10 +1486,12 @@ __all__ = [
     "ItemIdTrie",
     "PeaPODConfig",
     "PeaPODForConditionalGeneration",
+    "PeaPODRecommendationPipeline",
     "build_user_neighbors",
     "check_safetensors_file",
     "check_user_table_contents",
     "compute_whole_word_ids",
+    "evaluation_prompt",
     "prefix_allowed_tokens_fn",
     "whole_word_ids_from_tokens",
 ]
