@@ -276,3 +276,20 @@ def test_pipeline_in_a_process_without_the_package(checkpoint, recommender, tmp_
         print("PIPELINE-OK", type(recommender).__module__)
     """, tmp_path)
     assert "PIPELINE-OK transformers_modules" in result.stdout
+
+
+def test_hub_upload_refuses_a_folder_without_the_pipeline(checkpoint, model, tmp_path):
+    import shutil
+
+    from training.hub import check_hub_folder
+    from training.model_card import TrainingSummary, write_model_card
+
+    folder = tmp_path / "upload"
+    shutil.copytree(checkpoint, folder)
+    write_model_card(folder, model.config, TrainingSummary())
+    assert {"config.json", "modeling_peapod.py", "tokenizer.json"} <= set(check_hub_folder(folder))
+    config = json.loads((folder / "config.json").read_text())
+    del config["custom_pipelines"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PeaPODInputError, match="registers no 'peapod-recommendation' pipeline"):
+        check_hub_folder(folder)
