@@ -293,3 +293,20 @@ def test_hub_upload_refuses_a_folder_without_the_pipeline(checkpoint, model, tmp
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(PeaPODInputError, match="registers no 'peapod-recommendation' pipeline"):
         check_hub_folder(folder)
+
+
+def test_model_card_pipeline_example_runs(checkpoint, model, tmp_path):
+    import re
+    import shutil
+
+    from training.model_card import TrainingSummary, write_model_card
+
+    folder = tmp_path / "card"
+    shutil.copytree(checkpoint, folder)
+    write_model_card(folder, model.config, TrainingSummary(repo_id=str(folder), example_user=3,
+                                                           example_history=[4, 5]))
+    first_block = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), flags=re.DOTALL)[1]
+    assert "pipeline(" in first_block and '"history": [4, 5]' in first_block and '"item_id": 5}' in first_block
+    namespace: dict = {}
+    exec(compile(first_block, "model card", "exec"), namespace)  # noqa: S102 (running the documented example)
+    assert type(namespace["recommender"]).__name__ == "PeaPODRecommendationPipeline"
