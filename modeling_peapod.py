@@ -1284,21 +1284,19 @@ def parse_request(request, config: PeaPODConfig) -> dict:
             )
         parsed["user_id"] = user
     new_user = parsed["user_id"] is None
-    wants = {
-        "history": task == "sequential" or new_user,
-        "candidates": task == "topn",
-        "item_id": task == "explanation",
-    }
-    for key, wanted in wants.items():
+    # Which keys the task reads: its prompt's, plus a new user's history (the fold-in reads it).
+    prompt_key = {"sequential": "history", "topn": "candidates", "explanation": "item_id"}[task]
+    for key in ("history", "candidates", "item_id"):
+        wanted = key == prompt_key or (key == "history" and new_user)
         given = request.get(key) is not None
         if wanted and not given:
-            why = "a new user (no user_id) is folded in from it" if key == "history" and new_user and task != \
-                "sequential" else f"the {task} prompt holds it"
+            why = f"the {task} prompt holds it" if key == prompt_key else "a new user (no user_id) is folded in from it"
             raise PeaPODInputError(f"task {task!r} needs {key!r}: {why}")
         if given and not wanted:
             why = ("history is read for task 'sequential' (its prompt) and for a new user (no user_id)"
                    if key == "history" else f"task {task!r} does not use it")
             raise PeaPODInputError(f"unexpected {key!r} for task {task!r}: {why}")
+    wants = {key: request.get(key) is not None for key in ("history", "candidates", "item_id")}
     if wants["history"]:
         parsed["history"] = _item_list(request["history"], "history", config.num_items)
     if wants["candidates"]:
@@ -1412,7 +1410,9 @@ class PeaPODRecommendationPipeline(Pipeline):
         task, candidates = model_inputs["task"], model_inputs["candidates"]
         inputs = {name: model_inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids",
                                                         "whole_word_ids")}
-        if model_inputs["fold_in_history"] is not None:
+        if model_inputs["fold_in_history"] is not None and self.model.has_collaborative_prompt:
+            # A new user is given by their folded-in vector and neighbours instead of a row of the table.
+            del inputs["user_ids"]
             inputs.update(self._fold_in(model_inputs["fold_in_history"]))
         if task == "explanation":
             generated = self.model.generate(
@@ -1442,8 +1442,6 @@ class PeaPODRecommendationPipeline(Pipeline):
     def _fold_in(self, history: list[int]) -> dict:
         """A new user's collaborative inputs: `fold_in_users` solves for the user's embedding with the checkpoint's
         item factors fixed and finds their neighbours in the user table."""
-        if not self.model.has_collaborative_prompt:
-            return {}  # POD: no user table, the text prompt is all there is
         fold_in_users = getattr(self.model, "fold_in_users", None)
         if fold_in_users is None:
             raise PeaPODInputError(
