@@ -13,6 +13,7 @@ import torch
 from configuration_peapod import PeaPODInputError
 from modeling_peapod import (
     PIPELINE_TASK,
+    UNKNOWN_USER_TEXT,
     PeaPODForConditionalGeneration,
     PeaPODRecommendationPipeline,
     custom_pipelines_entry,
@@ -22,14 +23,20 @@ from modeling_peapod import (
 NUM_USERS, NUM_ITEMS, D_USER = 12, 40, 8
 
 
-def tiny_model(**fields) -> PeaPODForConditionalGeneration:
+def tiny_model(item_factors: bool = True, **fields) -> PeaPODForConditionalGeneration:
+    """A tiny model with a random user table and (for fold-in) random CF item factors."""
     torch.manual_seed(0)
     fields = {"num_users": NUM_USERS, "num_items": NUM_ITEMS, "user_embedding_dim": D_USER, "num_neighbors": 4,
               "dropout_rate": 0.0, **fields}
     model = PeaPODForConditionalGeneration.from_shape("tiny", **fields)
     if model.has_collaborative_prompt:
         model.set_user_table(torch.randn(NUM_USERS + 1, D_USER))
+        if item_factors:
+            model.set_item_factors(torch.randn(NUM_ITEMS + 1, D_USER))
     return model.eval()
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_word_ids")
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +113,7 @@ def test_topn_scores_are_the_exact_candidate_log_likelihoods(recommender, model,
     ranking = recommender({"user_id": 3, "task": "topn", "candidates": candidates}, top_k=3)
     inputs = recommender.preprocess({"user_id": 3, "task": "topn", "candidates": candidates})
     scores = model.score_candidates(
-        **{name: inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_word_ids")},
-        candidates=torch.tensor([candidates]), tokenizer=tokenizer,
+        **{name: inputs[name] for name in MODEL_INPUTS}, candidates=torch.tensor([candidates]), tokenizer=tokenizer,
     )[0]
     order = sorted(range(len(candidates)), key=lambda j: (-scores[j].item(), candidates[j]))[:3]
     assert ranking == [{"item_id": candidates[j], "score": pytest.approx(scores[j].item())} for j in order]
@@ -119,8 +125,7 @@ def test_explanation_is_the_generated_text(recommender, model, tokenizer):
     result = recommender(request, num_beams=3, max_new_tokens=6)
     inputs = recommender.preprocess(request)
     generated = model.generate(
-        **{name: inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_word_ids")},
-        num_beams=3, max_new_tokens=6, do_sample=False,
+        **{name: inputs[name] for name in MODEL_INPUTS}, num_beams=3, max_new_tokens=6, do_sample=False,
     )
     assert set(result) == {"explanation"} and result["explanation"]
     assert result["explanation"] == tokenizer.decode(generated[0], skip_special_tokens=True)
@@ -135,11 +140,46 @@ def test_a_list_of_requests_gives_a_list_of_results(recommender):
     assert all(1 <= entry["item_id"] <= NUM_ITEMS for entry in results[1]) and len(results[1]) == 2
 
 
+# -- a new user: folded in from their history -----------------------------------------------------------------
+
+
+def test_new_user_is_folded_in_from_the_history(recommender, model, tokenizer):
+    history, candidates = [4, 8, 15, 16], [5, 33, 17, 1, 40]
+    request = {"history": history, "task": "topn", "candidates": candidates}
+    inputs = recommender.preprocess(request)
+    text = tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
+    assert text == f"Recommend one item to {UNKNOWN_USER_TEXT} from the candidates: " + ", ".join(
+        f"item_{item}" for item in candidates)  # the text claims no user the model has seen
+    user_embeddings, user_neighbors = model.fold_in_users([history])
+    model_inputs = {name: inputs[name] for name in MODEL_INPUTS if name != "user_ids"}
+    scores = model.score_candidates(**model_inputs, candidates=torch.tensor([candidates]), tokenizer=tokenizer,
+                                    user_embeddings=user_embeddings, user_neighbors=user_neighbors)[0]
+    ranking = recommender(request)
+    order = sorted(range(len(candidates)), key=lambda j: (-scores[j].item(), candidates[j]))
+    assert ranking == [{"item_id": candidates[j], "score": pytest.approx(scores[j].item())} for j in order]
+    unknown_row = recommender({"user_id": 0, "task": "topn", "candidates": candidates})  # same text, row 0
+    assert [entry["score"] for entry in unknown_row] != [entry["score"] for entry in ranking]
+    # The sequential prompt of a new user holds the history; explanations work the same way.
+    items, _ = model.recommend(**{name: value for name, value in recommender.preprocess(
+        {"history": history, "task": "sequential"}).items() if name in model_inputs}, tokenizer=tokenizer, top_k=3,
+        num_beams=4, user_embeddings=user_embeddings, user_neighbors=user_neighbors)
+    sequential = recommender({"history": history, "task": "sequential"}, top_k=3, num_beams=4)
+    assert [entry["item_id"] for entry in sequential] == items[0].tolist()
+    assert recommender({"history": history, "task": "explanation", "item_id": 5}, num_beams=2, max_new_tokens=4)
+
+
+def test_new_user_needs_a_checkpoint_that_can_fold_in(tokenizer):
+    without = PeaPODRecommendationPipeline(model=tiny_model(item_factors=False), tokenizer=tokenizer, device="cpu")
+    with pytest.raises(PeaPODInputError, match="keeps no CF item factors"):
+        without({"history": [4, 8], "task": "topn", "candidates": [1, 2]})
+    assert without({"user_id": 3, "task": "topn", "candidates": [1, 2]})  # users of the table still work
+
+
 def test_pod_serves_a_new_user_from_the_text_alone(tokenizer):
     pod = PeaPODRecommendationPipeline(model=tiny_model(prompt_encoder="none"), tokenizer=tokenizer, device="cpu")
     inputs = pod.preprocess({"task": "sequential", "history": [4, 8]})
     assert tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True).startswith(
-        "Given the purchase history of user_0:")  # a new user never claims a known user's id
+        f"Given the purchase history of {UNKNOWN_USER_TEXT}:")
     assert len(pod({"task": "sequential", "history": [4, 8]}, top_k=3, num_beams=3)) == 3
 
 
@@ -197,6 +237,8 @@ BAD_REQUESTS = [
     ({"user_id": 3, "task": "explanation", "item_id": 0}, r"item_id contains \[0\]"),
     ({"task": "topn", "candidates": [3]}, "task 'topn' needs 'history': a new user .* is folded in from it"),
     ({"task": "topn", "candidates": [3], "history": []}, "history is empty"),
+    ({"task": "topn", "candidates": [3], "history": [2, NUM_ITEMS + 5]}, r"history contains \[45\]"),
+    ({"task": "sequential", "history": list(range(1, NUM_ITEMS + 1)) * 2}, "has 80 items but the catalogue has only"),
 ]
 
 
@@ -254,6 +296,7 @@ def run_without_the_package(script: str, tmp_path) -> subprocess.CompletedProces
 def test_pipeline_in_a_process_without_the_package(checkpoint, recommender, tmp_path):
     requests = [{"user_id": 3, "task": "topn", "candidates": [5, 33, 17, 1]},
                 {"user_id": 3, "task": "sequential", "history": [5, 33]},
+                {"history": [5, 33, 2], "task": "topn", "candidates": [5, 33, 17, 1]},  # a new user, folded in
                 {"user_id": 4, "task": "explanation", "item_id": 17}]
     parameters = {"top_k": 3, "num_beams": 4, "max_new_tokens": 5}
     (tmp_path / "expected.json").write_text(json.dumps([recommender(request, **parameters) for request in requests]))
@@ -263,10 +306,10 @@ def test_pipeline_in_a_process_without_the_package(checkpoint, recommender, tmp_
         recommender = pipeline(model={str(checkpoint)!r}, trust_remote_code=True, device="cpu")
         results = [recommender(request, **{parameters!r}) for request in {requests!r}]
         expected = json.load(open({str(tmp_path / 'expected.json')!r}))
-        for got, want in zip(results[:2], expected[:2]):
+        for got, want in zip(results[:3], expected[:3]):
             assert [e["item_id"] for e in got] == [e["item_id"] for e in want], (got, want)
             assert all(abs(g["score"] - w["score"]) < 1e-4 for g, w in zip(got, want)), (got, want)
-        assert results[2] == expected[2], (results[2], expected[2])
+        assert results[3] == expected[3], (results[3], expected[3])
         try:
             recommender({{"user_id": 3, "task": "topn", "candidates": [5, 5]}})
         except ValueError as error:
