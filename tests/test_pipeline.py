@@ -350,6 +350,7 @@ def test_model_card_pipeline_example_runs(checkpoint, model, tmp_path):
                                                            example_history=[4, 5]))
     first_block = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), flags=re.DOTALL)[1]
     assert "pipeline(" in first_block and '"history": [4, 5]' in first_block and '"item_id": 5}' in first_block
+    assert '{"history": [4, 5], "task": "topn"' in first_block  # the checkpoint can fold in new users
     namespace: dict = {}
     exec(compile(first_block, "model card", "exec"), namespace)  # noqa: S102 (running the documented example)
     assert type(namespace["recommender"]).__name__ == "PeaPODRecommendationPipeline"
