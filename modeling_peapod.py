@@ -1608,8 +1608,8 @@ def parse_request(request, config: PeaPODConfig) -> dict:
     new_user = parsed["user_id"] is None
     # Which keys the task reads: its prompt's, plus a new user's history (the fold-in reads it).
     prompt_key = {"sequential": "history", "topn": "candidates", "explanation": "item_id"}[task]
-    for key in ("history", "candidates", "item_id"):
-        wanted = key == prompt_key or (key == "history" and new_user)
+    wants = {key: key == prompt_key or (key == "history" and new_user) for key in ("history", "candidates", "item_id")}
+    for key, wanted in wants.items():
         given = request.get(key) is not None
         if wanted and not given:
             why = f"the {task} prompt holds it" if key == prompt_key else "a new user (no user_id) is folded in from it"
@@ -1618,7 +1618,6 @@ def parse_request(request, config: PeaPODConfig) -> dict:
             why = ("history is read for task 'sequential' (its prompt) and for a new user (no user_id)"
                    if key == "history" else f"task {task!r} does not use it")
             raise PeaPODInputError(f"unexpected {key!r} for task {task!r}: {why}")
-    wants = {key: request.get(key) is not None for key in ("history", "candidates", "item_id")}
     if wants["history"]:
         parsed["history"] = _item_list(request["history"], "history", config.num_items)
     if wants["candidates"]:
@@ -1744,21 +1743,21 @@ class PeaPODRecommendationPipeline(Pipeline):
         item_trie = self._item_trie(candidates)
         if task == "topn" and topn_ranking == "likelihood":
             scores = self.model.score_candidates(**inputs, candidates=candidates, item_trie=item_trie)
-            return {"task": task, "item_ids": candidates, "scores": scores}
+            return {"task": task, "item_ids": candidates, "scores": scores, "ranked": False}
         if top_k > num_beams:
             raise PeaPODInputError(f"top_k={top_k} needs at least as many beams, got num_beams={num_beams}")
         item_ids, scores = self.model.recommend(
             **inputs, item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
         )
-        return {"task": task, "item_ids": item_ids, "scores": scores}
+        return {"task": task, "item_ids": item_ids, "scores": scores, "ranked": True}
 
     def postprocess(self, model_outputs: dict, top_k: int = 10):
         if model_outputs["task"] == "explanation":
             return {"explanation": self.tokenizer.decode(model_outputs["generated"][0], skip_special_tokens=True)}
         pairs = [(int(item), float(score)) for item, score in
                  zip(model_outputs["item_ids"][0].tolist(), model_outputs["scores"][0].tolist()) if item >= 0]
-        # Beam results come ranked; likelihood scores are ranked here as the evaluation ranks them (ties: lower id).
-        pairs.sort(key=lambda pair: (-pair[1], pair[0]))
+        if not model_outputs["ranked"]:  # candidate likelihoods, ranked as the evaluation ranks them (ties: lower id)
+            pairs.sort(key=lambda pair: (-pair[1], pair[0]))
         return [{"item_id": item, "score": score} for item, score in pairs[:top_k]]
 
     def _fold_in(self, history: list[int]) -> dict:

@@ -191,6 +191,11 @@ def test_saved_config_registers_the_pipeline(checkpoint):
     assert config["custom_pipelines"] == custom_pipelines_entry() == {
         PIPELINE_TASK: {"impl": "modeling_peapod.PeaPODRecommendationPipeline", "pt": ["AutoModelForSeq2SeqLM"],
                         "type": "text"}}
+    # What transformers' `Pipeline.save_pretrained` derives from the registration (pipelines/base.py).
+    registered = PeaPODRecommendationPipeline._registered_impl[PIPELINE_TASK]
+    assert custom_pipelines_entry()[PIPELINE_TASK] == {
+        "impl": f"{registered['impl'].__module__.split('.')[-1]}.{registered['impl'].__name__}",
+        "pt": [model_class.__name__ for model_class in registered["pt"]], "type": registered["type"]}
     assert (checkpoint / "modeling_peapod.py").is_file() and (checkpoint / "tokenizer.json").is_file()
 
 
