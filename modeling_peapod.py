@@ -34,9 +34,19 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
-    from .configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
+    from .configuration_peapod import (
+        NAMED_SHAPES,
+        TASK_REGISTRY,
+        PeaPODConfig,
+        PeaPODInputError,
+    )
 except ImportError:  # installed: the two files are top-level modules
-    from configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
+    from configuration_peapod import (
+        NAMED_SHAPES,
+        TASK_REGISTRY,
+        PeaPODConfig,
+        PeaPODInputError,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -1515,15 +1525,11 @@ def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
 PIPELINE_TASK = "peapod-recommendation"
 PIPELINE_CLASS = "modeling_peapod.PeaPODRecommendationPipeline"
 
-# The evaluation prompt of each task, worded exactly as `datasets_scripts/templates.py` (EVAL_TEMPLATES,
-# MAX_HISTORY) writes the validation and test rows; as remote code this file cannot import that one, so
-# tests/test_pipeline.py checks this copy against it. Only `evaluation_prompt` reads them.
-_EVALUATION_TEMPLATES = {
-    "sequential": "Given the purchase history of user_{user}: {history}, predict the next item.",
-    "topn": "Recommend one item to user_{user} from the candidates: {candidates}",
-    "explanation": "Generate an explanation for user_{user} about item_{item}.",
-}
-_MAX_HISTORY = 20  # the prompt lists the 20 most recent items
+# The prompt lists a user's 20 most recent items (`datasets_scripts.templates.MAX_HISTORY`, which as remote code this
+# file cannot import; tests/test_pipeline.py checks the two agree).
+_MAX_HISTORY = 20
+# The request key each placeholder of a task's template (`TaskSpec.eval_template`) is filled from.
+_PLACEHOLDER_KEYS = {"{history}": "history", "{candidates}": "candidates", "{item}": "item_id"}
 
 
 def evaluation_prompt(
@@ -1532,15 +1538,21 @@ def evaluation_prompt(
 ) -> str:
     """The text prompt `peapod-prepare` writes for a validation/test row of `task`: what the model was evaluated on.
 
-    `history` is cut to its 20 most recent items; items are written `item_a, item_b, ...`.
+    The task's `eval_template` from the task registry (`configuration_peapod.TASK_REGISTRY`), `history` cut to its
+    20 most recent items, items written `item_a, item_b, ...` (as `datasets_scripts.templates.render`).
     """
     def items(ids: Sequence[int]) -> str:
         return ", ".join(f"item_{item}" for item in ids)
 
-    return _EVALUATION_TEMPLATES[task].format(
+    return TASK_REGISTRY[task].eval_template.format(
         user=user_id, history=items(list(history or [])[-_MAX_HISTORY:]), candidates=items(candidates or []),
         item=item_id if item_id is not None else "",
     )
+
+
+def _prompt_keys(template: str) -> set[str]:
+    """The request keys a task's prompt is written from: its template's placeholders."""
+    return {key for placeholder, key in _PLACEHOLDER_KEYS.items() if placeholder in template}
 
 
 def custom_pipelines_entry() -> dict:
@@ -1592,7 +1604,7 @@ def parse_request(request, config: PeaPODConfig) -> dict:
     if unknown:
         raise PeaPODInputError(f"unknown input key(s) {unknown}; the keys are {list(_REQUEST_KEYS)}")
     task = request.get("task")
-    known_tasks = [name for name in _EVALUATION_TEMPLATES if name in config.tasks]
+    known_tasks = [name for name in config.tasks if name in TASK_REGISTRY]
     if task not in known_tasks:
         raise PeaPODInputError(f"task={task!r}: expected one of {known_tasks}, e.g. {example}")
     parsed = dict.fromkeys(_REQUEST_KEYS)
@@ -1607,15 +1619,15 @@ def parse_request(request, config: PeaPODConfig) -> dict:
         parsed["user_id"] = user
     new_user = parsed["user_id"] is None
     # Which keys the task reads: its prompt's, plus a new user's history (the fold-in reads it).
-    prompt_key = {"sequential": "history", "topn": "candidates", "explanation": "item_id"}[task]
-    wants = {key: key == prompt_key or (key == "history" and new_user) for key in ("history", "candidates", "item_id")}
+    prompt_keys = _prompt_keys(TASK_REGISTRY[task].eval_template)
+    wants = {key: key in prompt_keys or (key == "history" and new_user) for key in _PLACEHOLDER_KEYS.values()}
     for key, wanted in wants.items():
         given = request.get(key) is not None
         if wanted and not given:
-            why = f"the {task} prompt holds it" if key == prompt_key else "a new user (no user_id) is folded in from it"
+            why = f"the {task} prompt holds it" if key in prompt_keys else "a new user (no user_id) is folded in from it"
             raise PeaPODInputError(f"task {task!r} needs {key!r}: {why}")
         if given and not wanted:
-            why = ("history is read for task 'sequential' (its prompt) and for a new user (no user_id)"
+            why = (f"task {task!r} reads a history only for a new user (no user_id)"
                    if key == "history" else f"task {task!r} does not use it")
             raise PeaPODInputError(f"unexpected {key!r} for task {task!r}: {why}")
     if wants["history"]:
@@ -1705,7 +1717,8 @@ class PeaPODRecommendationPipeline(Pipeline):
     def preprocess(self, inputs) -> dict:
         """Check the request and build the model inputs of one evaluation row (a batch of one)."""
         request = parse_request(inputs, self.model.config)
-        if request["task"] == "sequential" and not self.model.config.num_items:
+        spec = TASK_REGISTRY[request["task"]]
+        if spec.target == "item" and not spec.ranks_candidates and not self.model.config.num_items:
             raise PeaPODInputError("config.num_items is 0: the checkpoint records no catalogue to recommend from")
         new_user = request["user_id"] is None
         # A new user's text names the unknown user 0 (`UNKNOWN_USER_TEXT`): it claims no user the model has seen.
@@ -1729,19 +1742,20 @@ class PeaPODRecommendationPipeline(Pipeline):
     def _forward(self, model_inputs: dict, top_k: int = 10, num_beams: int = 20, max_new_tokens: int = 64,
                  topn_ranking: str = "likelihood") -> dict:
         task, candidates = model_inputs["task"], model_inputs["candidates"]
+        spec = TASK_REGISTRY[task]
         inputs = {name: model_inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids",
                                                         "whole_word_ids")}
         if model_inputs["fold_in_history"] is not None and self.model.has_collaborative_prompt:
             # A new user is given by their folded-in vector and neighbours instead of a row of the table.
             del inputs["user_ids"]
             inputs.update(self._fold_in(model_inputs["fold_in_history"]))
-        if task == "explanation":
+        if spec.target == "text":
             generated = self.model.generate(
                 **inputs, num_beams=num_beams, num_return_sequences=1, do_sample=False, max_new_tokens=max_new_tokens
             )
             return {"task": task, "generated": generated}
         item_trie = self._item_trie(candidates)
-        if task == "topn" and topn_ranking == "likelihood":
+        if spec.ranks_candidates and topn_ranking == "likelihood":
             scores = self.model.score_candidates(**inputs, candidates=candidates, item_trie=item_trie)
             return {"task": task, "item_ids": candidates, "scores": scores, "ranked": False}
         if top_k > num_beams:
@@ -1752,7 +1766,7 @@ class PeaPODRecommendationPipeline(Pipeline):
         return {"task": task, "item_ids": item_ids, "scores": scores, "ranked": True}
 
     def postprocess(self, model_outputs: dict, top_k: int = 10):
-        if model_outputs["task"] == "explanation":
+        if "generated" in model_outputs:
             return {"explanation": self.tokenizer.decode(model_outputs["generated"][0], skip_special_tokens=True)}
         pairs = [(int(item), float(score)) for item, score in
                  zip(model_outputs["item_ids"][0].tolist(), model_outputs["scores"][0].tolist()) if item >= 0]

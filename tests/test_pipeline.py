@@ -329,8 +329,8 @@ def test_pipeline_in_a_process_without_the_package(checkpoint, recommender, tmp_
 def test_hub_upload_refuses_a_folder_without_the_pipeline(checkpoint, model, tmp_path):
     import shutil
 
-    from training.hub import check_hub_folder
-    from training.model_card import TrainingSummary, write_model_card
+    from training.publishing.hub import check_hub_folder
+    from training.publishing.model_card import TrainingSummary, write_model_card
 
     folder = tmp_path / "upload"
     shutil.copytree(checkpoint, folder)
@@ -347,7 +347,7 @@ def test_model_card_pipeline_example_runs(checkpoint, model, tmp_path):
     import re
     import shutil
 
-    from training.model_card import TrainingSummary, write_model_card
+    from training.publishing.model_card import TrainingSummary, write_model_card
 
     folder = tmp_path / "card"
     shutil.copytree(checkpoint, folder)

@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from configuration_peapod import PeaPODInputError
+from modeling_peapod import PIPELINE_TASK
 
 # What a checkpoint folder must hold to load with `AutoModelForSeq2SeqLM.from_pretrained(..., trust_remote_code=True)`.
 REQUIRED_FILES = ("config.json", "configuration_peapod.py", "modeling_peapod.py", "model.safetensors", "README.md")
@@ -42,9 +43,6 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
 def check_pipeline_registered(config_file: Path) -> None:
     """config.json must name the folder's pipeline (`custom_pipelines`, written by `save_pretrained`), so that
     `transformers.pipeline(model=repo_id, trust_remote_code=True)` works for whoever downloads it."""
-    from configuration_peapod import PeaPODInputError
-    from modeling_peapod import PIPELINE_TASK
-
     try:
         registered = json.loads(config_file.read_text(encoding="utf-8")).get("custom_pipelines") or {}
     except (ValueError, AttributeError) as error:  # bad JSON or UTF-8, or not a JSON object
