@@ -157,6 +157,16 @@ class PeaPODConfig(T5Config):
     decoder_start_token_id (`int`, defaults to 0):
         T5 starts decoding from the pad token; transformers 5.x no longer puts this in `T5Config`, so it is
         declared here to let a config built from scratch train and generate.
+    fold_in_regularization (`float`, *optional*):
+        lambda of the collaborative-filtering model whose user factors fill the user table, when its item factors
+        are kept in the checkpoint (the `item_factors` buffer, [num_items + 1, d_u], row 0 unused) so users who are
+        not in the table can be folded in (`PeaPODForConditionalGeneration.fold_in_users`). For cornac's PMF (the
+        default table, `datasets_scripts.user_embeddings.train_pmf`) it is `lambda_reg`, 1e-3. None (the
+        default): the checkpoint has no item factors and cannot fold users in.
+    fold_in_negatives_per_positive (`int`, defaults to 1):
+        How many unobserved items per observed one the CF model was trained on with rating 0 (`train_pmf`'s
+        `negatives_per_positive`, 1 by default; 0 = positives only). Fold-in weighs every unobserved item by the
+        probability that the seeded uniform draw picked it, i.e. solves the expectation of that objective.
     data_fingerprint (`dict`, *optional*):
         The identity of the prepared data the model was trained on, recorded by `peapod-train`:
         `{"sha256": <16 hex digits>, "num_users": U, "num_items": I}`, the hash over the files that define the data
@@ -183,6 +193,8 @@ class PeaPODConfig(T5Config):
     max_whole_word_ids: int = 512
     loss_reduction: str = "sequence"
     decoder_start_token_id: int | None = 0
+    fold_in_regularization: float | None = None
+    fold_in_negatives_per_positive: int = 1
     data_fingerprint: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -229,6 +241,15 @@ class PeaPODConfig(T5Config):
             raise ValueError(
                 f"num_neighbors={self.num_neighbors} exceeds num_users - 1 = {self.num_users - 1}: "
                 "a user cannot be its own neighbour"
+            )
+        if self.fold_in_regularization is not None and not (
+            isinstance(self.fold_in_regularization, (int, float)) and not isinstance(self.fold_in_regularization, bool)
+            and self.fold_in_regularization >= 0
+        ):
+            raise ValueError(f"fold_in_regularization={self.fold_in_regularization!r} must be None or a number >= 0")
+        if not isinstance(self.fold_in_negatives_per_positive, int) or self.fold_in_negatives_per_positive < 0:
+            raise ValueError(
+                f"fold_in_negatives_per_positive={self.fold_in_negatives_per_positive!r} must be an integer >= 0"
             )
         if len(self.tasks) == 0 or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks={self.tasks!r} must be a non-empty list of distinct names")

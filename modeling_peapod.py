@@ -8,12 +8,16 @@ transformers and that file. It reads top to bottom from building blocks to the f
 3. Constrained decoding: a prefix trie over tokenised item ids, flattened into tensors for a logits processor.
 4. `PeaPODForConditionalGeneration`: a T5 whose encoder input is
    [task prompt | collaborative user prompt | token embeddings + whole-word embeddings].
+5. `PeaPODRecommendationPipeline`: a transformers pipeline (user or history + task -> ranked items, or an
+   explanation) that `save_pretrained` registers in config.json, so `pipeline(model=..., trust_remote_code=True)`
+   builds it from the checkpoint alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Sequence
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, T5ForConditionalGeneration
+from transformers import AutoConfig, Pipeline, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
@@ -30,9 +34,19 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
-    from .configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
+    from .configuration_peapod import (
+        NAMED_SHAPES,
+        TASK_REGISTRY,
+        PeaPODConfig,
+        PeaPODInputError,
+    )
 except ImportError:  # installed: the two files are top-level modules
-    from configuration_peapod import NAMED_SHAPES, PeaPODConfig, PeaPODInputError
+    from configuration_peapod import (
+        NAMED_SHAPES,
+        TASK_REGISTRY,
+        PeaPODConfig,
+        PeaPODInputError,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -88,7 +102,7 @@ NEIGHBOR_CHUNK_SIZE, NEIGHBOR_COLUMN_BLOCK = 4096, 8192
 @torch.no_grad()
 def build_user_neighbors(
     user_embeddings: torch.Tensor, num_neighbors: int, chunk_size: int = NEIGHBOR_CHUNK_SIZE,
-    column_block: int = NEIGHBOR_COLUMN_BLOCK,
+    column_block: int = NEIGHBOR_COLUMN_BLOCK, queries: torch.Tensor | None = None,
 ) -> torch.LongTensor:
     """The n most cosine-similar other users of every user: S_u of the paper's §4.2.
 
@@ -99,6 +113,10 @@ def build_user_neighbors(
     never a num_users² matrix (and the tiles stay cache-sized, which is faster than whole rows).
     Similarities are compared at a resolution of 1e-6: float32 matrix products give equal cosines that differ in
     their last bits depending on the tiling, and that noise must not decide who is a neighbour.
+
+    `queries` [B, d_u]: instead, the n users of the table most similar to each of these vectors (users not in the
+    table, e.g. folded in by `PeaPODForConditionalGeneration.fold_in_users`), [B, n], by the same similarity,
+    resolution and tie rule; a query is not a table row, so it has no "self" to skip.
     """
     if user_embeddings.dim() != 2:
         raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
@@ -106,6 +124,20 @@ def build_user_neighbors(
     check_num_neighbors(num_rows - 1, num_neighbors)
     if chunk_size < 1 or column_block < 1:
         raise ValueError(f"chunk_size and column_block must be >= 1, got {chunk_size} and {column_block}")
+    if queries is not None:
+        if queries.dim() != 2 or queries.shape[1] != user_embeddings.shape[1]:
+            raise ValueError(
+                f"queries has shape {tuple(queries.shape)}; expected [B, {user_embeddings.shape[1]}] (the table's d_u)"
+            )
+        # The queries become rows past the table; only table rows are columns, so they never meet each other.
+        unit = F.normalize(torch.cat([user_embeddings.float(), queries.to(user_embeddings).float()]), dim=1)
+        neighbors = torch.zeros(queries.shape[0], num_neighbors, dtype=torch.long, device=user_embeddings.device)
+        for start in range(num_rows, unit.shape[0], chunk_size):
+            end = min(start + chunk_size, unit.shape[0])
+            neighbors[start - num_rows : end - num_rows] = _chunk_neighbors(
+                unit, start, end, num_neighbors, column_block, num_columns=num_rows
+            )
+        return neighbors
     unit = F.normalize(user_embeddings.float(), dim=1)  # zero rows stay zero: similarity 0 to everyone
     neighbors = torch.zeros(num_rows, num_neighbors, dtype=torch.long, device=user_embeddings.device)
     for start in range(1, num_rows, chunk_size):
@@ -142,9 +174,12 @@ def _rounded(values: torch.Tensor) -> torch.Tensor:
     return (values * SIMILARITY_RESOLUTION).round_()
 
 
-def _chunk_neighbors(unit: torch.Tensor, start: int, end: int, n: int, column_block: int) -> torch.LongTensor:
-    """Neighbours of users start..end-1: each [chunk x column_block] tile keeps its top n + 1, then they merge."""
-    num_rows = unit.shape[0]
+def _chunk_neighbors(
+    unit: torch.Tensor, start: int, end: int, n: int, column_block: int, num_columns: int | None = None
+) -> torch.LongTensor:
+    """Neighbours of users start..end-1 among the first `num_columns` rows (default all): each
+    [chunk x column_block] tile keeps its top n + 1, then they merge."""
+    num_rows = unit.shape[0] if num_columns is None else num_columns
     buffer = unit.new_empty((end - start) * min(column_block, num_rows))
     values, indices = [], []
     for column in range(0, num_rows, column_block):
@@ -182,6 +217,57 @@ def _top_n_lowest_index_on_ties(values: torch.Tensor, indices: torch.Tensor, n: 
     chosen, by_column = chosen.sort(dim=1)
     order = chosen_values.gather(1, by_column).sort(dim=1, descending=True, stable=True).indices
     return chosen.gather(1, order)
+
+
+def solve_pmf_users(
+    item_factors: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, ridge: torch.Tensor,
+    max_iterations: int = 100, tolerance: float = 1e-6,
+) -> torch.Tensor:
+    """argmin_u sum_i weights_i (targets_i - sigmoid(u·v_i))^2 + ridge |u|^2 for each row: [B, d] float64.
+
+    `item_factors` V [I, d]; `targets`, `weights` [B, I]; `ridge` [B]. The objective of non-linear PMF for one
+    user with the item factors fixed (`PeaPODForConditionalGeneration.fold_in_users`). Gauss-Newton from u = 0:
+    each iteration solves the regularised least-squares system
+        (V^T diag(w_i s_i'^2) V + ridge I) delta = V^T (w_i s_i' e_i) - ridge u
+    (s_i' the sigmoid's slope, e_i = targets_i - sigmoid(u·v_i)), whose matrix is positive definite, so delta
+    descends; a backtracking (Armijo) line search keeps every step decreasing. Stops when every row's gradient
+    norm is below `tolerance` or after `max_iterations` (it converges in ~10-20 on PMF factors).
+    Hand-written: torch has no batched non-linear least squares, and each step is one batched Cholesky solve.
+    """
+    factors = item_factors.double()
+    targets, weights = targets.to(factors), weights.to(factors)
+    ridge = ridge.to(factors)[:, None]
+    batch, dim = targets.shape[0], factors.shape[1]
+
+    def loss(users: torch.Tensor) -> torch.Tensor:
+        return (weights * (targets - torch.sigmoid(users @ factors.T)) ** 2).sum(1) + ridge[:, 0] * (users**2).sum(1)
+
+    users = factors.new_zeros(batch, dim)
+    current = loss(users)
+    factors32 = factors.float()
+    eye = torch.eye(dim, device=factors.device)
+    for _ in range(max_iterations):
+        predicted = torch.sigmoid(users @ factors.T)
+        slope = predicted * (1 - predicted)
+        gradient = ridge * users - (weights * (targets - predicted) * slope) @ factors  # half the gradient
+        if gradient.norm(dim=1).max() < tolerance:
+            break
+        # The Gauss-Newton matrix only steers the steps (the solution is where the float64 gradient vanishes), so
+        # it is built and factorised in float32, the [B, I, d] x [I, d] product being most of the cost.
+        weighted = factors32[None] * (weights * slope * slope).float()[:, :, None]  # [B, I, d]
+        curvature = weighted.transpose(1, 2) @ factors32 + ridge.float()[:, :, None] * eye  # GN matrix / 2
+        step = -torch.cholesky_solve(gradient.float()[:, :, None], torch.linalg.cholesky(curvature))[:, :, 0].double()
+        slope_along = (gradient * step).sum(1)  # < 0
+        scale = torch.ones(batch, dtype=factors.dtype, device=factors.device)
+        for _ in range(40):
+            trial = loss(users + scale[:, None] * step)
+            accepted = trial <= current + 2e-4 * scale * slope_along
+            if accepted.all():
+                break
+            scale = torch.where(accepted, scale, scale / 2)
+        users = torch.where(accepted[:, None], users + scale[:, None] * step, users)
+        current = torch.where(accepted, trial, current)
+    return users
 
 
 # 2. Collaborative user prompt ------------------------------------------------------------------------------
@@ -474,6 +560,8 @@ def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
 # 4. The model ----------------------------------------------------------------------------------------------
 
 USER_TABLE_BUFFERS = ("user_embeddings", "user_neighbors")
+ITEM_FACTORS = "item_factors"  # the CF model's item factors, kept for folding in new users
+UNKNOWN_USER_TEXT = "user_0"  # the id text of a user outside the table (unknown or folded in): never trained on
 
 
 class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
@@ -481,7 +569,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 
     Frozen persistent buffers hold the user table: `user_embeddings` [num_users + 1, d_u] (row 0 = unknown user)
     from a collaborative-filtering model and `user_neighbors` [num_users + 1, n], the ids of each user's n most
-    cosine-similar users. They are saved in `model.safetensors` and never receive gradients.
+    cosine-similar users. They are saved in `model.safetensors` and never receive gradients. With
+    `config.fold_in_regularization` set, a third one, `item_factors` [num_items + 1, d_u], holds the CF model's
+    item factors, so users outside the table can be folded in (`fold_in_users`) and passed to every entry point as
+    explicit `user_embeddings=` / `user_neighbors=` instead of `user_ids`.
     """
 
     config_class = PeaPODConfig
@@ -498,6 +589,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 "user_neighbors", torch.zeros(rows, config.num_neighbors, dtype=torch.long), persistent=True
             )
             self.prompt_encoder = CollaborativePromptEncoder(config)
+            if config.fold_in_regularization is not None:
+                self.register_buffer(
+                    ITEM_FACTORS, torch.zeros(config.num_items + 1, config.user_embedding_dim), persistent=True
+                )
         if config.use_task_prompts:
             # [num_tasks, L_t, d_m] stored flat as an embedding so peft's `modules_to_save` can hold it.
             self.task_prompts = nn.Embedding(len(config.tasks), config.task_prompt_length * d_model)
@@ -580,9 +675,175 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         self.user_embeddings = user_embeddings.to(device=device, dtype=dtype).contiguous()
         self.user_neighbors = user_neighbors.to(device=device, dtype=torch.long).contiguous()
 
+    @property
+    def has_item_factors(self) -> bool:
+        """Whether the checkpoint keeps the CF item factors that `fold_in_users` needs."""
+        return self.has_collaborative_prompt and self.config.fold_in_regularization is not None
+
+    def set_item_factors(
+        self, item_factors: torch.Tensor, regularization: float = 1e-3, negatives_per_positive: int = 1
+    ) -> None:
+        """Keep the CF model's item factors [num_items + 1, d_u] (row 0 unused) for `fold_in_users`.
+
+        `regularization` and `negatives_per_positive` are those the user table was trained with (`train_pmf`'s
+        `lambda_reg` and `negatives_per_positive`; defaults: the prepared PMF table's); they go to the config
+        (`fold_in_regularization`, `fold_in_negatives_per_positive`) and the factors to a persistent buffer, so
+        `save_pretrained` writes both. A config with num_items = 0 adopts the matrix's size.
+        """
+        if not self.has_collaborative_prompt:
+            raise PeaPODInputError("prompt_encoder='none' (POD) has no user table: there is nothing to fold users into")
+        item_factors = torch.as_tensor(item_factors)
+        rows = self.config.num_items + 1 if self.config.num_items else None
+        expected = f"[{rows if rows else 'num_items + 1'}, {self.config.user_embedding_dim}]"
+        if (
+            item_factors.dim() != 2 or item_factors.shape[1] != self.config.user_embedding_dim
+            or (rows is not None and item_factors.shape[0] != rows) or item_factors.shape[0] < 2
+            or not item_factors.dtype.is_floating_point
+        ):
+            raise PeaPODInputError(
+                f"item_factors has shape {tuple(item_factors.shape)}, dtype {item_factors.dtype}; expected a float "
+                f"matrix {expected} (num_items + 1 rows, row 0 unused; user_embedding_dim columns)"
+            )
+        if not torch.isfinite(item_factors).all():
+            raise PeaPODInputError("item_factors holds NaN or infinite values; expected finite CF item factors")
+        if type(negatives_per_positive) is not int or negatives_per_positive < 0:
+            raise PeaPODInputError(f"negatives_per_positive={negatives_per_positive!r} must be an integer >= 0")
+        if isinstance(regularization, bool) or not isinstance(regularization, (int, float)) or regularization < 0:
+            raise PeaPODInputError(f"regularization={regularization!r} must be a number >= 0")
+        self.config.num_items = item_factors.shape[0] - 1
+        self.config.fold_in_regularization = float(regularization)
+        self.config.fold_in_negatives_per_positive = negatives_per_positive
+        factors = item_factors.to(device=self.user_embeddings.device, dtype=self.user_embeddings.dtype).contiguous()
+        if hasattr(self, ITEM_FACTORS):
+            setattr(self, ITEM_FACTORS, factors)
+        else:
+            self.register_buffer(ITEM_FACTORS, factors, persistent=True)
+
+    @torch.no_grad()
+    def fold_in_users(
+        self, histories: Sequence[Sequence[int]], negatives: str = "expected", seed: int = 0,
+        max_iterations: int = 100, tolerance: float = 1e-6,
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Users outside the table, from the items they interacted with: (user vectors [B, d_u], neighbours [B, n]).
+
+        The vector is the one the CF model that built the table would have learnt for the user with its item
+        factors V fixed. cornac's PMF (non-linear variant, the prepared table) fits sigmoid(u·v_i) to implicit
+        ratings r_i (1 for an observed item, 0 for `config.fold_in_negatives_per_positive` = m sampled unobserved
+        items per observed one) by SGD whose per-rating step is the gradient of
+        (r_i - sigmoid(u·v_i))^2 + lambda (|u|^2 + |v_i|^2): the L2 term is paid once per rating. So, for a user
+        with P distinct items (repeats count once, as in training) out of a catalogue of I, this solves exactly
+            min_u  sum_{i observed} (1 - sigmoid(u·v_i))^2 + w sum_{j unobserved} sigmoid(u·v_j)^2
+                   + lambda (P + M) |u|^2,
+        with lambda = `config.fold_in_regularization`, M = min(m P, I - P) the number of negatives training
+        draws and w = M / (I - P) the chance that its uniform draw picks a given unobserved item: the expectation
+        of the training objective over the draw (a new user's draw cannot be replayed), `negatives="expected"`.
+        `negatives="sampled"` instead draws M distinct unobserved items uniformly, as training did (seeded by
+        `seed` alone, so a history always gets the same draw, whatever the batch), each with w = 1: a vector of
+        the same kind as the table's, whose directions the particular draw shapes (measured on the planted data:
+        the table's vectors are the exact solve of their own draw to cosine 0.997; the expected objective's are at
+        cosine 0.45 to them, docs/fold-in.md). It is solved by
+        Gauss-Newton (`solve_pmf_users`): each iteration is the regularised least-squares solve
+            (V^T diag(c_i s_i'^2) V + lambda (P + M) I) delta = V^T (c_i s_i' e_i) - lambda (P + M) u
+        (c_i the weights above, e_i the residuals, s_i' the sigmoid's slope) with a backtracking line search,
+        from u = 0, in float64, until the gradient's norm is below `tolerance` (or `max_iterations`).
+
+        Neighbours: the n users of the table most cosine-similar to each vector, exactly as the table was built
+        (`build_user_neighbors(..., queries=)`: same similarity, 1e-6 resolution, ties to the lower id).
+
+        Pass both to `forward`/`generate`/`recommend`/`score_candidates` as `user_embeddings=`/`user_neighbors=`
+        (no `user_ids`), with the user written `user_0` in the prompt text (`UNKNOWN_USER_TEXT`): the id the unknown
+        user row has, which no training prompt uses, so the text claims no user the model has seen.
+        A `PeaPODInputError` names the problem: a checkpoint without item factors, no histories, an empty
+        history, an item id that is not an integer in 1..num_items, a history longer than the catalogue.
+        """
+        if not self.has_item_factors:
+            raise PeaPODInputError(
+                "this model keeps no CF item factors (config.fold_in_regularization is None), so it cannot fold in "
+                "new users: train it on a folder prepared with --embedding pmf (peapod-train stores them), or call "
+                "set_item_factors(prepared item_embeddings) and save it again"
+                if self.has_collaborative_prompt
+                else "prompt_encoder='none' (POD) has no user table: there is nothing to fold users into"
+            )
+        if negatives not in ("expected", "sampled"):
+            raise PeaPODInputError(f"negatives={negatives!r}; expected 'expected' or 'sampled'")
+        histories = self._check_histories(histories)
+        vectors = self._fold_in_pmf(histories, negatives, seed, max_iterations, tolerance)
+        neighbors = build_user_neighbors(self.user_embeddings, self.config.num_neighbors, queries=vectors)
+        return vectors.to(self.user_embeddings.dtype), neighbors
+
+    def _check_histories(self, histories) -> list[list[int]]:
+        """Each history as a list of distinct catalogue ids (first occurrence order); a user mistake raises."""
+        num_items = self.config.num_items
+        if isinstance(histories, (str, bytes, torch.Tensor)) or not isinstance(histories, Sequence):
+            raise PeaPODInputError(
+                f"histories must be a list with one list of item ids per user, got {type(histories).__name__}"
+            )
+        if len(histories) == 0:
+            raise PeaPODInputError("histories is empty: pass one list of item ids per user to fold in")
+        checked = []
+        for row, history in enumerate(histories):
+            if isinstance(history, torch.Tensor) or type(history).__name__ == "ndarray":  # numpy is not imported here
+                history = history.tolist()
+            if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+                raise PeaPODInputError(f"histories[{row}] is a {type(history).__name__}; expected a list of item ids")
+            if len(history) == 0:
+                raise PeaPODInputError(
+                    f"histories[{row}] is empty: folding in needs at least one item the user interacted with "
+                    "(a user with none is the unknown user: user_ids 0)"
+                )
+            if len(history) > num_items:
+                raise PeaPODInputError(
+                    f"histories[{row}] has {len(history)} items but the catalogue has only num_items={num_items}: "
+                    "is it a history of this model's item ids?"
+                )
+            items = []
+            for item in history:
+                try:
+                    if isinstance(item, bool):
+                        raise TypeError
+                    items.append(operator.index(item))
+                except TypeError:
+                    raise PeaPODInputError(
+                        f"histories[{row}] contains {item!r} ({type(item).__name__}); expected integer item ids"
+                    ) from None
+            unknown = sorted({item for item in items if not 1 <= item <= num_items})
+            if unknown:
+                raise PeaPODInputError(
+                    f"histories[{row}] contains item ids {unknown[:10]}; expected catalogue ids 1..num_items={num_items}"
+                )
+            checked.append(list(dict.fromkeys(items)))
+        return checked
+
+    def _fold_in_pmf(
+        self, histories: list[list[int]], negatives: str, seed: int, max_iterations: int, tolerance: float
+    ) -> torch.Tensor:
+        """The objective of `fold_in_users` for each history, solved: [B, d_u] float64."""
+        factors = getattr(self, ITEM_FACTORS).double()  # [I + 1, d]
+        num_items = factors.shape[0] - 1
+        targets = torch.zeros(len(histories), num_items + 1, dtype=torch.float64, device=factors.device)
+        for row, items in enumerate(histories):
+            targets[row, items] = 1.0
+        positives = targets.sum(1, keepdim=True)
+        unobserved = num_items - positives
+        drawn = torch.minimum(self.config.fold_in_negatives_per_positive * positives, unobserved)
+        weights = torch.where(targets > 0, 1.0, drawn / unobserved.clamp(min=1))
+        weights[:, 0] = 0.0  # row 0 is no item
+        if negatives == "sampled":
+            for row in range(len(histories)):
+                generator = torch.Generator().manual_seed(seed)
+                candidates = (targets[row, 1:] == 0).nonzero().flatten().cpu() + 1
+                chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[: int(drawn[row])]]
+                weights[row, 1:] = targets[row, 1:]
+                weights[row, chosen.to(weights.device)] = 1.0
+        ridge = self.config.fold_in_regularization * (positives + drawn)  # lambda, once per rating
+        return solve_pmf_users(factors, targets, weights, ridge[:, 0], max_iterations, tolerance)
+
     # -- encoder inputs -----------------------------------------------------------------------------------
 
-    def _check_inputs(self, input_ids, user_ids, task_ids, whole_word_ids, attention_mask=None) -> None:
+    def _check_inputs(
+        self, input_ids, user_ids, task_ids, whole_word_ids, attention_mask=None, user_embeddings=None,
+        user_neighbors=None,
+    ) -> None:
         """Every user mistake becomes a `PeaPODInputError` naming the value, before any tensor math."""
         config = self.config
         if not _is_integer_matrix(input_ids):
@@ -594,16 +855,29 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 f"{tuple(input_ids.shape)}"
             )
         if self.has_collaborative_prompt:
-            if user_ids is None:
+            explicit = user_embeddings is not None or user_neighbors is not None
+            if user_ids is None and not explicit:
                 raise PeaPODInputError(
                     f"user_ids is required: prompt_encoder={config.prompt_encoder!r} builds a collaborative prompt "
-                    "per user (use user id 0 for an unknown user)"
+                    "per user (use user id 0 for an unknown user, or user_embeddings=/user_neighbors= from "
+                    "fold_in_users for a user outside the table)"
+                )
+            if user_ids is not None and explicit:
+                raise PeaPODInputError(
+                    "give either user_ids (users of the table) or user_embeddings=/user_neighbors= (users outside "
+                    "it, e.g. from fold_in_users), not both"
                 )
             if config.num_users == 0:
                 raise PeaPODInputError(
                     "no user table installed: call set_user_table(...) or load a checkpoint with one"
                 )
-            _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
+            if explicit:
+                self._check_explicit_users(user_embeddings, user_neighbors, batch)
+            else:
+                _check_ids("user_ids", user_ids, batch, 0, config.num_users, "0 (unknown user) .. num_users")
+        elif user_embeddings is not None or user_neighbors is not None:
+            raise PeaPODInputError("prompt_encoder='none' (POD) has no collaborative prompt: drop user_embeddings/"
+                                   "user_neighbors")
         if config.use_task_prompts:
             if task_ids is None:
                 raise PeaPODInputError(
@@ -622,26 +896,69 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 f"0 .. max_whole_word_ids - 1 (the input has more ID spans than the table's {config.max_whole_word_ids})",
             )
 
+    def _check_explicit_users(self, user_embeddings, user_neighbors, batch: int) -> None:
+        """`user_embeddings` [B, d_u] finite floats and (for "mha") `user_neighbors` [B, n] ids of table users."""
+        config = self.config
+        if user_embeddings is None:
+            raise PeaPODInputError("user_neighbors was given without user_embeddings: pass both (fold_in_users "
+                                   "returns them)")
+        expected = (batch, config.user_embedding_dim)
+        if not isinstance(user_embeddings, torch.Tensor) or not user_embeddings.dtype.is_floating_point or tuple(
+            user_embeddings.shape
+        ) != expected:
+            raise PeaPODInputError(
+                f"user_embeddings must be a float tensor of shape {expected} ([batch, user_embedding_dim]), got "
+                f"{_describe(user_embeddings)}"
+            )
+        if not torch.isfinite(user_embeddings).all():
+            raise PeaPODInputError("user_embeddings holds NaN or infinite values")
+        if config.prompt_encoder != "mha" and user_neighbors is None:
+            return
+        if user_neighbors is None:
+            raise PeaPODInputError(
+                "user_neighbors is required with user_embeddings: prompt_encoder='mha' attends over each user's "
+                f"{config.num_neighbors} neighbours (fold_in_users returns them)"
+            )
+        if not _is_integer_matrix(user_neighbors) or tuple(user_neighbors.shape) != (batch, config.num_neighbors):
+            raise PeaPODInputError(
+                f"user_neighbors must be an integer tensor of shape {(batch, config.num_neighbors)} ([batch, "
+                f"num_neighbors]), got {_describe(user_neighbors)}"
+            )
+        _check_ids("user_neighbors", user_neighbors.flatten(), None, 0, config.num_users, "user ids 0..num_users")
+
     def collaborative_prompt(
-        self, user_ids: torch.LongTensor, output_attentions: bool = False
+        self, user_ids: torch.LongTensor | None, output_attentions: bool = False,
+        user_embeddings: torch.Tensor | None = None, user_neighbors: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """p for each user: [B, L_p, d_m], and the attention over its neighbours [B, H, n] on request."""
-        user_embedding = self.user_embeddings[user_ids]
-        neighbor_embeddings = self.user_embeddings[self.user_neighbors[user_ids]]
+        """p for each user: [B, L_p, d_m], and the attention over its neighbours [B, H, n] on request.
+
+        Users of the table by `user_ids`; users outside it by their vectors `user_embeddings` [B, d_u] and their
+        neighbours' ids in the table `user_neighbors` [B, n] (`fold_in_users`)."""
+        if user_embeddings is not None:
+            user_embedding = user_embeddings.to(self.user_embeddings)
+            neighbors = user_neighbors if user_neighbors is not None else self.user_neighbors[:0].new_zeros(
+                user_embedding.shape[0], self.config.num_neighbors)  # "mlp" reads no neighbours
+        else:
+            user_embedding, neighbors = self.user_embeddings[user_ids], self.user_neighbors[user_ids]
+        neighbor_embeddings = self.user_embeddings[neighbors.to(self.user_neighbors.device)]
         return self.prompt_encoder(user_embedding, neighbor_embeddings, output_attentions=output_attentions)
 
     def build_encoder_inputs(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
         user_ids: torch.LongTensor | None = None, task_ids: torch.LongTensor | None = None,
-        whole_word_ids: torch.LongTensor | None = None,
+        whole_word_ids: torch.LongTensor | None = None, user_embeddings: torch.Tensor | None = None,
+        user_neighbors: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs_embeds = [task prompt | collaborative prompt | token + whole-word embeddings], mask extended.
 
         With `config.add_user_prompt_to_tokens` the mean collaborative-prompt vector is added to every token's
-        embedding as well."""
+        embedding as well. Users outside the table come as `user_embeddings`/`user_neighbors` instead of
+        `user_ids` (`fold_in_users`)."""
         if input_ids is None:
             raise ValueError("input_ids is required (PeaPOD builds inputs_embeds itself)")
-        self._check_inputs(input_ids, user_ids, task_ids, whole_word_ids, attention_mask)
+        self._check_inputs(
+            input_ids, user_ids, task_ids, whole_word_ids, attention_mask, user_embeddings, user_neighbors
+        )
         embeds = self.shared(input_ids)
         if whole_word_ids is not None:
             embeds = embeds + self.whole_word_embeddings(whole_word_ids)
@@ -649,7 +966,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         if self.config.use_task_prompts:
             prompts.append(self.task_prompts(task_ids).view(-1, self.config.task_prompt_length, self.config.d_model))
         if self.has_collaborative_prompt:
-            user_prompt = self.collaborative_prompt(user_ids)[0]
+            user_prompt = self.collaborative_prompt(user_ids, False, user_embeddings, user_neighbors)[0]
             prompts.append(user_prompt)
             if self.config.add_user_prompt_to_tokens:  # every position carries the user (config docstring)
                 embeds = embeds + user_prompt.mean(dim=1, keepdim=True).to(embeds.dtype)
@@ -661,10 +978,13 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             attention_mask = torch.cat([attention_mask.new_ones(prompt.shape[:2]), attention_mask], dim=1)
         return embeds, attention_mask
 
-    def encode(self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None):
+    def encode(
+        self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
+        user_embeddings=None, user_neighbors=None,
+    ):
         """Run the encoder once: (BaseModelOutput, extended attention mask)."""
         inputs_embeds, attention_mask = self.build_encoder_inputs(
-            input_ids, attention_mask, user_ids, task_ids, whole_word_ids
+            input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
         )
         return self.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), (
             attention_mask
@@ -685,14 +1005,19 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         cache=None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        user_embeddings: torch.Tensor | None = None,
+        user_neighbors: torch.LongTensor | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
-        """T5's forward with the PeaPOD encoder inputs; `labels` use -100 for padding (never trained on)."""
+        """T5's forward with the PeaPOD encoder inputs; `labels` use -100 for padding (never trained on).
+
+        A user outside the table comes as `user_embeddings` [B, d_u] and `user_neighbors` [B, n] instead of
+        `user_ids` (`fold_in_users`)."""
         if labels is not None:
             _check_labels(labels, decoder_input_ids, input_ids.shape[0] if input_ids is not None else None)
         if encoder_outputs is None:
             inputs_embeds, attention_mask = self.build_encoder_inputs(
-                input_ids, attention_mask, user_ids, task_ids, whole_word_ids
+                input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
             )
         else:  # generation: the encoder ran once in `generate`, and attention_mask is already extended
             inputs_embeds = None
@@ -729,7 +1054,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     @torch.no_grad()
     def generate(
         self, input_ids=None, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
-        encoder_outputs=None, **generate_kwargs,
+        encoder_outputs=None, user_embeddings=None, user_neighbors=None, **generate_kwargs,
     ):
         """`GenerationMixin.generate` with PeaPOD inputs: the encoder runs once on the prompted inputs, then the
         standard decoding loop (greedy, beam search, sampling, `prefix_allowed_tokens_fn`, logits processors) runs
@@ -739,7 +1064,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         its beams (`_beam_cache`), instead of once per beam inside the first decoder step; the result is the same.
         """
         if encoder_outputs is None:
-            encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
+            encoder_outputs, attention_mask = self.encode(
+                input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
+            )
         # Beam search expands each sample into num_beams rows; other modes (and a generation_config argument,
         # whose settings are resolved inside generate) keep transformers' own cache.
         num_beams = generate_kwargs.get("num_beams", self.generation_config.num_beams) or 1
@@ -790,7 +1117,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def recommend(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
-        length_penalty: float = 0.0, constraint: str = "tensor", **generate_kwargs,
+        length_penalty: float = 0.0, constraint: str = "tensor", user_embeddings=None, user_neighbors=None,
+        **generate_kwargs,
     ) -> tuple[torch.LongTensor, torch.Tensor]:
         """Ranked item ids by constrained beam search: ([B, top_k] ids padded with -1, [B, top_k] scores).
 
@@ -798,7 +1126,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         a row. Scores are beam log-likelihoods; `length_penalty=0.0` ranks by plain sequence log-likelihood.
         `constraint="tensor"` masks with `ItemIdConstraintLogitsProcessor` (batched tensor ops per step);
         `"prefix_fn"` with the per-beam Python callback `prefix_allowed_tokens_fn` (the slower reference; the
-        rankings are identical).
+        rankings are identical). A user outside the table: `user_embeddings`/`user_neighbors` instead of `user_ids`
+        (`fold_in_users`).
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
@@ -823,7 +1152,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             generate_kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(tries)
         output = self.generate(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
-            num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
+            user_embeddings=user_embeddings, user_neighbors=user_neighbors, num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
             length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
             return_dict_in_generate=True, **generate_kwargs,
         )
@@ -847,6 +1176,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
+        user_embeddings=None, user_neighbors=None,
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
@@ -857,6 +1187,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         cross-attention keys/values) are projected and read once for all C candidates instead of once per
         candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
         one sample). The vocabulary projection runs only where a target token is, and once for the start token.
+        A user outside the table: `user_embeddings`/`user_neighbors` instead of `user_ids` (`fold_in_users`).
         """
         batch = input_ids.shape[0]
         if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
@@ -867,7 +1198,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 raise ValueError("score_candidates needs a tokenizer or an item_trie")
             item_trie = self.item_trie(tokenizer)
         candidates = item_trie.check_candidates(candidates, batch)
-        encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
+        encoder_outputs, attention_mask = self.encode(
+            input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
+        )
         hidden = encoder_outputs.last_hidden_state
         device = hidden.device
         labels = item_trie.tensors(device)["item_labels"][candidates.to(device)]  # [B, C, L], -100 past the end
@@ -969,6 +1302,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         model._check_loaded_weights(loading_info, source, allow_missing_weights, ignore_mismatched_sizes)
         if model.has_collaborative_prompt:
             check_user_table_contents(model.user_embeddings, model.user_neighbors, where=f"checkpoint {source}: ")
+        if model.has_item_factors and not torch.isfinite(getattr(model, ITEM_FACTORS)).all():
+            raise PeaPODInputError(f"checkpoint {source}: {ITEM_FACTORS} holds NaN or infinite values")
         fingerprint = model.config.data_fingerprint
         for name in ("num_users", "num_items") if fingerprint else ():
             if fingerprint[name] != getattr(model.config, name):
@@ -988,12 +1323,14 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         missing = set(loading_info.get("missing_keys", ()))
         unexpected = set(loading_info.get("unexpected_keys", ()))
         if self.has_collaborative_prompt:
-            for name in USER_TABLE_BUFFERS:
+            for name in USER_TABLE_BUFFERS + ((ITEM_FACTORS,) if self.has_item_factors else ()):
                 expected = list(getattr(self, name).shape)
                 if name in missing:
                     raise PeaPODInputError(
                         f"checkpoint {source} has no {name} buffer (expected shape {expected}): a PeaPOD checkpoint "
-                        "carries its user table; save it with save_pretrained after set_user_table"
+                        + ("carries its user table; save it with save_pretrained after set_user_table"
+                           if name != ITEM_FACTORS else "whose config sets fold_in_regularization carries the CF "
+                           "item factors; save it with save_pretrained after set_item_factors")
                     )
                 if name in mismatched:
                     found = list(mismatched[name][0]) if mismatched[name] else "another shape"
@@ -1028,6 +1365,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             "AutoModel": "modeling_peapod.PeaPODForConditionalGeneration",
             "AutoModelForSeq2SeqLM": "modeling_peapod.PeaPODForConditionalGeneration",
         }
+        # transformers writes `custom_pipelines` only from `Pipeline.save_pretrained`; written here, every saved
+        # folder (Trainer's included) carries the pipeline, and `push_to_hub` uploads it with the code files.
+        self.config.custom_pipelines = custom_pipelines_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -1179,6 +1519,276 @@ def _check_labels(labels, decoder_input_ids, batch: int | None) -> None:
         )
 
 
+# 5. A transformers pipeline --------------------------------------------------------------------------------
+
+# The task name under which the pipeline is registered and saved in config.json's `custom_pipelines`.
+PIPELINE_TASK = "peapod-recommendation"
+PIPELINE_CLASS = "modeling_peapod.PeaPODRecommendationPipeline"
+
+# The prompt lists a user's 20 most recent items (`datasets_scripts.templates.MAX_HISTORY`, which as remote code this
+# file cannot import; tests/test_pipeline.py checks the two agree).
+_MAX_HISTORY = 20
+# The request key each placeholder of a task's template (`TaskSpec.eval_template`) is filled from.
+_PLACEHOLDER_KEYS = {"{history}": "history", "{candidates}": "candidates", "{item}": "item_id"}
+
+
+def evaluation_prompt(
+    task: str, user_id: int, history: Sequence[int] | None = None, candidates: Sequence[int] | None = None,
+    item_id: int | None = None,
+) -> str:
+    """The text prompt `peapod-prepare` writes for a validation/test row of `task`: what the model was evaluated on.
+
+    The task's `eval_template` from the task registry (`configuration_peapod.TASK_REGISTRY`), `history` cut to its
+    20 most recent items, items written `item_a, item_b, ...` (as `datasets_scripts.templates.render`).
+    """
+    def items(ids: Sequence[int]) -> str:
+        return ", ".join(f"item_{item}" for item in ids)
+
+    return TASK_REGISTRY[task].eval_template.format(
+        user=user_id, history=items(list(history or [])[-_MAX_HISTORY:]), candidates=items(candidates or []),
+        item=item_id if item_id is not None else "",
+    )
+
+
+def _prompt_keys(template: str) -> set[str]:
+    """The request keys a task's prompt is written from: its template's placeholders."""
+    return {key for placeholder, key in _PLACEHOLDER_KEYS.items() if placeholder in template}
+
+
+def custom_pipelines_entry() -> dict:
+    """config.json's `custom_pipelines`: what `Pipeline.save_pretrained` writes for a registered pipeline, read by
+    `transformers.pipeline(model=..., trust_remote_code=True)` to load the class from the folder's code."""
+    return {PIPELINE_TASK: {"impl": PIPELINE_CLASS, "pt": ["AutoModelForSeq2SeqLM"], "type": "text"}}
+
+
+_REQUEST_KEYS = ("task", "user_id", "history", "candidates", "item_id")
+_TOPN_RANKINGS = ("likelihood", "beam")
+
+
+def _integer(value, name: str) -> int:
+    """An integer id (Python, numpy or a one-element integer tensor); bools, floats and strings are refused."""
+    try:
+        if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise PeaPODInputError(f"{name} must be an integer id, got {value!r} ({type(value).__name__})") from None
+
+
+def _item_list(values, name: str, num_items: int) -> list[int]:
+    """A non-empty list of catalogue item ids (1..num_items; any id >= 1 when the config records no catalogue)."""
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1:
+            raise PeaPODInputError(f"{name} must be a flat list of item ids, got a tensor of shape {tuple(values.shape)}")
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise PeaPODInputError(f"{name} must be a list of item ids, got {type(values).__name__}")
+    if not values:
+        raise PeaPODInputError(f"{name} is empty: give at least one item id")
+    ids = [_integer(value, f"{name}[{position}]") for position, value in enumerate(values)]
+    high = num_items or max(ids)
+    outside = sorted({item for item in ids if not 1 <= item <= high})
+    if outside:
+        catalogue = f"the catalogue's ids 1..{num_items}" if num_items else "item ids >= 1"
+        raise PeaPODInputError(f"{name} contains {outside[:10]}; expected {catalogue}")
+    return ids
+
+
+def parse_request(request, config: PeaPODConfig) -> dict:
+    """Check one pipeline input against the model's config; returns {task, user_id (None: new user), history,
+    candidates, item_id} with the unused keys None. Every mistake is a `PeaPODInputError` naming the key."""
+    example = '{"user_id": 7, "task": "topn", "candidates": [12, 40, 41]}'
+    if not isinstance(request, dict):
+        raise PeaPODInputError(f"a PeaPOD pipeline input is a dict such as {example}; got {type(request).__name__}")
+    unknown = sorted(set(request) - set(_REQUEST_KEYS))
+    if unknown:
+        raise PeaPODInputError(f"unknown input key(s) {unknown}; the keys are {list(_REQUEST_KEYS)}")
+    task = request.get("task")
+    known_tasks = [name for name in config.tasks if name in TASK_REGISTRY]
+    if task not in known_tasks:
+        raise PeaPODInputError(f"task={task!r}: expected one of {known_tasks}, e.g. {example}")
+    parsed = dict.fromkeys(_REQUEST_KEYS)
+    parsed["task"] = task
+    if request.get("user_id") is not None:
+        user = _integer(request["user_id"], "user_id")
+        if user < 0 or (config.num_users and user > config.num_users):
+            raise PeaPODInputError(
+                f"user_id={user} is not in the model's user table (0 = unknown user, 1..{config.num_users}); for a "
+                "user the model has not seen, leave out user_id and pass their history (item ids)"
+            )
+        parsed["user_id"] = user
+    new_user = parsed["user_id"] is None
+    # Which keys the task reads: its prompt's, plus a new user's history (the fold-in reads it).
+    prompt_keys = _prompt_keys(TASK_REGISTRY[task].eval_template)
+    wants = {key: key in prompt_keys or (key == "history" and new_user) for key in _PLACEHOLDER_KEYS.values()}
+    for key, wanted in wants.items():
+        given = request.get(key) is not None
+        if wanted and not given:
+            why = f"the {task} prompt holds it" if key in prompt_keys else "a new user (no user_id) is folded in from it"
+            raise PeaPODInputError(f"task {task!r} needs {key!r}: {why}")
+        if given and not wanted:
+            why = (f"task {task!r} reads a history only for a new user (no user_id)"
+                   if key == "history" else f"task {task!r} does not use it")
+            raise PeaPODInputError(f"unexpected {key!r} for task {task!r}: {why}")
+    if wants["history"]:
+        parsed["history"] = _item_list(request["history"], "history", config.num_items)
+    if wants["candidates"]:
+        parsed["candidates"] = _item_list(request["candidates"], "candidates", config.num_items)
+        repeated = sorted({item for item in parsed["candidates"] if parsed["candidates"].count(item) > 1})
+        if repeated:
+            raise PeaPODInputError(f"candidates repeats item id(s) {repeated[:10]}; each candidate once")
+    if wants["item_id"]:
+        parsed["item_id"] = _item_list([request["item_id"]], "item_id", config.num_items)[0]
+    return parsed
+
+
+class PeaPODRecommendationPipeline(Pipeline):
+    """Recommendations and explanations from a PeaPOD checkpoint, one request (or a list of them) at a time.
+
+    ```python
+    from transformers import pipeline
+    recommender = pipeline(model="<checkpoint folder or Hub id>", trust_remote_code=True)
+    recommender({"user_id": 7, "task": "topn", "candidates": [12, 40, 41]})   # [{"item_id": 40, "score": -1.3}, ...]
+    recommender({"user_id": 7, "task": "sequential", "history": [12, 40]})     # the next items, whole catalogue
+    recommender({"history": [12, 40], "task": "topn", "candidates": [3, 41]})  # a new user, folded in
+    recommender({"user_id": 7, "task": "explanation", "item_id": 12})          # {"explanation": "..."}
+    ```
+
+    A request is a dict: `task` ("sequential", "topn" or "explanation"), `user_id` (a user of the training data,
+    0 = the unknown user) or, for a user the model has never seen, no `user_id` and their `history` (item ids,
+    oldest first), which `fold_in_users` turns into a collaborative prompt; the prompt's text then names the
+    unknown user `user_0`. `history` is also the sequential prompt's purchase history (its 20 most recent
+    items), `candidates` the top-n candidate ids, `item_id` the item to explain.
+
+    The prompt is the evaluation's (`evaluation_prompt`, tokenised as `peapod-prepare` tokenises it), and the
+    ranking the evaluation's: sequential by constrained beam search over the catalogue (`recommend`), top-n by the
+    exact log-likelihood of every candidate (`score_candidates`, ties to the lower id; `topn_ranking="beam"` for
+    beam search restricted to the candidates), explanations by beam search. Rankings are lists of
+    `{"item_id", "score"}` (scores are log-likelihoods, best first), an explanation is `{"explanation": text}`.
+
+    Parameters (at construction or per call): `top_k` (10) items returned, `num_beams` (20), `max_new_tokens` (64)
+    of an explanation, `topn_ranking` ("likelihood"). The model is put in eval mode. A bad request raises
+    `PeaPODInputError` (a `ValueError`) naming the key and what was expected.
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None:
+            raise PeaPODInputError("a PeaPOD pipeline needs the T5 tokenizer: save it into the checkpoint folder")
+        self.model.eval()  # an inference pipeline: no dropout
+        self._catalogue_trie: ItemIdTrie | None = None
+
+    def __call__(self, inputs, *args, **kwargs):
+        """One request (a dict) -> its result; a list of requests -> a list of results, one request per forward."""
+        if (kwargs.get("batch_size") or self._batch_size or 1) != 1:
+            raise PeaPODInputError(
+                "batch_size must be 1: requests differ in task and length; pass a list to run several"
+            )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _sanitize_parameters(self, top_k=None, num_beams=None, max_new_tokens=None, topn_ranking=None, **unknown):
+        if unknown:
+            raise PeaPODInputError(
+                f"unknown pipeline parameter(s) {sorted(unknown)}; expected top_k, num_beams, max_new_tokens, "
+                "topn_ranking"
+            )
+        forward, postprocess = {}, {}
+        for name, value, target in (
+            ("top_k", top_k, postprocess), ("num_beams", num_beams, forward), ("max_new_tokens", max_new_tokens, forward),
+        ):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise PeaPODInputError(f"{name}={value!r} must be an integer >= 1")
+                target[name] = value
+        if "top_k" in postprocess:
+            forward["top_k"] = postprocess["top_k"]
+        if topn_ranking is not None:
+            if topn_ranking not in _TOPN_RANKINGS:
+                raise PeaPODInputError(f"topn_ranking={topn_ranking!r} must be one of {_TOPN_RANKINGS}")
+            forward["topn_ranking"] = topn_ranking
+        return {}, forward, postprocess
+
+    def preprocess(self, inputs) -> dict:
+        """Check the request and build the model inputs of one evaluation row (a batch of one)."""
+        request = parse_request(inputs, self.model.config)
+        spec = TASK_REGISTRY[request["task"]]
+        if spec.target == "item" and not spec.ranks_candidates and not self.model.config.num_items:
+            raise PeaPODInputError("config.num_items is 0: the checkpoint records no catalogue to recommend from")
+        new_user = request["user_id"] is None
+        # A new user's text names the unknown user 0 (`UNKNOWN_USER_TEXT`): it claims no user the model has seen.
+        text = evaluation_prompt(
+            request["task"], 0 if new_user else request["user_id"], request["history"], request["candidates"],
+            request["item_id"],
+        )
+        # The tokenisation `peapod-prepare` gives a source (datasets_scripts.build_dataset.PieceCache reproduces it).
+        input_ids = torch.tensor([self.tokenizer(text, verbose=False)["input_ids"]], dtype=torch.long)
+        return {
+            "task": request["task"],
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "whole_word_ids": compute_whole_word_ids(input_ids, self.tokenizer),
+            "user_ids": torch.tensor([0 if new_user else request["user_id"]]),
+            "task_ids": torch.tensor([list(self.model.config.tasks).index(request["task"])]),
+            "candidates": None if request["candidates"] is None else torch.tensor([request["candidates"]]),
+            "fold_in_history": request["history"] if new_user else None,
+        }
+
+    def _forward(self, model_inputs: dict, top_k: int = 10, num_beams: int = 20, max_new_tokens: int = 64,
+                 topn_ranking: str = "likelihood") -> dict:
+        task, candidates = model_inputs["task"], model_inputs["candidates"]
+        spec = TASK_REGISTRY[task]
+        inputs = {name: model_inputs[name] for name in ("input_ids", "attention_mask", "user_ids", "task_ids",
+                                                        "whole_word_ids")}
+        if model_inputs["fold_in_history"] is not None and self.model.has_collaborative_prompt:
+            # A new user is given by their folded-in vector and neighbours instead of a row of the table.
+            del inputs["user_ids"]
+            inputs.update(self._fold_in(model_inputs["fold_in_history"]))
+        if spec.target == "text":
+            generated = self.model.generate(
+                **inputs, num_beams=num_beams, num_return_sequences=1, do_sample=False, max_new_tokens=max_new_tokens
+            )
+            return {"task": task, "generated": generated}
+        item_trie = self._item_trie(candidates)
+        if spec.ranks_candidates and topn_ranking == "likelihood":
+            scores = self.model.score_candidates(**inputs, candidates=candidates, item_trie=item_trie)
+            return {"task": task, "item_ids": candidates, "scores": scores, "ranked": False}
+        if top_k > num_beams:
+            raise PeaPODInputError(f"top_k={top_k} needs at least as many beams, got num_beams={num_beams}")
+        item_ids, scores = self.model.recommend(
+            **inputs, item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
+        )
+        return {"task": task, "item_ids": item_ids, "scores": scores, "ranked": True}
+
+    def postprocess(self, model_outputs: dict, top_k: int = 10):
+        if "generated" in model_outputs:
+            return {"explanation": self.tokenizer.decode(model_outputs["generated"][0], skip_special_tokens=True)}
+        pairs = [(int(item), float(score)) for item, score in
+                 zip(model_outputs["item_ids"][0].tolist(), model_outputs["scores"][0].tolist()) if item >= 0]
+        if not model_outputs["ranked"]:  # candidate likelihoods, ranked as the evaluation ranks them (ties: lower id)
+            pairs.sort(key=lambda pair: (-pair[1], pair[0]))
+        return [{"item_id": item, "score": score} for item, score in pairs[:top_k]]
+
+    def _fold_in(self, history: list[int]) -> dict:
+        """A new user's collaborative inputs: `fold_in_users` solves for the vector the table's CF model would have
+        learnt from `history` (the checkpoint's item factors fixed) and finds its neighbours in the table."""
+        user_embeddings, user_neighbors = self.model.fold_in_users([history])
+        return {"user_embeddings": user_embeddings, "user_neighbors": user_neighbors}
+
+    def _item_trie(self, candidates: torch.Tensor | None) -> ItemIdTrie:
+        """The catalogue's trie (built once), or, for a checkpoint that records no catalogue, the candidates'."""
+        if not self.model.config.num_items:
+            return ItemIdTrie.from_tokenizer(self.tokenizer, candidates[0].tolist())
+        if self._catalogue_trie is None:
+            self._catalogue_trie = self.model.item_trie(self.tokenizer)
+        return self._catalogue_trie
+
+
 PeaPODConfig.register_for_auto_class()
 PeaPODForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 if __name__ == "modeling_peapod":
@@ -1188,6 +1798,15 @@ if __name__ == "modeling_peapod":
     # warning). The model class is deliberately not registered with AutoModelForSeq2SeqLM: a registered class
     # would replace the folder's code even under trust_remote_code=True, which is how Hub users load it.
     AutoConfig.register(PeaPODConfig.model_type, PeaPODConfig, exist_ok=True)
+    # `transformers.pipeline("peapod-recommendation", model=model, tokenizer=tokenizer)` for a loaded model. As
+    # remote code the class is found through config.json's `custom_pipelines` instead, and registering each loaded
+    # copy again would only log "already registered" warnings.
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=PeaPODRecommendationPipeline, pt_model=AutoModelForSeq2SeqLM, type="text"
+    )
 
 __all__ = [
     "CollaborativePromptEncoder",
@@ -1195,10 +1814,13 @@ __all__ = [
     "ItemIdTrie",
     "PeaPODConfig",
     "PeaPODForConditionalGeneration",
+    "PeaPODRecommendationPipeline",
     "build_user_neighbors",
     "check_safetensors_file",
     "check_user_table_contents",
     "compute_whole_word_ids",
+    "evaluation_prompt",
     "prefix_allowed_tokens_fn",
+    "solve_pmf_users",
     "whole_word_ids_from_tokens",
 ]

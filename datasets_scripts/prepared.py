@@ -13,6 +13,9 @@ A prepared folder (fixed layout, the trainer and evaluator depend on it):
     dataset/                   the tokenised DatasetDict (save_to_disk)
     README.md                  dataset card
     prepare_config.json        arguments, seed, statistics, the neighbour diagnostic
+    held_out_users.json        (only with held_out_users > 0) the users held out of everything above: per user
+                               its source id and name, `train` items (the history a new user arrives with),
+                               `validation`/`test` items and 99 fixed negatives each (`splits.held_out_records`)
 
 Everything is built in a temporary sibling folder and renamed at the end, so a failure leaves the output folder
 as it was. Input is validated (and the user matrix loaded) before the heavy steps.
@@ -75,7 +78,10 @@ REQUIRED_FILES = (
 )
 MARKER_FILE = "prepare_config.json"  # written last: a folder holding it was made by `prepare`
 # Everything `prepare` may write: an --overwrite target holding anything else is not replaced.
-PREPARED_ENTRIES = {*(name.split("/")[0] for name in REQUIRED_FILES), "explanation.json", "item_reindex.json"}
+PREPARED_ENTRIES = {
+    *(name.split("/")[0] for name in REQUIRED_FILES), "explanation.json", "item_reindex.json", "held_out_users.json"
+}
+HELD_OUT_FILE = "held_out_users.json"
 
 
 @dataclass
@@ -120,6 +126,14 @@ class PrepareArguments:
     embedding_dim: int = field(default=512, metadata={"help": "Dimension of PMF/BPR/BiVAE user embeddings."})
     num_neighbors: int = field(default=20, metadata={"help": "Neighbours per user in the neighbour table."})
     max_users: int | None = field(default=None, metadata={"help": "Keep only the first N users (quick runs)."})
+    held_out_users: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold out this seeded fraction of users (e.g. 0.1) from everything the model and the CF model "
+            "learn from (sequential.txt, negatives, user table, dataset); their train/validation/test items and "
+            "negatives go to held_out_users.json, to evaluate new users (fold-in, docs/data.md). 0: none."
+        },
+    )
     allow_pickle: bool = field(default=False, metadata={"help": "Allow a pickled user matrix (runs code!)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
     k_core: int = field(default=5, metadata={"help": "k of the k-core filter of raw reviews."})
@@ -148,6 +162,7 @@ class PreparedData:
     id2user: dict[int, str]
     id2item: dict[int, str]
     fingerprint: dict | None = None  # `data_fingerprint(path)`, what `PeaPODConfig.data_fingerprint` records
+    held_out_users: list[dict] | None = None  # held_out_users.json's "users" (`splits.held_out_records`), if any
 
 
 def _check_arguments(args: PrepareArguments) -> None:
@@ -188,6 +203,10 @@ def _check_arguments(args: PrepareArguments) -> None:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not args.bpr_learning_rate > 0:
         raise PeaPODInputError(f"--bpr_learning_rate must be > 0, got {args.bpr_learning_rate}")
+    if not 0.0 <= args.held_out_users < 1.0:
+        raise PeaPODInputError(
+            f"--held_out_users must be a fraction in [0, 1) (e.g. 0.1 for 10% of users), got {args.held_out_users}"
+        )
     if args.max_users is not None and args.max_users < 2:
         raise PeaPODInputError(f"--max_users must be >= 2, got {args.max_users}")
     if args.num_proc is not None and args.num_proc < 1:
@@ -303,6 +322,16 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
     item_reindex = None
     if args.reindex_items:
         data, item_reindex = splits_module.reindex_items(data, args.seed)
+    held_out = None
+    if args.held_out_users:  # after re-indexing: the held-out records are in the final item ids
+        all_users = data.id2user
+        data, held_out_histories = splits_module.hold_out_users(data, args.held_out_users, args.seed)
+        held_out = splits_module.held_out_records(held_out_histories, all_users, data.num_items, args.seed)
+        if args.num_neighbors > data.num_users - 1:
+            raise PeaPODInputError(
+                f"--num_neighbors {args.num_neighbors} but only {data.num_users} users remain after "
+                f"--held_out_users {args.held_out_users}: at most {data.num_users - 1} neighbours each"
+            )
     loo = splits_module.leave_one_out(data.histories)
     explanation_notes = {}
     if data.explanations is not None:
@@ -335,6 +364,10 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
         write_p5_dir(temporary, data)
         for name, rows in negatives.items():
             write_negatives(temporary / f"negatives_{name}.txt", rows)
+        if held_out is not None:
+            atomic_write_json(
+                temporary / HELD_OUT_FILE, {"fraction": args.held_out_users, "seed": args.seed, "users": held_out}
+            )
         if item_reindex is not None:
             atomic_write_json(
                 temporary / "item_reindex.json",
@@ -347,6 +380,7 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "split_sizes": {name: len(split) for name, split in dataset.items()},
             "user_embedding_shape": list(users.shape),
             "user_neighbors_shape": list(neighbors.shape),
+            "num_held_out_users": len(held_out or ()),
         }
         notes = {key: value for key, value in data.extra.items() if not key.startswith("_")}
         if explanation_notes:
@@ -355,6 +389,8 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "arguments": asdict(args),
             "seed": args.seed,
             "has_explanations": data.explanations is not None,
+            # what folding in new users needs to solve as PMF did (PeaPODConfig.fold_in_regularization)
+            "pmf": _pmf_settings() if items is not None else None,
             "reindexed_items": item_reindex is not None,
             "statistics": statistics,
             "source_notes": notes,
@@ -429,6 +465,10 @@ def describe_neighbor_diagnostic(diagnostic: dict) -> str:
         f"history of one of their {diagnostic['num_neighbors']} nearest neighbours; random neighbours seeded "
         f"{diagnostic['random_seed']}): {rates}. User table from {diagnostic['chosen']} ({how})."
     )
+def _pmf_settings() -> dict:
+    from .user_embeddings import PMF_LAMBDA_REG, PMF_NEGATIVES_PER_POSITIVE
+
+    return {"lambda_reg": PMF_LAMBDA_REG, "negatives_per_positive": PMF_NEGATIVES_PER_POSITIVE}
 
 
 def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
@@ -462,6 +502,11 @@ def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
     ]
     if args.max_users:
         lines.append(f"Slice: the first {args.max_users} users only.")
+    if args.held_out_users:
+        lines.append(
+            f"Held-out users: a seeded {args.held_out_users:.0%} of users is absent from every file above and from "
+            f"the user table; their items are in `{HELD_OUT_FILE}`, to evaluate new users (fold-in)."
+        )
     if "explanations_dropped" in notes:
         lines.append(f"Explanation records dropped by the split rules: {notes['explanations_dropped']}.")
     return lines
@@ -557,6 +602,7 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
         id2user=id2user,
         id2item=id2item,
         fingerprint=data_fingerprint(path, num_users=len(id2user), num_items=len(id2item)),
+        held_out_users=load_json(path / HELD_OUT_FILE)["users"] if (path / HELD_OUT_FILE).is_file() else None,
     )
 
 

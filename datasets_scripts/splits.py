@@ -23,7 +23,8 @@ from .p5_format import P5Data
 
 NUM_NEGATIVES = 99
 # Offsets added to the seed so that each random draw has its own stream (same seed -> different purposes differ).
-SEED_OFFSETS = {"validation": 1, "test": 2, "explanation": 3, "reindex": 4}
+SEED_OFFSETS = {"validation": 1, "test": 2, "explanation": 3, "reindex": 4, "held_out_users": 5,
+                "held_out_validation": 6, "held_out_test": 7}
 
 
 @dataclass
@@ -231,3 +232,62 @@ def take_first_users(data: P5Data, max_users: int) -> P5Data:
         explanations=explanations,
         extra=dict(data.extra),
     )
+
+
+def hold_out_users(data: P5Data, fraction: float, seed: int) -> tuple[P5Data, dict[int, list[int]]]:
+    """A seeded `fraction` of the users taken out of `data` entirely, for measuring new users (fold-in).
+
+    Returns (the remaining data, {source user id: full history} of the held-out users). round(fraction * users)
+    users are drawn (at least 1, at most all but 2: a neighbour table needs users) with
+    `default_rng([seed, SEED_OFFSETS["held_out_users"]])`. The remaining users are renumbered 1..U' in their
+    original order (the user table has no hole); item ids and the catalogue are unchanged, so a held-out user's
+    items keep their ids (an item only held-out users took stays in the catalogue, with no training interaction).
+    Their explanation records are dropped: nothing the model or the CF model learns from mentions them.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+    users = sorted(data.histories)
+    count = min(max(1, round(fraction * len(users))), len(users) - 2)
+    if count < 1:
+        raise ValueError(f"cannot hold out users from {len(users)} users: at least 3 are needed")
+    rng = np.random.default_rng([seed, SEED_OFFSETS["held_out_users"]])
+    held_out = set(rng.choice(users, size=count, replace=False).tolist())
+    kept = [user for user in users if user not in held_out]
+    user_map = {old: new for new, old in enumerate(kept, start=1)}
+    explanations = None
+    if data.explanations is not None:
+        explanations = {
+            name: [{**record, "user": user_map[record["user"]]} for record in records if record["user"] in user_map]
+            for name, records in data.explanations.items()
+        }
+    remaining = P5Data(
+        histories={user_map[user]: list(data.histories[user]) for user in kept},
+        id2user={user_map[user]: data.id2user[user] for user in kept},
+        id2item=dict(data.id2item),
+        explanations=explanations,
+        extra=dict(data.extra),
+    )
+    return remaining, {user: list(data.histories[user]) for user in sorted(held_out)}
+
+
+def held_out_records(
+    histories: dict[int, list[int]], id2user: dict[int, str], num_items: int, seed: int,
+    num_negatives: int = NUM_NEGATIVES,
+) -> list[dict]:
+    """What evaluating held-out users needs, per user: the leave-one-out split of the model's own protocol
+    (`train` = items[:-2], the history a new user arrives with; `validation` = items[-2]; `test` = items[-1]) and
+    fixed negatives drawn as `fixed_negatives` does (own seed streams), never in the user's full history."""
+    split = leave_one_out(histories)
+    negatives = {
+        name: fixed_negatives(histories, num_items, name, seed, num_negatives)
+        for name in ("held_out_validation", "held_out_test")
+    }
+    return [
+        {
+            "source_user_id": user, "user": id2user[user], "train": split.train[user],
+            "validation": split.validation[user], "test": split.test[user],
+            "negatives_validation": negatives["held_out_validation"][user],
+            "negatives_test": negatives["held_out_test"][user],
+        }
+        for user in sorted(histories)
+    ]

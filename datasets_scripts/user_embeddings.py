@@ -38,6 +38,10 @@ ITEM_EMBEDDINGS = "item_embeddings"
 MATRIX_SUFFIXES = (".npy", ".safetensors", ".csv")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 NEIGHBOR_BACKENDS = ("exact", "faiss")
+# PMF's regularisation and negative sampling, the defaults of `train_pmf`: a model folding in new users from the
+# PMF item factors must solve with the same ones (`PeaPODConfig.fold_in_regularization`), so prepare records them.
+PMF_LAMBDA_REG = 1e-3
+PMF_NEGATIVES_PER_POSITIVE = 1
 
 
 # Collaborative-filtering models (cornac) -------------------------------------------------------------------
@@ -95,8 +99,8 @@ def train_pmf(
     seed: int = 0,
     max_iter: int = 100,
     learning_rate: float = 1e-3,
-    lambda_reg: float = 1e-3,
-    negatives_per_positive: int = 1,
+    lambda_reg: float = PMF_LAMBDA_REG,
+    negatives_per_positive: int = PMF_NEGATIVES_PER_POSITIVE,
     verbose: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PMF user and item factors (Mnih & Salakhutdinov 2008) with cornac, the paper's default user embedding.

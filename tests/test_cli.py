@@ -325,6 +325,19 @@ def test_final_folder_is_pickle_free_with_default_learning_rate(trained_by_conso
     assert arguments["learning_rate"] == cli.DEFAULT_LEARNING_RATE == 5e-3  # README "Learning rate"
 
 
+def test_trained_folder_carries_the_pipeline(trained_by_console_scripts):
+    """peapod-train's final folder (what push_to_hub uploads) registers the custom pipeline, which then loads from it."""
+    from transformers import pipeline
+
+    from modeling_peapod import custom_pipelines_entry
+
+    run = trained_by_console_scripts[0] / "run"
+    assert json.loads((run / "config.json").read_text())["custom_pipelines"] == custom_pipelines_entry()
+    recommender = pipeline(model=str(run), trust_remote_code=True, device="cpu")
+    ranking = recommender({"user_id": 1, "task": "topn", "candidates": [1, 2, 3]})
+    assert sorted(entry["item_id"] for entry in ranking) == [1, 2, 3]
+
+
 def test_written_files_have_normal_permissions(trained_by_console_scripts):
     folder, _ = trained_by_console_scripts
     umask = os.umask(0)

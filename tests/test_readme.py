@@ -53,6 +53,9 @@ def test_readme_python_blocks_all_run(tmp_path, tokenizer, monkeypatch):
     assert (tmp_path / "my-peapod" / "modeling_peapod.py").exists()
     assert type(namespace["reloaded"]).__name__ == "PeaPODForConditionalGeneration"
     assert any("lora_A" in name for name, _ in namespace["peft_model"].named_parameters())
+    assert sorted(entry["item_id"] for entry in namespace["ranking"]) == [3, 42, 77, 100]  # the pipeline's
+    assert set(namespace["explanation"]) == {"explanation"} and len(namespace["next_items"]) == 5
+    assert sorted(entry["item_id"] for entry in namespace["new_user_ranking"]) == [3, 42, 77, 100]
 
 
 @pytest.mark.parametrize("doc", DOCS)

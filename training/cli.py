@@ -379,7 +379,25 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         model = PeaPODForConditionalGeneration.from_t5_pretrained(base, **peapod_fields)
     if model.has_collaborative_prompt:
         model.set_user_table(embeddings, neighbors)
+        install_item_factors(model, prepared)
     return model
+
+
+def install_item_factors(model: PeaPODForConditionalGeneration, prepared) -> None:
+    """Keep a PMF table's item factors in the model (saved in model.safetensors), so the checkpoint can fold in
+    users outside its table (`fold_in_users`, docs/fold-in.md); BiVAE and user-supplied tables have none."""
+    if prepared.item_embeddings is None or not model.has_collaborative_prompt:
+        return
+    from datasets_scripts.user_embeddings import (
+        PMF_LAMBDA_REG,
+        PMF_NEGATIVES_PER_POSITIVE,
+    )
+
+    pmf = prepared.config.get("pmf") or {}  # folders prepared before it was recorded used train_pmf's defaults
+    model.set_item_factors(
+        prepared.item_embeddings, regularization=pmf.get("lambda_reg", PMF_LAMBDA_REG),
+        negatives_per_positive=pmf.get("negatives_per_positive", PMF_NEGATIVES_PER_POSITIVE),
+    )
 
 
 def training_splits(prepared, data_args: DataArguments, seed: int):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from configuration_peapod import PeaPODInputError
+from modeling_peapod import PIPELINE_TASK
 
 # What a checkpoint folder must hold to load with `AutoModelForSeq2SeqLM.from_pretrained(..., trust_remote_code=True)`.
 REQUIRED_FILES = ("config.json", "configuration_peapod.py", "modeling_peapod.py", "model.safetensors", "README.md")
@@ -26,6 +28,7 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise PeaPODInputError(f"{folder} is not a complete PeaPOD checkpoint: missing {missing}")
+    check_pipeline_registered(folder / "config.json")
     files = sorted(
         str(path.relative_to(folder)) for path in folder.rglob("*")
         if path.is_file() and not any(path.match(pattern) for pattern in NOT_UPLOADED)
@@ -35,6 +38,20 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     if pickles:
         raise PeaPODInputError(f"{folder}: refusing to upload pickle files {pickles} (keep the folder pickle-free)")
     return files
+
+
+def check_pipeline_registered(config_file: Path) -> None:
+    """config.json must name the folder's pipeline (`custom_pipelines`, written by `save_pretrained`), so that
+    `transformers.pipeline(model=repo_id, trust_remote_code=True)` works for whoever downloads it."""
+    try:
+        registered = json.loads(config_file.read_text(encoding="utf-8")).get("custom_pipelines") or {}
+    except (ValueError, AttributeError) as error:  # bad JSON or UTF-8, or not a JSON object
+        raise PeaPODInputError(f"{config_file}: not a PeaPOD config ({error})") from None
+    if PIPELINE_TASK not in registered:
+        raise PeaPODInputError(
+            f"{config_file} registers no {PIPELINE_TASK!r} pipeline (custom_pipelines): it was saved by an older "
+            "version; load the model and save_pretrained it again"
+        )
 
 
 def push_folder_to_hub(

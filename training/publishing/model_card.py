@@ -152,6 +152,8 @@ def build_model_card(config, summary: TrainingSummary) -> ModelCard:
         results_table=_results_table(summary.results),
         repo_id=summary.repo_id,
         example_user=summary.example_user,
+        example_history=list(summary.example_history),
+        can_fold_in=getattr(config, "fold_in_regularization", None) is not None,
         example_source=render(EVAL_TEMPLATES["sequential"], summary.example_user, history=summary.example_history),
         example_explanation_source=render(
             EVAL_TEMPLATES["explanation"], summary.example_user, item=summary.example_history[-1]

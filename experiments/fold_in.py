@@ -1,0 +1,304 @@
+"""New users without retraining (issue 13 §1): top-n HR@10 of held-out users folded in, against in-table users.
+
+    python experiments/fold_in.py                      # prepare, train (900 steps) and evaluate, as in README
+    python experiments/fold_in.py --max_steps 300      # a shorter run (own checkpoint folder)
+
+1. Prepares the planted `user` synthetic variant with a seeded 10% of users held out of everything the model and
+   the CF model learn from (`peapod-prepare --synthetic --synthetic_variant user --held_out_users 0.1`, PMF k = 512,
+   20 neighbours, data seed 0), unless `--prepared_dir` exists.
+2. Trains PeaPOD (mha) with the recipe of README "Learning curves on the planted user variant" (tiny shape,
+   sequential + top-n, batch 32, lr 5e-3, 15 warmup steps then constant, dropout 0, seed 0) unless the checkpoint
+   folder holds a model. A checkpoint trained before `peapod-train` kept the PMF item factors gets them from the
+   prepared folder (the same numbers `peapod-train` would store).
+3. Evaluates top-n HR@10 / NDCG@10 by exact candidate likelihood (`score_candidates`) on the test item against the
+   99 fixed negatives, for EVERY test user of each group, with 95% bootstrap intervals over users:
+   (a) in-table users (their user ids, the prepared test split);
+   (b) held-out users folded in from their training-part items (`fold_in_users`, negatives "expected" and
+       "sampled"), prompt text `user_0`, explicit `user_embeddings`/`user_neighbors`;
+   (c) the same held-out users as the unknown user (user id 0, the same `user_0` prompts);
+   (d) popularity (training-interaction counts of the table users), on the held-out users;
+   plus the PMF dot product with the table vectors (in-table users) and with the folded-in vectors (held-out users),
+   and, on the first `--paired_users` in-table users, a paired check: the same users by their table row vs folded
+   in from their own training items (cosine of the two vectors, neighbour overlap, HR@10 of both).
+Writes `<output>/fold-in.json` (every figure and the per-user hits) and `<output>/fold-in.md` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "t5"
+RECIPE = {"prompt_encoder": "mha", "dropout_rate": "0.0", "lr_scheduler_type": "constant_with_warmup"}
+
+
+def prepare_data(folder: Path, args) -> None:
+    from datasets_scripts.prepared import prepare
+
+    prepare(folder, synthetic=True, synthetic_variant="user", held_out_users=args.held_out_users,
+            embedding_dim=512, num_neighbors=20, seed=args.data_seed, tokenizer=args.tokenizer)
+
+
+def train_model(folder: Path, args) -> None:
+    from training import cli
+
+    arguments = [
+        "--prepared_dir", str(args.prepared_dir), "--output_dir", str(folder), "--base_model", "random:tiny",
+        "--tokenizer", args.tokenizer, "--tasks", "sequential", "topn", "--max_steps", str(args.max_steps),
+        "--per_device_train_batch_size", "32", "--learning_rate", "5e-3", "--warmup_steps", "15",
+        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "50", "--seed", str(args.seed),
+        "--report_to", "none", "--dataloader_num_workers", "0", "--overwrite_output_dir", "True",
+        "--disable_tqdm", "True",
+    ]
+    for key, value in RECIPE.items():
+        arguments += [f"--{key}", value]
+    cli.train(arguments)
+
+
+def load_model(folder: Path, prepared):
+    from modeling_peapod import PeaPODForConditionalGeneration
+    from training.cli import install_item_factors
+
+    model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()
+    if not model.has_item_factors:
+        install_item_factors(model, prepared)
+    return model
+
+
+def held_out_prompts(prepared, seed: int) -> list[dict]:
+    """Top-n test prompts of the held-out users, written as the prepared test prompts are (EVAL template, the
+    test item among its 99 fixed negatives, shuffled with a seeded generator), the user named `user_0`."""
+    from datasets_scripts.templates import EVAL_TEMPLATES, render
+
+    rng = np.random.default_rng([seed, 15])
+    prompts = []
+    for record in prepared.held_out_users:
+        candidates = rng.permutation(np.array([record["test"], *record["negatives_test"]])).tolist()
+        prompts.append({"source": render(EVAL_TEMPLATES["topn"], 0, candidates=candidates),
+                        "candidates": candidates, "item_id": record["test"], "train": record["train"]})
+    return prompts
+
+
+def table_prompts(prepared) -> list[dict]:
+    columns = prepared.dataset["topn_test"]
+    return [{"source": source, "candidates": list(candidates), "item_id": int(item), "user_id": int(user)}
+            for source, candidates, item, user in zip(columns["source"], columns["candidates"], columns["item_id"],
+                                                      columns["user_id"])]
+
+
+@torch.no_grad()
+def model_hits(model, tokenizer, prompts: list[dict], users, batch_size: int) -> dict:
+    """HR@10/NDCG@10 of `prompts` by candidate likelihood. `users(rows)` gives the user inputs of a batch: either
+    {"user_ids": ...} or {"user_embeddings": ..., "user_neighbors": ...}."""
+    from modeling_peapod import compute_whole_word_ids
+    from training.baselines import rank_candidates
+
+    trie = model.item_trie(tokenizer)
+    task = model.config.tasks.index("topn")
+    ranked, targets = [], []
+    for start in range(0, len(prompts), batch_size):
+        rows = prompts[start : start + batch_size]
+        encoded = tokenizer([row["source"] for row in rows], return_tensors="pt", padding=True)
+        candidates = torch.tensor([row["candidates"] for row in rows])
+        scores = model.score_candidates(
+            encoded.input_ids, encoded.attention_mask, task_ids=torch.full((len(rows),), task),
+            whole_word_ids=compute_whole_word_ids(encoded.input_ids, tokenizer), candidates=candidates,
+            item_trie=trie, **users(start, rows),
+        )
+        ranked += rank_candidates(candidates.numpy(), scores.float().numpy(), 10)
+        targets += [row["item_id"] for row in rows]
+    return ranking_summary(ranked, targets)
+
+
+def ranking_summary(ranked: list[list[int]], targets: list[int]) -> dict:
+    from training.evaluation import bootstrap_interval
+
+    hits = [int(target in row[:10]) for row, target in zip(ranked, targets)]
+    gains = [1.0 / np.log2(row.index(target) + 2) if target in row[:10] else 0.0 for row, target in zip(ranked, targets)]
+    return {"hr@10": float(np.mean(hits)), "hr@10_ci": bootstrap_interval(hits), "ndcg@10": float(np.mean(gains)),
+            "ndcg@10_ci": bootstrap_interval(gains), "num_users": len(hits), "hits": hits}
+
+
+def score_hits(prompts: list[dict], score_rows) -> dict:
+    """Ranking by a scoring function of (row index, candidate ids) -> scores (the baselines)."""
+    from training.baselines import rank_candidates
+
+    candidates = np.array([row["candidates"] for row in prompts])
+    scores = np.stack([score_rows(index, row) for index, row in enumerate(candidates)])
+    return ranking_summary(rank_candidates(candidates, scores, 10), [row["item_id"] for row in prompts])
+
+
+def evaluate(args) -> dict:
+    from transformers import AutoTokenizer
+
+    from datasets_scripts.prepared import load_prepared
+
+    prepared_dir, checkpoint = Path(args.prepared_dir), Path(args.checkpoint)
+    timings = {}
+    started = time.perf_counter()
+    if not (prepared_dir / "prepare_config.json").exists():
+        prepare_data(prepared_dir, args)
+        timings["prepare_s"] = round(time.perf_counter() - started, 1)
+    prepared = load_prepared(prepared_dir)
+    if not prepared.held_out_users:
+        raise SystemExit(f"{prepared_dir} holds no held-out users: prepare it with --held_out_users 0.1")
+    if not (checkpoint / "model.safetensors").exists():
+        started = time.perf_counter()
+        train_model(checkpoint, args)
+        timings["train_s"] = round(time.perf_counter() - started, 1)
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    model = load_model(checkpoint, prepared)
+    held_out = held_out_prompts(prepared, args.seed)[: args.eval_users]
+    in_table = table_prompts(prepared)[: args.eval_users]
+    groups: dict[str, dict] = {}
+
+    started = time.perf_counter()
+    groups["in_table"] = model_hits(model, tokenizer, in_table, lambda start, rows: {
+        "user_ids": torch.tensor([row["user_id"] for row in rows])}, args.batch_size)
+    timings["in_table_eval_s"] = round(time.perf_counter() - started, 1)
+    folded = {}
+    for negatives in ("expected", "sampled"):
+        started = time.perf_counter()
+        vectors, neighbors = model.fold_in_users([row["train"] for row in held_out], negatives=negatives,
+                                                 seed=args.seed)
+        timings[f"fold_in_{negatives}_s"] = round(time.perf_counter() - started, 1)
+        folded[negatives] = (vectors, neighbors)
+        groups[f"fold_in_{negatives}"] = model_hits(
+            model, tokenizer, held_out, lambda start, rows, v=vectors, n=neighbors: {
+                "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
+            args.batch_size)
+    groups["unknown_user_row_0"] = model_hits(model, tokenizer, held_out, lambda start, rows: {
+        "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)
+
+    counts = np.bincount(np.concatenate([items[:-2] for items in prepared.histories.values()]),
+                         minlength=prepared.num_items + 1).astype(np.float64)
+    groups["popularity_held_out"] = score_hits(held_out, lambda index, candidates: counts[candidates])
+    groups["popularity_in_table"] = score_hits(in_table, lambda index, candidates: counts[candidates])
+    items = prepared.item_embeddings.double().numpy()
+    table = prepared.user_embeddings.double().numpy()
+    groups["pmf_in_table"] = score_hits(
+        in_table, lambda index, candidates: items[candidates] @ table[in_table[index]["user_id"]])
+    for negatives, (vectors, _) in folded.items():
+        folded_vectors = vectors.double().numpy()
+        groups[f"pmf_fold_in_{negatives}"] = score_hits(
+            held_out, lambda index, candidates, v=folded_vectors: items[candidates] @ v[index])
+
+    paired = paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)
+    return {
+        "command": args.command, "prepared_dir": str(prepared_dir), "checkpoint": str(checkpoint),
+        "num_table_users": prepared.num_users, "num_held_out_users": len(held_out), "num_items": prepared.num_items,
+        "max_steps": args.max_steps, "eval_users": args.eval_users, "seed": args.seed, "data_seed": args.data_seed,
+        "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "groups": groups, "paired_in_table": paired, "timings": timings,
+    }
+
+
+def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
+    """The first in-table users, by their table row and folded in from their own training items."""
+    import torch.nn.functional as F
+
+    users = torch.tensor([row["user_id"] for row in prompts])
+    result = {"num_users": len(prompts),
+              "table_row": model_hits(model, tokenizer, prompts, lambda start, rows: {
+                  "user_ids": users[start : start + len(rows)]}, args.batch_size)}
+    for negatives in ("expected", "sampled"):
+        vectors, neighbors = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users],
+                                                 negatives=negatives, seed=args.seed)
+        table_neighbors = model.user_neighbors[users]
+        result[f"fold_in_{negatives}"] = {
+            "cosine_to_table_row": float(F.cosine_similarity(vectors, model.user_embeddings[users]).mean()),
+            "norm_ratio": float((vectors.norm(dim=1) / model.user_embeddings[users].norm(dim=1)).mean()),
+            "own_row_is_first_neighbour": float((neighbors[:, 0] == users).float().mean()),
+            # the folded-in user's list holds itself first; the table's never does, so compare the rest
+            "neighbour_overlap": float(np.mean([len(set(a[1:].tolist()) & set(b.tolist())) / len(b)
+                                                for a, b in zip(neighbors, table_neighbors)])),
+            **model_hits(model, tokenizer, prompts, lambda start, rows, v=vectors, n=neighbors: {
+                "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
+                args.batch_size),
+        }
+    return result
+
+
+LABELS = {
+    "in_table": "(a) PeaPOD, in-table users (their user ids)",
+    "fold_in_expected": "(b) PeaPOD, held-out users folded in (expected negatives, the default)",
+    "fold_in_sampled": "(b') PeaPOD, held-out users folded in (sampled negatives)",
+    "unknown_user_row_0": "(c) PeaPOD, held-out users as the unknown user (row 0)",
+    "popularity_held_out": "(d) popularity, held-out users",
+    "popularity_in_table": "popularity, in-table users",
+    "pmf_in_table": "PMF dot product, in-table users (table vectors)",
+    "pmf_fold_in_expected": "PMF dot product, held-out users (folded-in vectors, expected)",
+    "pmf_fold_in_sampled": "PMF dot product, held-out users (folded-in vectors, sampled)",
+}
+
+
+def markdown(report: dict) -> str:
+    def cell(result, metric):
+        low, high = result[f"{metric}_ci"]
+        return f"{result[metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+    in_table = report["groups"]["in_table"]["hr@10"]
+    lines = ["| group | users | top-n HR@10 [95% CI] | top-n NDCG@10 [95% CI] | HR@10 / in-table |", "|---|---|---|---|---|"]
+    for name, label in LABELS.items():
+        result = report["groups"][name]
+        ratio = f"{result['hr@10'] / in_table:.2f}" if in_table else "–"
+        lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
+    paired = report["paired_in_table"]
+    lines += ["", (f"Paired check, the first {paired['num_users']} in-table users: by their table row HR@10 "
+                   f"{paired['table_row']['hr@10']:.3f}; folded in from their own training items:")]
+    for negatives in ("expected", "sampled"):
+        entry = paired[f"fold_in_{negatives}"]
+        lines.append(
+            f"- {negatives} negatives: HR@10 {entry['hr@10']:.3f}, cosine to the table row "
+            f"{entry['cosine_to_table_row']:.3f}, norm ratio {entry['norm_ratio']:.2f}, own row first neighbour "
+            f"{entry['own_row_is_first_neighbour']:.2f}, neighbour overlap {entry['neighbour_overlap']:.2f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared_dir", default=str(ROOT / "prepared" / "synthetic-user-heldout10"))
+    parser.add_argument("--checkpoint", help="Model folder (trained here if it holds no model); default "
+                        "runs/fold-in-mha-<max_steps>")
+    parser.add_argument("--output", default=str(ROOT / "experiments" / "results" / "fold-in"))
+    parser.add_argument("--held_out_users", type=float, default=0.1)
+    parser.add_argument("--max_steps", type=int, default=900)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--paired_users", type=int, default=72, help="In-table users of the paired check.")
+    parser.add_argument("--eval_users", type=int, default=None, help="First N users of each group (quick checks; "
+                        "default: every test user)")
+    parser.add_argument("--tokenizer", default=str(TOKENIZER))
+    parser.add_argument("--hardware", help="Hardware description for the report.")
+    args = parser.parse_args(argv)
+    args.checkpoint = args.checkpoint or str(ROOT / "runs" / f"fold-in-mha-{args.max_steps}")
+    args.command = "python experiments/fold_in.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = evaluate(args)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomic(output / "fold-in.json", json.dumps(report, indent=1))
+    table = markdown(report)
+    write_atomic(output / "fold-in.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
