@@ -28,7 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modeling_peapod import build_user_neighbors, check_num_neighbors
+from modeling_peapod import (
+    build_user_neighbors,
+    check_num_neighbors,
+    check_user_embeddings,
+)
 
 from .files import atomic_path
 
@@ -263,11 +267,7 @@ def build_neighbor_table(
     """
     if backend not in NEIGHBOR_BACKENDS:
         raise ValueError(f"backend={backend!r}; expected one of {NEIGHBOR_BACKENDS}")
-    if user_embeddings.dim() != 2:
-        raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
-    if not torch.isfinite(user_embeddings).all():
-        raise ValueError("user_embeddings holds NaN or infinite values: cosine similarity is undefined")
-    if backend == "exact":
+    if backend == "exact":  # the one builder; its checks (shape, finite values, n) are the faiss path's too
         return build_user_neighbors(user_embeddings, num_neighbors, chunk_size=chunk_size)
     return _faiss_neighbors(user_embeddings, num_neighbors, chunk_size)
 
@@ -287,6 +287,7 @@ def _faiss_neighbors(user_embeddings: torch.Tensor, num_neighbors: int, chunk_si
             "backend='faiss' needs faiss: pip install faiss-cpu (or peapod-rec[faiss]); backend='exact' needs nothing"
         ) from error
 
+    check_user_embeddings(user_embeddings)
     num_rows = user_embeddings.shape[0]
     num_users = num_rows - 1
     check_num_neighbors(num_users, num_neighbors)
