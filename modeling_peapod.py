@@ -943,10 +943,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
             return_dict_in_generate=True, **generate_kwargs,
         )
-        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # 0: no item
-        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()
-        item_ids = torch.full((batch, top_k), -1, dtype=torch.long)
-        scores = torch.full((batch, top_k), -math.inf)
+        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # [B][beams], 0: no item
+        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()  # [B, beams]
+        item_ids = torch.full((batch, top_k), -1, dtype=torch.long)  # [B, top_k]
+        scores = torch.full((batch, top_k), -math.inf)  # [B, top_k]
         for row, order in enumerate(beam_scores.argsort(dim=1, descending=True, stable=True).tolist()):
             ranked: list[int] = []
             for beam in order:

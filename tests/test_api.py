@@ -20,9 +20,9 @@ from training.cli import train as train_cli
 from training.evaluation.cli import evaluate as evaluate_cli
 
 TOK = str(TOKENIZER_DIR)
-TRAIN_FLAGS = dict(max_steps=4, per_device_train_batch_size=8, learning_rate=5e-3, warmup_steps=1, logging_steps=1,
-                   eval_strategy="no", save_strategy="no", report_to="none", seed=3, disable_tqdm=True,
-                   dataloader_num_workers=0)
+TRAIN_FLAGS = {"max_steps": 4, "per_device_train_batch_size": 8, "learning_rate": 5e-3, "warmup_steps": 1, "logging_steps": 1,
+                   "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "seed": 3, "disable_tqdm": True,
+                   "dataloader_num_workers": 0}
 
 
 def _flags(values: dict) -> list[str]:
@@ -36,7 +36,7 @@ def test_model_arguments_take_their_defaults_from_the_config():
 
 
 def test_prepare_api_builds_the_folder_the_cli_builds(tmp_path):
-    common = dict(synthetic=True, tokenizer=TOK, max_users=30, embedding_dim=8, num_neighbors=3, pmf_max_iter=3)
+    common = {"synthetic": True, "tokenizer": TOK, "max_users": 30, "embedding_dim": 8, "num_neighbors": 3, "pmf_max_iter": 3}
     folder = api.prepare(api.PrepareArguments(output_dir=str(tmp_path / "api"), **common))
     prepare_from_arguments(["--output_dir", str(tmp_path / "cli"), "--synthetic", "True", *_flags(
         {k: v for k, v in common.items() if k != "synthetic"})])
@@ -47,8 +47,8 @@ def test_prepare_api_builds_the_folder_the_cli_builds(tmp_path):
 def test_train_and_evaluate_api_give_the_cli_numbers_on_the_same_seed(synthetic_prepared, tmp_path):
     prepared = tmp_path / "prepared"
     shutil.copytree(synthetic_prepared, prepared)
-    model = dict(base_model="random:tiny", tokenizer=TOK)
-    data = dict(prepared_dir=str(prepared), max_eval_samples_per_task=8)
+    model = {"base_model": "random:tiny", "tokenizer": TOK}
+    data = {"prepared_dir": str(prepared), "max_eval_samples_per_task": 8}
     cli_metrics = train_cli(_flags({**model, **data, **TRAIN_FLAGS, "output_dir": tmp_path / "cli"}))
     run = api.train(api.ModelArguments(**model), api.DataArguments(**data),
                     api.PeaPODTrainingArguments(output_dir=str(tmp_path / "api"), **TRAIN_FLAGS))
@@ -60,8 +60,8 @@ def test_train_and_evaluate_api_give_the_cli_numbers_on_the_same_seed(synthetic_
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
-    evaluation = dict(prepared_dir=str(prepared), max_users=6, num_beams=4, top_k=2, max_explanation_tokens=6,
-                      baselines=["popularity"])
+    evaluation = {"prepared_dir": str(prepared), "max_users": 6, "num_beams": 4, "top_k": 2, "max_explanation_tokens": 6,
+                      "baselines": ["popularity"]}
     report = evaluate_cli(["--checkpoint", str(run.output_dir), *_flags({k: v for k, v in evaluation.items()
                                                                        if k != "baselines"}),
                            "--baselines", "popularity", "--output_dir", str(tmp_path / "eval-cli")])

@@ -207,7 +207,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
     # Refuse a checkpoint trained on other data; a fresh model records this data's fingerprint.
     check_data_fingerprint(model.config, prepared, data_args.allow_other_data, record=True,
                            checkpoint=training_args.resume_from_checkpoint)
-    check_task_order_matches(model.config, prepared)
+    check_task_order_matches(model.config, prepared, data_args.tasks)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
 
     ranking_metrics_fn = None

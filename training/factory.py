@@ -27,10 +27,10 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
     num_neighbors = model_args.num_neighbors or neighbors.shape[1]
     if num_neighbors != neighbors.shape[1]:
         neighbors = build_user_neighbors(embeddings, num_neighbors)
-    peapod_fields = model_args.config_fields() | dict(
-        num_users=prepared.num_users, num_items=prepared.num_items, user_embedding_dim=embeddings.shape[1],
-        num_neighbors=num_neighbors,
-    )
+    peapod_fields = model_args.config_fields() | {
+        "num_users": prepared.num_users, "num_items": prepared.num_items, "user_embedding_dim": embeddings.shape[1],
+        "num_neighbors": num_neighbors,
+    }
     base, random_shape = resolve_base_model(model_args)
     if random_shape is not None:
         model = PeaPODForConditionalGeneration.from_shape(random_shape, **peapod_fields)
