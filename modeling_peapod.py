@@ -100,7 +100,8 @@ def build_user_neighbors(
     Similarities are compared at a resolution of 1e-6: float32 matrix products give equal cosines that differ in
     their last bits depending on the tiling, and that noise must not decide who is a neighbour.
     """
-    check_user_embeddings(user_embeddings)
+    if user_embeddings.dim() != 2:
+        raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
     num_rows = user_embeddings.shape[0]
     check_num_neighbors(num_rows - 1, num_neighbors)
     if chunk_size < 1 or column_block < 1:

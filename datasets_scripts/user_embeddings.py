@@ -267,7 +267,8 @@ def build_neighbor_table(
     """
     if backend not in NEIGHBOR_BACKENDS:
         raise ValueError(f"backend={backend!r}; expected one of {NEIGHBOR_BACKENDS}")
-    if backend == "exact":  # the one builder; its checks (shape, finite values, n) are the faiss path's too
+    check_user_embeddings(user_embeddings)  # a NaN row would make its cosines (and so the table) NaN
+    if backend == "exact":  # the one builder, `modeling_peapod.build_user_neighbors`
         return build_user_neighbors(user_embeddings, num_neighbors, chunk_size=chunk_size)
     return _faiss_neighbors(user_embeddings, num_neighbors, chunk_size)
 
@@ -287,7 +288,6 @@ def _faiss_neighbors(user_embeddings: torch.Tensor, num_neighbors: int, chunk_si
             "backend='faiss' needs faiss: pip install faiss-cpu (or peapod-rec[faiss]); backend='exact' needs nothing"
         ) from error
 
-    check_user_embeddings(user_embeddings)
     num_rows = user_embeddings.shape[0]
     num_users = num_rows - 1
     check_num_neighbors(num_users, num_neighbors)

@@ -10,7 +10,8 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from configuration_peapod import PeaPODConfig, PeaPODInputError
-from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
+from datasets_scripts.user_embeddings import build_neighbor_table
+from modeling_peapod import PeaPODForConditionalGeneration
 from training.arguments import ModelArguments, resolve_base_model
 
 logger = logging.getLogger("peapod.train")
@@ -26,7 +27,7 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
     embeddings, neighbors = prepared.user_embeddings, prepared.user_neighbors
     num_neighbors = model_args.num_neighbors or neighbors.shape[1]
     if num_neighbors != neighbors.shape[1]:
-        neighbors = build_user_neighbors(embeddings, num_neighbors)
+        neighbors = build_neighbor_table(embeddings, num_neighbors)
     peapod_fields = model_args.config_fields() | {
         "num_users": prepared.num_users, "num_items": prepared.num_items, "user_embedding_dim": embeddings.shape[1],
         "num_neighbors": num_neighbors,
