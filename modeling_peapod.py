@@ -968,14 +968,6 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
-        One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
-        decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
-        only to itself, and T5's relative position bias depends only on distances within the block, so each block
-        computes exactly what decoding that candidate alone would, while the sample's encoder states (the
-        cross-attention keys/values) are projected and read once for all C candidates instead of once per
-        candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
-        one sample). The vocabulary projection runs only where a target token is, and once for the start token.
-
         {peapod_inputs}
 
         Ranking arguments:
@@ -992,6 +984,14 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         >>> inputs["task_ids"] = torch.tensor([1])
         >>> model.score_candidates(**inputs, candidates=torch.tensor([[3, 7, 12]]), tokenizer=tokenizer).shape
         torch.Size([1, 3])
+
+        One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
+        decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
+        only to itself, and T5's relative position bias depends only on distances within the block, so each block
+        computes exactly what decoding that candidate alone would, while the sample's encoder states (the
+        cross-attention keys/values) are projected and read once for all C candidates instead of once per
+        candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
+        one sample). The vocabulary projection runs only where a target token is, and once for the start token.
         """
         batch = input_ids.shape[0]
         if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
