@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -492,8 +493,9 @@ def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
 USER_TABLE_BUFFERS = ("user_embeddings", "user_neighbors")
 
 
-# The PeaPOD inputs of `forward`, `generate`, `recommend` and `score_candidates`, written once (as transformers'
-# `add_start_docstrings` does for its models) and filled into each docstring by `_document_peapod_inputs`.
+# The documentation of `forward`, `generate`, `recommend` and `score_candidates`: their PeaPOD inputs, written once
+# (as transformers' `add_start_docstrings` does for its models), then each method's own arguments, returns and
+# example; `_document_peapod_inputs` appends them to the method's docstring.
 PEAPOD_INPUTS_DOCSTRING = """PeaPOD inputs (a batch of B prompts; the training package's `PeaPODDataCollator` builds them from rows):
     input_ids (`torch.LongTensor` of shape `(B, sequence_length)`):
         Token ids of the prompt text, EOS last, e.g. "Given the purchase history of user_12: item_3, item_7,
@@ -523,16 +525,83 @@ PEAPOD_EXAMPLE_SETUP = """>>> import torch
 ...               whole_word_ids=compute_whole_word_ids(batch.input_ids, tokenizer))"""
 
 
-def _document_peapod_inputs(method):
-    """Fill the `{peapod_inputs}` and `{example_setup}` lines of a method's docstring, indented as that line."""
+FORWARD_DOCSTRING = """Other arguments:
+    labels (`torch.LongTensor` of shape `(B, target_length)`, *optional*):
+        Target token ids (an item id such as "1234" + EOS, or an explanation + EOS), -100 on padding (never
+        trained on). `config.loss_reduction` averages per sequence (eq. 10) or per token.
+    decoder_input_ids, decoder_attention_mask, cache, use_cache: as in T5 (`decoder_input_ids` default to
+        `labels` shifted right). encoder_outputs: the encoder already ran (`generate`); `attention_mask` is
+        then the extended one.
 
-    def fill(match: re.Match) -> str:
-        text = {"peapod_inputs": PEAPOD_INPUTS_DOCSTRING, "example_setup": PEAPOD_EXAMPLE_SETUP}[match["name"]]
-        return "\n".join(match["indent"] + line if line else line for line in text.splitlines())
+Returns:
+    `Seq2SeqLMOutput`: `loss` (with `labels`), `logits` of shape `(B, target_length, vocab_size)`, and T5's
+    other outputs; the encoder's positions are L_t + L_p + sequence_length long.
 
-    method.__doc__ = re.sub(r"^(?P<indent>[ ]*)\{(?P<name>peapod_inputs|example_setup)\}$", fill, method.__doc__,
-                            flags=re.MULTILINE)
-    return method
+Example:
+{example_setup}
+>>> labels = tokenizer(["12"], return_tensors="pt").input_ids  # the next item's id
+>>> model(**inputs, labels=labels).loss.shape
+torch.Size([])
+"""
+
+GENERATE_DOCSTRING = """Other arguments: `encoder_outputs` (the encoder already ran: pass the extended `attention_mask` with it)
+and any `generate` keyword (`num_beams`, `max_new_tokens`, `generation_config`, ...).
+
+Returns:
+    What `generate` returns: token ids of shape `(B * num_return_sequences, generated_length)` (decoder
+    start token first), or a `GenerateOutput` with `return_dict_in_generate=True`.
+
+Example (an explanation, task 2):
+{example_setup}
+>>> inputs["task_ids"] = torch.tensor([2])
+>>> tokenizer.batch_decode(model.generate(**inputs, num_beams=4, max_new_tokens=20), skip_special_tokens=True)
+['...']
+"""
+
+RECOMMEND_DOCSTRING = """Ranking arguments:
+    tokenizer / item_trie: the catalogue to decode into: an `ItemIdTrie` (`model.item_trie(tokenizer)`,
+        built once and reused), or a tokenizer to build it from items 1..config.num_items.
+    candidates (`torch.LongTensor` of shape `(B, C)`, *optional*): top-n; each row's candidate item ids.
+    top_k, num_beams (top_k <= num_beams), length_penalty, constraint, and other `generate` keywords.
+
+Returns:
+    `(item_ids, scores)`, both of shape `(B, top_k)`: item ids by decreasing score (-1 where fewer than
+    top_k distinct items were found) and their beam log-likelihoods (-inf there).
+
+Example (sequential, task 0):
+{example_setup}
+>>> item_ids, scores = model.recommend(**inputs, tokenizer=tokenizer, top_k=5, num_beams=10)
+>>> item_ids.shape
+torch.Size([1, 5])
+"""
+
+SCORE_CANDIDATES_DOCSTRING = """Ranking arguments:
+    candidates (`torch.LongTensor` of shape `(B, C)`): each row's candidate item ids (top-n: 100).
+    tokenizer / item_trie: as in `recommend` (the trie holds each id's tokens).
+    candidate_batch_size: about how many (sample, candidate) pairs one decoder call scores.
+
+Returns:
+    `torch.Tensor` of shape `(B, C)`: log p(id tokens + EOS | input) of each candidate; rank a row by
+    sorting it (ties: lower item id first, as the evaluation does).
+
+Example (top-n, task 1):
+{example_setup}
+>>> inputs["task_ids"] = torch.tensor([1])
+>>> model.score_candidates(**inputs, candidates=torch.tensor([[3, 7, 12]]), tokenizer=tokenizer).shape
+torch.Size([1, 3])
+"""
+
+
+def _document_peapod_inputs(sections: str):
+    """Append the PeaPOD inputs, then the method's `sections` (its other arguments, what it returns, an example),
+    to the method's docstring."""
+
+    def decorate(method):
+        text = PEAPOD_INPUTS_DOCSTRING + "\n\n" + sections.replace("{example_setup}", PEAPOD_EXAMPLE_SETUP)
+        method.__doc__ = method.__doc__.rstrip() + "\n\n" + textwrap.indent(text, " " * 8)
+        return method
+
+    return decorate
 
 
 class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
@@ -731,7 +800,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 
     # -- training -----------------------------------------------------------------------------------------
 
-    @_document_peapod_inputs
+    @_document_peapod_inputs(FORWARD_DOCSTRING)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -747,29 +816,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         use_cache: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
-        """T5's forward on the PeaPOD encoder input [task prompt | collaborative prompt | token + whole-word
-        embeddings]; with `labels`, the loss of eq. (10).
-
-        {peapod_inputs}
-
-        Other arguments:
-            labels (`torch.LongTensor` of shape `(B, target_length)`, *optional*):
-                Target token ids (an item id such as "1234" + EOS, or an explanation + EOS), -100 on padding (never
-                trained on). `config.loss_reduction` averages per sequence (eq. 10) or per token.
-            decoder_input_ids, decoder_attention_mask, cache, use_cache: as in T5 (`decoder_input_ids` default to
-                `labels` shifted right). encoder_outputs: the encoder already ran (`generate`); `attention_mask` is
-                then the extended one.
-
-        Returns:
-            `Seq2SeqLMOutput`: `loss` (with `labels`), `logits` of shape `(B, target_length, vocab_size)`, and T5's
-            other outputs; the encoder's positions are L_t + L_p + sequence_length long.
-
-        Example:
-        {example_setup}
-        >>> labels = tokenizer(["12"], return_tensors="pt").input_ids  # the next item's id
-        >>> model(**inputs, labels=labels).loss.shape
-        torch.Size([])
-        """
+        """T5's forward with the PeaPOD encoder inputs; `labels` use -100 for padding (never trained on)."""
         if labels is not None:
             _check_labels(labels, decoder_input_ids, input_ids.shape[0] if input_ids is not None else None)
         if encoder_outputs is None:
@@ -809,7 +856,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     # -- generation ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    @_document_peapod_inputs
+    @_document_peapod_inputs(GENERATE_DOCSTRING)
     def generate(
         self, input_ids=None, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
         encoder_outputs=None, **generate_kwargs,
@@ -820,21 +867,6 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 
         With beam search, the decoder's cross-attention keys/values are projected once per sample and repeated for
         its beams (`_beam_cache`), instead of once per beam inside the first decoder step; the result is the same.
-
-        {peapod_inputs}
-
-        Other arguments: `encoder_outputs` (the encoder already ran: pass the extended `attention_mask` with it)
-        and any `generate` keyword (`num_beams`, `max_new_tokens`, `generation_config`, ...).
-
-        Returns:
-            What `generate` returns: token ids of shape `(B * num_return_sequences, generated_length)` (decoder
-            start token first), or a `GenerateOutput` with `return_dict_in_generate=True`.
-
-        Example (an explanation, task 2):
-        {example_setup}
-        >>> inputs["task_ids"] = torch.tensor([2])
-        >>> tokenizer.batch_decode(model.generate(**inputs, num_beams=4, max_new_tokens=20), skip_special_tokens=True)
-        ['...']
         """
         if encoder_outputs is None:
             encoder_outputs, attention_mask = self.encode(input_ids, attention_mask, user_ids, task_ids, whole_word_ids)
@@ -885,7 +917,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return ItemIdTrie.from_tokenizer(tokenizer, item_ids)
 
     @torch.no_grad()
-    @_document_peapod_inputs
+    @_document_peapod_inputs(RECOMMEND_DOCSTRING)
     def recommend(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
@@ -898,24 +930,6 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         `constraint="tensor"` masks with `ItemIdConstraintLogitsProcessor` (batched tensor ops per step);
         `"prefix_fn"` with the per-beam Python callback `prefix_allowed_tokens_fn` (the slower reference; the
         rankings are identical).
-
-        {peapod_inputs}
-
-        Ranking arguments:
-            tokenizer / item_trie: the catalogue to decode into: an `ItemIdTrie` (`model.item_trie(tokenizer)`,
-                built once and reused), or a tokenizer to build it from items 1..config.num_items.
-            candidates (`torch.LongTensor` of shape `(B, C)`, *optional*): top-n; each row's candidate item ids.
-            top_k, num_beams (top_k <= num_beams), length_penalty, constraint, and other `generate` keywords.
-
-        Returns:
-            `(item_ids, scores)`, both of shape `(B, top_k)`: item ids by decreasing score (-1 where fewer than
-            top_k distinct items were found) and their beam log-likelihoods (-inf there).
-
-        Example (sequential, task 0):
-        {example_setup}
-        >>> item_ids, scores = model.recommend(**inputs, tokenizer=tokenizer, top_k=5, num_beams=10)
-        >>> item_ids.shape
-        torch.Size([1, 5])
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
@@ -961,29 +975,12 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return item_ids, scores
 
     @torch.no_grad()
-    @_document_peapod_inputs
+    @_document_peapod_inputs(SCORE_CANDIDATES_DOCSTRING)
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
-
-        {peapod_inputs}
-
-        Ranking arguments:
-            candidates (`torch.LongTensor` of shape `(B, C)`): each row's candidate item ids (top-n: 100).
-            tokenizer / item_trie: as in `recommend` (the trie holds each id's tokens).
-            candidate_batch_size: about how many (sample, candidate) pairs one decoder call scores.
-
-        Returns:
-            `torch.Tensor` of shape `(B, C)`: log p(id tokens + EOS | input) of each candidate; rank a row by
-            sorting it (ties: lower item id first, as the evaluation does).
-
-        Example (top-n, task 1):
-        {example_setup}
-        >>> inputs["task_ids"] = torch.tensor([1])
-        >>> model.score_candidates(**inputs, candidates=torch.tensor([[3, 7, 12]]), tokenizer=tokenizer).shape
-        torch.Size([1, 3])
 
         One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
         decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
