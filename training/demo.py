@@ -69,7 +69,7 @@ REAL_DATA = {
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "Where the prepared data and model go."})
     data: Literal["synthetic", "beauty", "toys", "instruments"] = field(
-        default="synthetic", metadata={"help": "synthetic, or the real data of REAL_DATA."}
+        default="synthetic", metadata={"help": "synthetic, or real Amazon data from --shared_dir."}
     )
     shared_dir: str = field(default="../shared", metadata={"help": "The folder holding data/ and tokenizers/."})
     tokenizer: str | None = field(default=None, metadata={"help": "Default: <shared_dir>/tokenizers/t5."})
