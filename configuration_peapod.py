@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 from transformers import AutoConfig, T5Config
 
-PROMPT_ENCODERS = ("mha", "mlp", "none")
-USER_EMBEDDING_NORMS = ("none", "l2", "layernorm")
+# The choice fields of PeaPODConfig: the Literal types are what argument parsers read (HfArgumentParser turns them
+# into choices); the tuples are their values, for checks and messages.
+PromptEncoder = Literal["mha", "mlp", "none"]
+UserEmbeddingNorm = Literal["none", "l2", "layernorm"]
+LossReduction = Literal["sequence", "token"]
+PROMPT_ENCODERS: tuple[str, ...] = get_args(PromptEncoder)
+USER_EMBEDDING_NORMS: tuple[str, ...] = get_args(UserEmbeddingNorm)
+LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
 
 
 # Shapes for offline work, where no pretrained T5 weights exist: the model is randomly initialised with one of
@@ -182,8 +188,8 @@ class PeaPODConfig(T5Config):
     num_items: int = 0
     user_embedding_dim: int = 512
     num_neighbors: int = 20
-    prompt_encoder: str = "mha"
-    user_embedding_norm: str = "none"
+    prompt_encoder: PromptEncoder = "mha"
+    user_embedding_norm: UserEmbeddingNorm = "none"
     prompt_encoder_heads: int = 4
     collaborative_prompt_length: int = 3
     add_user_prompt_to_tokens: bool = False
@@ -191,7 +197,7 @@ class PeaPODConfig(T5Config):
     task_prompt_length: int = 3
     tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS
     max_whole_word_ids: int = 512
-    loss_reduction: str = "sequence"
+    loss_reduction: LossReduction = "sequence"
     decoder_start_token_id: int | None = 0
     fold_in_regularization: float | None = None
     fold_in_negatives_per_positive: int = 1
@@ -209,8 +215,8 @@ class PeaPODConfig(T5Config):
             raise ValueError(
                 f"user_embedding_norm={self.user_embedding_norm!r} is not one of {USER_EMBEDDING_NORMS}"
             )
-        if self.loss_reduction not in ("sequence", "token"):
-            raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of ('sequence', 'token')")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
         non_negative = {
             "num_users": self.num_users,
             "num_items": self.num_items,
@@ -301,6 +307,7 @@ class PeaPODConfig(T5Config):
 
 
 __all__ = [
-    "DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS", "PeaPODConfig",
-    "PeaPODInputError", "TaskSpec", "check_task_order", "task_spec",
+    "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
+    "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptEncoder", "TaskSpec", "UserEmbeddingNorm",
+    "check_task_order", "task_spec",
 ]

@@ -3,7 +3,7 @@
 This file travels to a Hub repository as remote code beside `configuration_peapod.py`: it imports only torch,
 transformers and that file. It reads top to bottom from building blocks to the full model:
 
-1. ID helpers: whole-word ids of `user_…`/`item_…` spans (SPEC §1) and the exact neighbour table.
+1. ID helpers: whole-word ids of `user_…`/`item_…` spans (the paper's §3.2) and the exact neighbour table.
 2. `CollaborativePromptEncoder`: eqs. (1)-(9) of the paper.
 3. Constrained decoding: a prefix trie over tokenised item ids, flattened into tensors for a logits processor.
 4. `PeaPODForConditionalGeneration`: a T5 whose encoder input is
@@ -20,6 +20,7 @@ import math
 import operator
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,7 +60,7 @@ _ID_PATTERN = re.compile(r"(?<![A-Za-z0-9])(?:user|item)_[0-9]+")
 
 
 def whole_word_ids_from_tokens(tokens: Sequence[str]) -> list[int]:
-    """Whole-word index of every SentencePiece piece (SPEC §1, the paper's §3.2).
+    """Whole-word index of every SentencePiece piece (the paper's §3.2).
 
     The i-th `user_…`/`item_…` span in the sequence gets index i (1-based) on each of its pieces; every other
     piece (words, punctuation, EOS, padding) gets 0.
@@ -94,7 +95,7 @@ def compute_whole_word_ids(input_ids, tokenizer) -> list[list[int]] | torch.Long
     return [whole_word_ids_from_tokens(tokenizer.convert_ids_to_tokens(list(row))) for row in input_ids]
 
 
-SIMILARITY_RESOLUTION = 1e6  # cosine similarities are ranked as integers of 1e-6
+SIMILARITY_SCALE = 1e6  # cosines are multiplied by this and rounded: ranked as integers of 1e-6
 # Tiles of [4096 users x 8192 users] (128 MiB of float32): measured fastest on a 2-core CPU at 22k and 200k users.
 NEIGHBOR_CHUNK_SIZE, NEIGHBOR_COLUMN_BLOCK = 4096, 8192
 
@@ -146,6 +147,20 @@ def build_user_neighbors(
     return neighbors
 
 
+def check_user_embeddings(user_embeddings: torch.Tensor, where: str = "") -> None:
+    """User embeddings [num_users + 1, d_u] with finite values: a NaN row would turn every loss into NaN, and every
+    cosine with it (so the neighbour table) would be NaN too."""
+    if user_embeddings.dim() != 2:
+        raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
+    finite = torch.isfinite(user_embeddings)
+    if not finite.all():
+        bad_rows = (~finite).any(dim=1).nonzero().flatten()
+        raise PeaPODInputError(
+            f"{where}user_embeddings has NaN or infinite values in {bad_rows.numel()} row(s), user ids "
+            f"{bad_rows[:10].tolist()}; expected finite collaborative-filtering embeddings"
+        )
+
+
 def check_num_neighbors(num_users: int, num_neighbors: int) -> None:
     """A user has at most num_users - 1 neighbours: everyone but itself (and never the unknown user 0)."""
     if num_neighbors < 1 or num_neighbors > num_users - 1:
@@ -171,7 +186,7 @@ def _cosines(unit: torch.Tensor, first: int, last: int, column: int, column_end:
 
 def _rounded(values: torch.Tensor) -> torch.Tensor:
     """Similarities as integers of 1e-6. Rounding is monotonic, so it can wait until after `topk`."""
-    return (values * SIMILARITY_RESOLUTION).round_()
+    return (values * SIMILARITY_SCALE).round_()
 
 
 def _chunk_neighbors(
@@ -277,12 +292,13 @@ class CollaborativePromptEncoder(nn.Module):
     """The collaborative user prompt p of the paper's §4 (eqs. 1-9), L_p vectors of width d_m.
 
     `mha`: the target user's embedding u is the query, its n neighbours' embeddings s_i the keys and values:
-        Q = W_Q u + b_Q, K_i = W_K s_i + b_K, V_i = W_V s_i + b_V                    eqs. (1)-(4)
+        Q = W_Q u + b_Q, K_i = W_K s_i + b_K, V_i = W_V s_i + b_V, K, V stacked      eqs. (1)-(4)
         head_h = softmax((Q W_h^Q)(K W_h^K)^T / sqrt(d_k)) (V W_h^V), d_k = d_m / H   eqs. (5), (7)
-        z = Concat(head_1..head_H);  p = W_I z + b_I, reshaped to [L_p, d_m]          eqs. (8), (9)
+        z = Concat(head_1..head_H)                                                    eq. (8)
+        p = W_I z + b_I, reshaped to [L_p, d_m]                                       eq. (9)
     The per-head projections W_h^{Q,K,V} of eq. (7) are stacked into one d_m x d_m map each (as in
     `nn.MultiheadAttention`); with H = 1 this is eq. (5) with its sqrt(d_m) scale.
-    `mlp`: the paper's "0 heads" ablation, no neighbours: p = W_I (W_Q u + b_Q) + b_I.
+    `mlp`: the paper's "0 heads" ablation, no neighbours: z = Q = W_Q u + b_Q (eq. 1), p = W_I z + b_I (eq. 6).
     `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`).
     """
 
@@ -303,32 +319,33 @@ class CollaborativePromptEncoder(nn.Module):
             self.head_query = nn.Linear(d_model, d_model, bias=False)  # W_h^Q for all heads, eq. (7)
             self.head_key = nn.Linear(d_model, d_model, bias=False)  # W_h^K
             self.head_value = nn.Linear(d_model, d_model, bias=False)  # W_h^V
-        self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eqs. (6), (9)
+        self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eq. (6) mlp, eq. (9) mha
 
     def forward(
         self, user_embedding: torch.Tensor, neighbor_embeddings: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """u [B, d_u] and S_u [B, n, d_u] -> (p [B, L_p, d_m], attention weights [B, H, n] or None)."""
-        user_embedding = self.normalize_user_embeddings(user_embedding)
-        query = self.query(user_embedding)  # [B, d_m]
+        user_embedding = self.normalize_user_embeddings(user_embedding)  # u [B, d_u]
+        query = self.query(user_embedding)  # Q [B, d_m], eq. (1)
         if self.variant == "mlp":
-            summary, attention = query, None
+            summary, attention = query, None  # z = Q [B, d_m]
         else:
-            neighbor_embeddings = self.normalize_user_embeddings(neighbor_embeddings)
+            neighbor_embeddings = self.normalize_user_embeddings(neighbor_embeddings)  # S_u [B, n, d_u]
             batch, num_neighbors, _ = neighbor_embeddings.shape
-            head_width = self.d_model // self.num_heads
-            keys = self.head_key(self.key(neighbor_embeddings))  # [B, n, d_m]
-            values = self.head_value(self.value(neighbor_embeddings))
-            query = self.head_query(query)
+            head_width = self.d_model // self.num_heads  # d_k = d_m / H
+            keys = self.head_key(self.key(neighbor_embeddings))  # K W^K [B, n, d_m], eqs. (2), (4), (7)
+            values = self.head_value(self.value(neighbor_embeddings))  # V W^V [B, n, d_m], eqs. (3), (4), (7)
+            query = self.head_query(query)  # Q W^Q [B, d_m], eq. (7)
             # Split d_m into H heads of width d_k: [B, H, 1, d_k] against [B, H, n, d_k].
-            query = query.view(batch, self.num_heads, 1, head_width)
-            keys = keys.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)
-            values = values.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)
+            query = query.view(batch, self.num_heads, 1, head_width)  # [B, H, 1, d_k]
+            keys = keys.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)  # [B, H, n, d_k]
+            values = values.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)  # [B, H, n, d_k]
+            # Scaled dot-product attention of each head over the n neighbours, eqs. (5), (7): [B, H, 1, n].
             attention = torch.softmax(query @ keys.transpose(-1, -2) / math.sqrt(head_width), dim=-1)
-            summary = (attention @ values).reshape(batch, self.d_model)  # z_mha, eq. (8)
+            summary = (attention @ values).reshape(batch, self.d_model)  # z_mha [B, d_m]: heads concatenated, eq. (8)
             attention = attention.squeeze(2)  # [B, H, n]
-        prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)
+        prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)  # p [B, L_p, d_m], eq. (6)/(9)
         return prompt, (attention if output_attentions else None)
 
     def normalize_user_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -562,6 +579,117 @@ def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
 USER_TABLE_BUFFERS = ("user_embeddings", "user_neighbors")
 ITEM_FACTORS = "item_factors"  # the CF model's item factors, kept for folding in new users
 UNKNOWN_USER_TEXT = "user_0"  # the id text of a user outside the table (unknown or folded in): never trained on
+
+
+# The documentation of `forward`, `generate`, `recommend` and `score_candidates`: their PeaPOD inputs, written once
+# (as transformers' `add_start_docstrings` does for its models), then each method's own arguments, returns and
+# example; `_document_peapod_inputs` appends them to the method's docstring.
+PEAPOD_INPUTS_DOCSTRING = """PeaPOD inputs (a batch of B prompts; the training package's `PeaPODDataCollator` builds them from rows):
+    input_ids (`torch.LongTensor` of shape `(B, sequence_length)`):
+        Token ids of the prompt text, EOS last, e.g. "Given the purchase history of user_12: item_3, item_7,
+        predict the next item." PeaPOD prepends its L_t + L_p prompt vectors itself: pass the text's ids only.
+    attention_mask (`torch.LongTensor` of shape `(B, sequence_length)`, *optional*):
+        1 on tokens, 0 on padding; extended internally with 1s over the prompt vectors. Default: all ones.
+    user_ids (`torch.LongTensor` of shape `(B,)`):
+        Each prompt's row of the frozen user table: 1..num_users, 0 for the unknown user. Selects u and its
+        neighbours S_u for the collaborative prompt; required unless `config.prompt_encoder == "none"`.
+    task_ids (`torch.LongTensor` of shape `(B,)`):
+        Each prompt's index into `config.tasks` (the task registry's order: 0 sequential, 1 top-n,
+        2 explanation). Selects the task prompt; required when `config.use_task_prompts`.
+    whole_word_ids (`torch.LongTensor` of shape `(B, sequence_length)`, *optional*):
+        0 on ordinary tokens, i on every piece of the i-th `user_…`/`item_…` span (`compute_whole_word_ids`);
+        looked up in the whole-word embeddings and added to the token embeddings. Default: all 0."""
+
+PEAPOD_EXAMPLE_SETUP = """>>> import torch
+>>> from transformers import AutoTokenizer
+>>> from modeling_peapod import PeaPODForConditionalGeneration, compute_whole_word_ids
+>>> tokenizer = AutoTokenizer.from_pretrained("t5-small")
+>>> model = PeaPODForConditionalGeneration.from_shape(
+...     "tiny", num_users=3, num_items=20, user_embedding_dim=8, num_neighbors=2)
+>>> model.set_user_table(torch.randn(4, 8))  # row 0: the unknown user
+>>> batch = tokenizer(["Given the purchase history of user_1: item_3, item_7, predict the next item."],
+...                   return_tensors="pt")
+>>> inputs = dict(**batch, user_ids=torch.tensor([1]), task_ids=torch.tensor([0]),
+...               whole_word_ids=compute_whole_word_ids(batch.input_ids, tokenizer))"""
+
+
+FORWARD_DOCSTRING = """Other arguments:
+    labels (`torch.LongTensor` of shape `(B, target_length)`, *optional*):
+        Target token ids (an item id such as "1234" + EOS, or an explanation + EOS), -100 on padding (never
+        trained on). `config.loss_reduction` averages per sequence (eq. 10) or per token.
+    decoder_input_ids, decoder_attention_mask, cache, use_cache: as in T5 (`decoder_input_ids` default to
+        `labels` shifted right). encoder_outputs: the encoder already ran (`generate`); `attention_mask` is
+        then the extended one.
+
+Returns:
+    `Seq2SeqLMOutput`: `loss` (with `labels`), `logits` of shape `(B, target_length, vocab_size)`, and T5's
+    other outputs; the encoder's positions are L_t + L_p + sequence_length long.
+
+Example:
+{example_setup}
+>>> labels = tokenizer(["12"], return_tensors="pt").input_ids  # the next item's id
+>>> model(**inputs, labels=labels).loss.shape
+torch.Size([])
+"""
+
+GENERATE_DOCSTRING = """Other arguments: `encoder_outputs` (the encoder already ran: pass the extended `attention_mask` with it)
+and any `generate` keyword (`num_beams`, `max_new_tokens`, `generation_config`, ...).
+
+Returns:
+    What `generate` returns: token ids of shape `(B * num_return_sequences, generated_length)` (decoder
+    start token first), or a `GenerateOutput` with `return_dict_in_generate=True`.
+
+Example (an explanation, task 2):
+{example_setup}
+>>> inputs["task_ids"] = torch.tensor([2])
+>>> tokenizer.batch_decode(model.generate(**inputs, num_beams=4, max_new_tokens=20), skip_special_tokens=True)
+['...']
+"""
+
+RECOMMEND_DOCSTRING = """Ranking arguments:
+    tokenizer / item_trie: the catalogue to decode into: an `ItemIdTrie` (`model.item_trie(tokenizer)`,
+        built once and reused), or a tokenizer to build it from items 1..config.num_items.
+    candidates (`torch.LongTensor` of shape `(B, C)`, *optional*): top-n; each row's candidate item ids.
+    top_k, num_beams (top_k <= num_beams), length_penalty, constraint, and other `generate` keywords.
+
+Returns:
+    `(item_ids, scores)`, both of shape `(B, top_k)`: item ids by decreasing score (-1 where fewer than
+    top_k distinct items were found) and their beam log-likelihoods (-inf there).
+
+Example (sequential, task 0):
+{example_setup}
+>>> item_ids, scores = model.recommend(**inputs, tokenizer=tokenizer, top_k=5, num_beams=10)
+>>> item_ids.shape
+torch.Size([1, 5])
+"""
+
+SCORE_CANDIDATES_DOCSTRING = """Ranking arguments:
+    candidates (`torch.LongTensor` of shape `(B, C)`): each row's candidate item ids (top-n: 100).
+    tokenizer / item_trie: as in `recommend` (the trie holds each id's tokens).
+    candidate_batch_size: about how many (sample, candidate) pairs one decoder call scores.
+
+Returns:
+    `torch.Tensor` of shape `(B, C)`: log p(id tokens + EOS | input) of each candidate; rank a row by
+    sorting it (ties: lower item id first, as the evaluation does).
+
+Example (top-n, task 1):
+{example_setup}
+>>> inputs["task_ids"] = torch.tensor([1])
+>>> model.score_candidates(**inputs, candidates=torch.tensor([[3, 7, 12]]), tokenizer=tokenizer).shape
+torch.Size([1, 3])
+"""
+
+
+def _document_peapod_inputs(sections: str):
+    """Append the PeaPOD inputs, then the method's `sections` (its other arguments, what it returns, an example),
+    to the method's docstring."""
+
+    def decorate(method):
+        text = PEAPOD_INPUTS_DOCSTRING + "\n\n" + sections.replace("{example_setup}", PEAPOD_EXAMPLE_SETUP)
+        method.__doc__ = method.__doc__.rstrip() + "\n\n" + textwrap.indent(text, " " * 8)
+        return method
+
+    return decorate
 
 
 class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
@@ -992,6 +1120,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
 
     # -- training -----------------------------------------------------------------------------------------
 
+    @_document_peapod_inputs(FORWARD_DOCSTRING)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1052,6 +1181,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     # -- generation ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    @_document_peapod_inputs(GENERATE_DOCSTRING)
     def generate(
         self, input_ids=None, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
         encoder_outputs=None, user_embeddings=None, user_neighbors=None, **generate_kwargs,
@@ -1114,6 +1244,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return ItemIdTrie.from_tokenizer(tokenizer, item_ids)
 
     @torch.no_grad()
+    @_document_peapod_inputs(RECOMMEND_DOCSTRING)
     def recommend(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
@@ -1156,10 +1287,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
             return_dict_in_generate=True, **generate_kwargs,
         )
-        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # 0: no item
-        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()
-        item_ids = torch.full((batch, top_k), -1, dtype=torch.long)
-        scores = torch.full((batch, top_k), -math.inf)
+        beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # [B][beams], 0: no item
+        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()  # [B, beams]
+        item_ids = torch.full((batch, top_k), -1, dtype=torch.long)  # [B, top_k]
+        scores = torch.full((batch, top_k), -math.inf)  # [B, top_k]
         for row, order in enumerate(beam_scores.argsort(dim=1, descending=True, stable=True).tolist()):
             ranked: list[int] = []
             for beam in order:
@@ -1173,6 +1304,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return item_ids, scores
 
     @torch.no_grad()
+    @_document_peapod_inputs(SCORE_CANDIDATES_DOCSTRING)
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
@@ -1389,13 +1521,7 @@ def check_user_table_contents(user_embeddings: torch.Tensor, user_neighbors: tor
     into NaN and a neighbour id past the table would fail as an IndexError deep inside `forward`.
     """
     rows = user_embeddings.shape[0]
-    finite = torch.isfinite(user_embeddings)
-    if not finite.all():
-        bad_rows = (~finite).any(dim=1).nonzero().flatten()
-        raise PeaPODInputError(
-            f"{where}user_embeddings has NaN or infinite values in {bad_rows.numel()} row(s), user ids "
-            f"{bad_rows[:10].tolist()}; expected finite collaborative-filtering embeddings"
-        )
+    check_user_embeddings(user_embeddings, where)
     if user_neighbors.dtype.is_floating_point or user_neighbors.dtype == torch.bool:
         raise PeaPODInputError(f"{where}user_neighbors has dtype {user_neighbors.dtype}; expected integer user ids")
     outside = (user_neighbors < 0) | (user_neighbors >= rows)

@@ -231,6 +231,13 @@ def _tokenize_batch(batch, pieces: PieceCache):
     }
 
 
+def prompt_inputs(tokenizer, source: str, user: int, task: str, target: str = "") -> dict:
+    """One prompt as a model-input row, tokenised exactly as the prepared datasets are (`input_ids`,
+    `attention_mask`, `whole_word_ids`, `labels`, `user_id`, `task_id`): what `PeaPODDataCollator` takes."""
+    encoded = _tokenize_batch({"source": [source], "target": [target]}, PieceCache(tokenizer))
+    return {name: values[0] for name, values in encoded.items()} | {"user_id": user, "task_id": TASKS.index(task)}
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A cheap, content-based hash of a tokenizer for `.map` fingerprints.
 

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -390,7 +391,7 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "seed": args.seed,
             "has_explanations": data.explanations is not None,
             # what folding in new users needs to solve as PMF did (PeaPODConfig.fold_in_regularization)
-            "pmf": _pmf_settings() if items is not None else None,
+            "pmf": _pmf_settings() if diagnostic["chosen"] == "pmf" else None,
             "reindexed_items": item_reindex is not None,
             "statistics": statistics,
             "source_notes": notes,
@@ -638,10 +639,13 @@ def data_task_ids(dataset) -> dict[str, int]:
     return task_ids
 
 
-def check_task_order_matches(config, prepared: PreparedData) -> None:
+def check_task_order_matches(config, prepared: PreparedData, tasks: Sequence[str] | None = None) -> None:
     """Refuse a model whose `config.tasks` order differs from the prepared data's task ids (PeaPODInputError
-    naming both orders): the ids would silently select another task's prompt."""
-    check_task_order(config.tasks, data_task_ids(prepared.dataset), "the model's config", str(prepared.path))
+    naming both orders): the ids would silently select another task's prompt. `tasks`: only those the run uses
+    (default all the data holds), so a model without a task the data adds can still run on the others."""
+    task_ids = {name: task_id for name, task_id in data_task_ids(prepared.dataset).items()
+                if tasks is None or name in tasks}
+    check_task_order(config.tasks, task_ids, "the model's config", str(prepared.path))
 
 
 def check_data_fingerprint(

@@ -28,7 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modeling_peapod import build_user_neighbors, check_num_neighbors
+from modeling_peapod import (
+    build_user_neighbors,
+    check_num_neighbors,
+    check_user_embeddings,
+)
 
 from .files import atomic_path
 
@@ -303,11 +307,8 @@ def build_neighbor_table(
     """
     if backend not in NEIGHBOR_BACKENDS:
         raise ValueError(f"backend={backend!r}; expected one of {NEIGHBOR_BACKENDS}")
-    if user_embeddings.dim() != 2:
-        raise ValueError(f"user_embeddings must be 2-D [num_users + 1, d_u], got shape {tuple(user_embeddings.shape)}")
-    if not torch.isfinite(user_embeddings).all():
-        raise ValueError("user_embeddings holds NaN or infinite values: cosine similarity is undefined")
-    if backend == "exact":
+    check_user_embeddings(user_embeddings)  # a NaN row would make its cosines (and so the table) NaN
+    if backend == "exact":  # the one builder, `modeling_peapod.build_user_neighbors`
         return build_user_neighbors(user_embeddings, num_neighbors, chunk_size=chunk_size)
     return _faiss_neighbors(user_embeddings, num_neighbors, chunk_size)
 

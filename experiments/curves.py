@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 from datasets_scripts import load_prepared
+from datasets_scripts.files import atomic_path, atomic_write_json
 from modeling_peapod import PeaPODForConditionalGeneration
 from training import cli
-from training.cli import hardware_description
+from training.api import hardware_description
 from training.diagnostics import (
     _loss_and_topn,
     attention_health,
@@ -129,9 +130,7 @@ def baselines(prepared, tokenizer, args, output: Path) -> dict:
 
 
 def write_json(target: Path, record) -> None:
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=1))
-    temporary.replace(target)
+    atomic_write_json(target, record)
 
 
 def plot(output: Path) -> Path | None:
@@ -165,7 +164,8 @@ def plot(output: Path) -> Path | None:
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     target = output / "curves.png"
-    figure.savefig(target, dpi=110)
+    with atomic_path(target) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
     plt.close(figure)
     return target
 

@@ -15,11 +15,11 @@ trained with `--prompt_diagnostics_every K` holds the gradient and prompt norms 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from datasets_scripts import load_prepared
+from datasets_scripts.files import atomic_write_json
 from datasets_scripts.tokenizer_loading import load_tokenizer
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.diagnostics import (
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{name} {value['attention']:.4f} (uniform share {value['uniform']:.4f})"
                           for name, value in shares.items()))
     if args.output:
-        Path(args.output).write_text(json.dumps(diagnosis, indent=1))
+        atomic_write_json(args.output, diagnosis)
     return 0
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import run  # experiments/run.py: the same prepared folders as the model runs
 
 from datasets_scripts import load_prepared
+from datasets_scripts.files import atomic_write_text
 from datasets_scripts.synthetic import PLANTED_VARIANTS, planted_structure
-from training import cli
+from training import api
 from training.evaluation import evaluate_checkpoint
 
 ROOT = run.ROOT
@@ -61,7 +62,7 @@ def evaluate_variant(variant: str, shared: Path, embedding_dim: int, num_neighbo
     )
     record = {
         "variant": variant, "prepared": folder.name, "num_users": prepared.num_users, "num_items": prepared.num_items,
-        "report": report, "seconds": round(time.perf_counter() - started, 1), "hardware": cli.hardware_description(),
+        "report": report, "seconds": round(time.perf_counter() - started, 1), "hardware": api.hardware_description(),
     }
     if variant == "neighbors":
         record["clique_mates_among_neighbours"] = round(neighbour_recall(prepared), 4)
@@ -109,9 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = "planted-baselines" + ("" if default else f"-pmf{args.embedding_dim}-n{args.num_neighbors}")
     for path, text in ((RESULTS / f"{stem}.json", json.dumps(records, indent=1) + "\n"),
                        (RESULTS / f"{stem}.md", markdown(records))):
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text(text)
-        temporary.replace(path)
+        atomic_write_text(path, text)
     print(markdown(records))
 
 

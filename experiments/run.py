@@ -28,11 +28,18 @@ from pathlib import Path
 
 import yaml
 
-from datasets_scripts import load_prepared, prepare
+from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_text
+from datasets_scripts.prepared import PrepareArguments
 from datasets_scripts.tokenizer_loading import load_tokenizer
 from modeling_peapod import PeaPODForConditionalGeneration
-from training import cli
+from training import api
+from training.arguments import (
+    DEFAULT_LEARNING_RATE,
+    DataArguments,
+    ModelArguments,
+    PeaPODTrainingArguments,
+)
 from training.evaluation import BASELINES as KNOWN_BASELINES
 from training.evaluation import TASKS, evaluate_checkpoint
 
@@ -42,11 +49,17 @@ REAL_DATA = {
     "toys": ("p5_dir", "data/amazon/toys"),
     "instruments": ("reviews", "data/amazon-musical-instruments/reviews_Musical_Instruments_5.json.gz"),
 }
+_MODEL, _DATA, _PREPARE = ModelArguments(), DataArguments(), PrepareArguments(output_dir="")
+# A row's keys. The model and data ones default to the API's dataclasses (whose model defaults are PeaPODConfig's),
+# so a default is declared once; the rest are this script's own (its budget and protocol).
 DEFAULTS = dict(
-    dataset="synthetic", synthetic_variant="default", reindex_items=False, max_users=None, shape="tiny",
-    prompt_encoder="mha", prompt_encoder_heads=4, use_task_prompts=True, num_neighbors=20, embedding_dim=512,
-    max_steps=300, batch_size=32, learning_rate=5e-3, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
-    max_source_length=1024, data_seed=0, max_train_seconds=None, lr_scheduler_type="linear", warmup_steps=None,
+    dataset="synthetic", synthetic_variant=_PREPARE.synthetic_variant, reindex_items=_PREPARE.reindex_items,
+    max_users=_PREPARE.max_users, shape="tiny", prompt_encoder=_MODEL.prompt_encoder,
+    prompt_encoder_heads=_MODEL.prompt_encoder_heads, use_task_prompts=_MODEL.use_task_prompts,
+    num_neighbors=_PREPARE.num_neighbors, embedding_dim=_PREPARE.embedding_dim, max_steps=300, batch_size=32,
+    learning_rate=DEFAULT_LEARNING_RATE, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
+    max_source_length=_DATA.max_source_length, data_seed=_PREPARE.seed, max_train_seconds=None,
+    lr_scheduler_type="linear", warmup_steps=None,
 )
 BASELINES = ("popularity", "pmf")  # the default set; --baselines names any of training.evaluation.BASELINES
 
@@ -73,9 +86,11 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
         if config["dataset"] != "synthetic":
             key, relative = REAL_DATA[config["dataset"]]
             source = {key: str(shared / relative)}
-        prepare(folder, **source, seed=config["data_seed"], tokenizer=tokenizer, embedding="pmf",
-                embedding_dim=config["embedding_dim"], num_neighbors=config["num_neighbors"],
-                max_users=config["max_users"], reindex_items=config["reindex_items"])
+        api.prepare(PrepareArguments(
+            output_dir=str(folder), **source, seed=config["data_seed"], tokenizer=tokenizer, embedding="pmf",
+            embedding_dim=config["embedding_dim"], num_neighbors=config["num_neighbors"],
+            max_users=config["max_users"], reindex_items=config["reindex_items"],
+        ))
     return folder
 
 
@@ -84,24 +99,23 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
 
     output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
     started = time.perf_counter()
-    arguments = [
-        "--prepared_dir", str(prepared_dir), "--output_dir", str(output_dir), "--base_model", f"random:{config['shape']}",
-        "--tokenizer", tokenizer, "--prompt_encoder", config["prompt_encoder"],
-        "--prompt_encoder_heads", str(config["prompt_encoder_heads"]),
-        "--use_task_prompts", str(config["use_task_prompts"]), "--max_steps", str(config["max_steps"]),
-        "--per_device_train_batch_size", str(config["batch_size"]), "--learning_rate", str(config["learning_rate"]),
-        "--warmup_steps", str(config["max_steps"] // 20 if config["warmup_steps"] is None else config["warmup_steps"]),
-        "--lr_scheduler_type", config["lr_scheduler_type"], "--eval_strategy", "no", "--save_strategy", "no",
-        "--logging_steps", str(50 if config["max_train_seconds"] else max(config["max_steps"] // 10, 1)),
-        "--seed", str(seed), "--report_to", "none",
-        "--overwrite_output_dir", "True", "--disable_tqdm", "True", "--max_eval_samples_per_task", "64",
-        "--max_source_length", str(config["max_source_length"]),
-    ]
-    if config["tasks"]:
-        arguments += ["--tasks", *config["tasks"]]
-    if config["max_train_seconds"] is not None:
-        arguments += ["--max_train_seconds", str(config["max_train_seconds"])]
-    train_metrics = cli.train(arguments)
+    model_args = ModelArguments(
+        base_model=f"random:{config['shape']}", tokenizer=tokenizer, prompt_encoder=config["prompt_encoder"],
+        prompt_encoder_heads=config["prompt_encoder_heads"], use_task_prompts=config["use_task_prompts"],
+    )
+    data_args = DataArguments(
+        prepared_dir=str(prepared_dir), tasks=list(config["tasks"] or DataArguments().tasks),
+        max_eval_samples_per_task=64, max_source_length=config["max_source_length"],
+        max_train_seconds=config["max_train_seconds"], overwrite_output_dir=True,
+    )
+    training_args = PeaPODTrainingArguments(
+        output_dir=str(output_dir), max_steps=config["max_steps"], per_device_train_batch_size=config["batch_size"],
+        learning_rate=config["learning_rate"], lr_scheduler_type=config["lr_scheduler_type"],
+        warmup_steps=config["max_steps"] // 20 if config["warmup_steps"] is None else config["warmup_steps"],
+        eval_strategy="no", save_strategy="no", seed=seed, report_to="none", disable_tqdm=True,
+        logging_steps=50 if config["max_train_seconds"] else max(config["max_steps"] // 10, 1),
+    )
+    train_metrics = api.train(model_args, data_args, training_args).metrics
     train_seconds = time.perf_counter() - started
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = PeaPODForConditionalGeneration.from_pretrained(output_dir).eval().to(device)  # installed code only
@@ -117,7 +131,7 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
         "train_loss": train_metrics.get("train_loss"), "train_seconds": round(train_seconds, 1),
         "train_steps": train_metrics.get("global_step"),
         "time_budget_stopped_at_step": train_metrics.get("time_budget_stopped_at_step"),
-        "eval_seconds": round(time.perf_counter() - started - train_seconds, 1), "hardware": cli.hardware_description(),
+        "eval_seconds": round(time.perf_counter() - started - train_seconds, 1), "hardware": api.hardware_description(),
     }
 
 
@@ -137,7 +151,7 @@ def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BA
                               config["data_seed"])
     return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
             "eval_users": config["eval_users"], "baselines": report["baselines"], "users": report["users"],
-            "hardware": cli.hardware_description()}
+            "hardware": api.hardware_description()}
 
 
 def write_json(target: Path, record: dict) -> None:

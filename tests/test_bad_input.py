@@ -210,7 +210,7 @@ CASES = {
     "demo: --tokenizer /nonexistent": ("peapod-demo", lambda t, p, c: [
         "--output_dir", str(t / "out"), "--tokenizer", "/nonexistent"], "--tokenizer /nonexistent: no such folder"),
     "demo: unknown --data": ("peapod-demo", lambda t, p, c: [
-        "--output_dir", str(t / "out"), "--tokenizer", TOK, "--data", "movies"], "--data 'movies'"),
+        "--output_dir", str(t / "out"), "--tokenizer", TOK, "--data", "movies"], "--data: invalid choice: 'movies'"),
     "demo: --dropout_rate 1.5": ("peapod-demo", lambda t, p, c: [
         "--output_dir", str(t / "out"), "--tokenizer", TOK, "--dropout_rate", "1.5"], "--dropout_rate must be in [0, 1)"),
 }
@@ -223,7 +223,7 @@ def test_bad_arguments_exit_2_with_one_line(case, prepared, checkpoint, tmp_path
     argv = build(tmp_path, prepared, checkpoint)
     output_before = sorted(tmp_path.iterdir())
     if case.startswith("evaluate"):  # refused before any evaluation runs (and so before results could be lost)
-        monkeypatch.setattr(evaluate_cli, "evaluate_checkpoint", _must_not_run)
+        monkeypatch.setattr("training.evaluation.api.evaluate_checkpoint", _must_not_run)
     status, lines = run_main(prog, argv, capsys)
     assert_one_line_error(prog, status, lines, expected)
     assert sorted(tmp_path.iterdir()) == output_before  # nothing written: no output folder, no temporaries

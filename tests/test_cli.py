@@ -15,6 +15,7 @@ from conftest import TOKENIZER_DIR
 from transformers import AutoModelForSeq2SeqLM
 
 from training import cli
+from training.arguments import DEFAULT_LEARNING_RATE
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +323,7 @@ def test_final_folder_is_pickle_free_with_default_learning_rate(trained_by_conso
     run = folder / "run"
     assert not list(run.glob("*.bin")) and not list(run.glob("*.pt")) and not list(run.glob("*.pkl"))
     arguments = json.loads((run / "training_args.json").read_text())
-    assert arguments["learning_rate"] == cli.DEFAULT_LEARNING_RATE == 5e-3  # README "Learning rate"
+    assert arguments["learning_rate"] == DEFAULT_LEARNING_RATE == 5e-3  # README "Learning rate"
 
 
 def test_trained_folder_carries_the_pipeline(trained_by_console_scripts):

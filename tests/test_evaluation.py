@@ -262,7 +262,7 @@ def test_reports_carry_intervals_for_the_model_and_the_baselines(model, tokenize
 
 
 def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
-    import training.evaluation.cli as prepared_module  # the CLI's own name for load_prepared
+    import training.evaluation.api as prepared_module  # the evaluation API's own name for load_prepared
     from training.evaluation.cli import evaluate as main
 
     checkpoint = tmp_path / "checkpoint"

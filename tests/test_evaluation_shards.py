@@ -59,7 +59,7 @@ def test_chunks_of_other_settings_or_weights_are_refused(prepared, tokenizer, tm
 
 
 def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, capsys):  # noqa: F811
-    import training.evaluation.cli as prepared_module  # the CLI's own name for load_prepared
+    import training.evaluation.api as prepared_module  # the evaluation API's own name for load_prepared
     from training.evaluation.cli import (
         evaluate as main,  # the Python API: returns the report, raises on mistakes
     )

@@ -67,6 +67,9 @@ def test_docs_python_blocks_run(doc, tmp_path, tokenizer, monkeypatch):
     assert ran == sum(why is None for _, why in python_blocks(path))
     if doc == "data.md":
         assert namespace["data"].num_users == namespace["config"]["statistics"]["num_users"]
+    if doc == "python_api.md":  # the typed results of the whole run
+        assert namespace["data"].num_users == 30 and namespace["run"].global_step == 4
+        assert namespace["result"].complete and (tmp_path / "runs" / "tiny" / "eval" / "results.json").exists()
     if doc == "evaluation.md":  # the output its metrics example documents
         result = namespace["ranking"].compute(predictions=[[3, 1, 2], [5, 4]], references=[1, 9], k_values=[1, 5, 10])
         ndcg = 1 / math.log2(3) / 2  # user 1's item at rank 2 of 3, user 2's absent: "0.315..."

@@ -23,19 +23,34 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from transformers import AutoModelForSeq2SeqLM
 
 import configuration_peapod
 import modeling_peapod
-from configuration_peapod import NAMED_SHAPES, PROMPT_ENCODERS, PeaPODInputError
-from datasets_scripts import load_prepared, prepare
+from configuration_peapod import (
+    NAMED_SHAPES,
+    PROMPT_ENCODERS,
+    PeaPODInputError,
+    PromptEncoder,
+    UserEmbeddingNorm,
+)
+from datasets_scripts import load_prepared
+from datasets_scripts.build_dataset import prompt_inputs
 from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_text, check_replaceable
+from datasets_scripts.prepared import PrepareArguments
 from datasets_scripts.templates import EVAL_TEMPLATES, render
 from datasets_scripts.tokenizer_loading import check_tokenizer_name, load_tokenizer
 from modeling_peapod import PeaPODForConditionalGeneration
-from training import cli
+from training import api
+from training.arguments import (
+    DEFAULT_LEARNING_RATE,
+    DataArguments,
+    ModelArguments,
+    PeaPODTrainingArguments,
+)
 from training.collator import PeaPODDataCollator
 from training.evaluation import evaluate_checkpoint, markdown_table, write_report
 from training.publishing.model_card import TrainingSummary, write_model_card
@@ -53,15 +68,19 @@ REAL_DATA = {
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "Where the prepared data and model go."})
-    data: str = field(default="synthetic", metadata={"help": "synthetic | beauty | toys | instruments."})
+    data: Literal["synthetic", "beauty", "toys", "instruments"] = field(
+        default="synthetic", metadata={"help": "synthetic, or real Amazon data from --shared_dir."}
+    )
     shared_dir: str = field(default="../shared", metadata={"help": "The folder holding data/ and tokenizers/."})
     tokenizer: str | None = field(default=None, metadata={"help": "Default: <shared_dir>/tokenizers/t5."})
     max_users: int | None = field(default=None, metadata={"help": "Use the first N users of real data."})
     shape: str = field(default="tiny", metadata={"help": "Named random T5 shape: tiny | mini | t5-small."})
-    prompt_encoder: str = field(default="mha", metadata={"help": "mha | mlp | none."})
+    prompt_encoder: PromptEncoder = field(default=ModelArguments.prompt_encoder, metadata={"help": "mha | mlp | none."})
     max_steps: int = field(default=300, metadata={"help": "Training steps (batches)."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
-    learning_rate: float = field(default=5e-3, metadata={"help": "AdamW learning rate (the paper's 5e-3)."})
+    learning_rate: float = field(
+        default=DEFAULT_LEARNING_RATE, metadata={"help": "AdamW learning rate (the paper's 5e-3)."}
+    )
     lr_scheduler_type: str = field(
         default="constant_with_warmup", metadata={"help": "transformers schedule; a short run decayed linearly to 0 "
                                                   "spends its last third at a fraction of the rate (issue 10)."},
@@ -71,11 +90,12 @@ class DemoArguments:
     embedding_dim: int = field(default=64, metadata={"help": "PMF dimension (the paper uses 512)."})
     num_neighbors: int = field(default=10, metadata={"help": "n, neighbours per user."})
     eval_users: int | None = field(default=None, metadata={"help": "First N test users evaluated (default: all)."})
-    user_embedding_norm: str = field(
-        default="none", metadata={"help": "none (paper) | l2 | layernorm (PeaPODConfig.user_embedding_norm)."}
+    user_embedding_norm: UserEmbeddingNorm = field(
+        default=ModelArguments.user_embedding_norm,
+        metadata={"help": "none (paper) | l2 | layernorm (PeaPODConfig.user_embedding_norm)."},
     )
     add_user_prompt_to_tokens: bool = field(
-        default=False, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
+        default=ModelArguments.add_user_prompt_to_tokens, metadata={"help": "Add the mean user prompt to every token embedding (issue 10; False: the "
                                 "paper's prepended prompt only)."},
     )
     num_beams: int = field(default=20, metadata={"help": "Beams for ranking (paper: 20)."})
@@ -122,9 +142,10 @@ def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"--data {args.data} needs {path} (set --shared_dir to the folder holding data/)")
         source = {key: str(path)}
-    prepare(prepared_dir, **source, seed=args.seed, tokenizer=tokenizer, embedding="pmf",
-            embedding_dim=args.embedding_dim, num_neighbors=args.num_neighbors, max_users=args.max_users)
-    return prepared_dir
+    return api.prepare(PrepareArguments(
+        output_dir=str(prepared_dir), **source, seed=args.seed, tokenizer=tokenizer, embedding="pmf",
+        embedding_dim=args.embedding_dim, num_neighbors=args.num_neighbors, max_users=args.max_users,
+    )).path
 
 
 def run_demo(argv: list[str] | None = None) -> dict:
@@ -149,18 +170,21 @@ def run_demo(argv: list[str] | None = None) -> dict:
 
     print(f"[2/5] training a {args.shape}-shaped PeaPOD ({args.prompt_encoder}) for {args.max_steps} steps")
     model_dir = Path(args.output_dir) / "model"
-    train_metrics = cli.train([
-        "--prepared_dir", str(prepared_dir), "--output_dir", str(model_dir), "--base_model", f"random:{args.shape}",
-        "--tokenizer", tokenizer_path, "--prompt_encoder", args.prompt_encoder,
-        "--user_embedding_norm", args.user_embedding_norm,
-        "--add_user_prompt_to_tokens", str(args.add_user_prompt_to_tokens and args.prompt_encoder != "none"),
-        "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
-        "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.max_steps // 20),
-        "--lr_scheduler_type", args.lr_scheduler_type, "--dropout_rate", str(args.dropout_rate),
-        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", str(max(args.max_steps // 10, 1)),
-        "--seed", str(args.seed), "--report_to", "none", "--dataloader_num_workers", "0",
-        "--overwrite_output_dir", "True", "--max_eval_samples_per_task", "64", "--disable_tqdm", "True",
-    ])
+    run = api.train(
+        ModelArguments(
+            base_model=f"random:{args.shape}", tokenizer=tokenizer_path, prompt_encoder=args.prompt_encoder,
+            user_embedding_norm=args.user_embedding_norm, dropout_rate=args.dropout_rate,
+            add_user_prompt_to_tokens=args.add_user_prompt_to_tokens and args.prompt_encoder != "none",
+        ),
+        DataArguments(prepared_dir=str(prepared_dir), max_eval_samples_per_task=64, overwrite_output_dir=True),
+        PeaPODTrainingArguments(
+            output_dir=str(model_dir), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+            learning_rate=args.learning_rate, warmup_steps=args.max_steps // 20,
+            lr_scheduler_type=args.lr_scheduler_type, eval_strategy="no", save_strategy="no",
+            logging_steps=max(args.max_steps // 10, 1), seed=args.seed, report_to="none", dataloader_num_workers=0,
+            disable_tqdm=True,
+        ),
+    )
     train_seconds = time.perf_counter() - started
 
     print("[3/5] evaluating on the test split (constrained beam search, likelihood ranking, baselines)")
@@ -181,7 +205,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
         base_shape=args.shape, user_embedding_source=f"cornac PMF, k = {args.embedding_dim}, training interactions",
         optimisation=f"AdamW lr {args.learning_rate} ({args.lr_scheduler_type}), dropout {args.dropout_rate}, batch "
                      f"{args.batch_size}, {args.max_steps} steps",
-        seed=args.seed, hardware=cli.hardware_description(), train_time=f"{train_seconds:.0f} s",
+        seed=args.seed, hardware=api.hardware_description(), train_time=f"{train_seconds:.0f} s",
         results=ranking, example_user=1, example_history=prepared.histories[1][:-2][-5:],
     )
     write_model_card(model_dir, model.config, summary)
@@ -197,7 +221,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     print(comparison_line(report))
     elapsed = time.perf_counter() - started
     print(f"\nDone in {elapsed:.0f} s. Hub-ready folder: {model_dir} (README.md is its model card).")
-    result = {"seconds": elapsed, "train": train_metrics, "report": report, "example": shown}
+    result = {"seconds": elapsed, "train": run.metrics, "report": report, "example": shown}
     atomic_write_text(output_dir / "demo_result.json", json.dumps(result, indent=2, default=str))
     return result
 
@@ -236,15 +260,10 @@ def comparison_line(report: dict) -> str:
 def show_user(model, tokenizer, prepared, user: int) -> dict:
     """Top-10 items by constrained beam search for `user`'s test prompt, and an explanation of their next item."""
     history = prepared.histories[user][:-1]  # everything before the test item
-    task_id = list(model.config.tasks).index
     collator = PeaPODDataCollator(tokenizer)
 
     def encode(source: str, task: str) -> dict:
-        ids = tokenizer(source).input_ids
-        modeling = __import__(type(model).__module__, fromlist=["compute_whole_word_ids"])
-        row = {"input_ids": ids, "whole_word_ids": modeling.compute_whole_word_ids([ids], tokenizer)[0],
-               "labels": [tokenizer.eos_token_id], "user_id": user, "task_id": task_id(task)}
-        batch = collator([row])
+        batch = collator([prompt_inputs(tokenizer, source, user, task)])
         batch.pop("labels")
         return batch
 

@@ -20,7 +20,6 @@ measure it (the `experiments/diagnose.py` command prints them for a checkpoint):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback
+
+from datasets_scripts.files import atomic_write_json
 
 from .collator import PeaPODDataCollator
 from .evaluation.baselines import rank_candidates
@@ -263,11 +264,7 @@ class PromptDiagnosticsCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if args.output_dir and state.is_world_process_zero:
-            target = Path(args.output_dir) / "prompt_diagnostics.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_suffix(".json.tmp")
-            temporary.write_text(json.dumps(self.history, indent=1))
-            temporary.replace(target)
+            atomic_write_json(Path(args.output_dir) / "prompt_diagnostics.json", self.history)
 
 
 @torch.no_grad()

@@ -170,7 +170,6 @@ class BPRBaseline(PMFBaseline):
         import cornac
 
         # The same validated, id-mapped cornac training set as the PMF user table (datasets_scripts).
-
         train_set = cornac_train_set(dict(train_histories), num_users, num_items, seed)
         model = cornac.models.BPR(
             k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=False

@@ -348,7 +348,7 @@ def evaluate_checkpoint(
     if model is not None:
         check_user_table(model, prepared.num_users)
         check_data_fingerprint(model.config, prepared, allow_other_data)
-        check_task_order_matches(model.config, prepared)
+        check_task_order_matches(model.config, prepared, tasks)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
             raise PeaPODInputError(
