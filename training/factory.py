@@ -10,7 +10,11 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from configuration_peapod import PeaPODConfig, PeaPODInputError
-from datasets_scripts.user_embeddings import PMF_LAMBDA_REG, PMF_NEGATIVES_PER_POSITIVE, build_neighbor_table
+from datasets_scripts.user_embeddings import (
+    PMF_LAMBDA_REG,
+    PMF_NEGATIVES_PER_POSITIVE,
+    build_neighbor_table,
+)
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.arguments import ModelArguments, resolve_base_model
 
