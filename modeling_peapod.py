@@ -26,7 +26,7 @@ from transformers import AutoConfig, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
@@ -674,13 +674,20 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         return embeds, attention_mask
 
     def encode(self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None):
-        """Run the encoder once: (BaseModelOutput, extended attention mask)."""
+        """Run the encoder once: (BaseModelOutput, extended attention mask).
+
+        The padding mask is folded into T5's relative position bias once, a [B, H, S, S] tensor all layers share
+        (`_run_t5_blocks`); `T5Stack` passes the bias and the mask to every layer, whose attention combines them
+        again: one [B, H, S, S] pass per layer, a large part of encoding a batch of 500-token top-n prompts at the
+        small shapes. The numbers are the same (tests/test_model.py)."""
         inputs_embeds, attention_mask = self.build_encoder_inputs(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids
         )
-        return self.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), (
-            attention_mask
-        )
+        encoder = self.get_encoder()
+        length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
+        bias = encoder.block[0].layer[0].SelfAttention.compute_bias(length, length, inputs_embeds.device).to(dtype)
+        bias = torch.where(attention_mask[:, None, None, :].bool(), bias, torch.finfo(dtype).min).contiguous()
+        return BaseModelOutput(last_hidden_state=_run_t5_blocks(encoder, inputs_embeds, bias)), attention_mask
 
     # -- training -----------------------------------------------------------------------------------------
 
@@ -902,8 +909,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         position q attends to position k iff k's node is an ancestor of q's (or q itself): exactly the prefix
         decoding that candidate alone would attend to. T5's relative position bias depends only on the distance
         between query and key, which along a path is the depth difference, so the bias is taken from T5's own
-        `compute_bias` over depths. The blocks of `self.decoder` run as in `T5Stack.forward`, with the masks folded
-        into their position biases (the decoder stack itself takes neither a custom mask shape nor position ids).
+        `compute_bias` over depths. The blocks of `self.decoder` run as in `T5Stack.forward` (`_run_t5_blocks`).
         """
         tables = trie.tensors(rows.device)
         labels = tables["item_labels"][rows]  # [b, C, L] target tokens, -100 past each id's end
@@ -941,14 +947,13 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         depth_bias = self_attention.compute_bias(length, length, encoder_states.device)[0].to(dtype)  # [H, L, L]
         bias = depth_bias[:, depth_grid[:, :, None], depth_grid[:, None, :]].transpose(0, 1)  # [b, H, query, key]
         bias = bias.masked_fill(~attend[:, None], torch.finfo(dtype).min)
-        # Cross-attention: T5 has no bias there, only the encoder padding mask, kept [b, 1, 1, S] (not expanded).
+        # Cross-attention: T5 has no bias there, only the encoder padding mask, kept [b, 1, 1, S] (not expanded:
+        # sdpa and eager attention broadcast it; other kernels index every head and query).
         cross_bias = torch.zeros(encoder_mask.shape, dtype=dtype, device=encoder_mask.device)
         cross_bias = cross_bias.masked_fill(encoder_mask == 0, torch.finfo(dtype).min)[:, None, None, :]
-        states = self.decoder.dropout(self.decoder.embed_tokens(token_grid))
-        for block in self.decoder.block:  # as T5Stack.forward, given the position biases
-            states = block(states, position_bias=bias, encoder_hidden_states=encoder_states,
-                           encoder_decoder_position_bias=cross_bias)[0]
-        states = self.decoder.dropout(self.decoder.final_layer_norm(states))
+        if self.config._attn_implementation not in ("sdpa", "eager"):
+            cross_bias = cross_bias.expand(-1, bias.shape[1], width, -1)
+        states = _run_t5_blocks(self.decoder, self.decoder.embed_tokens(token_grid), bias, encoder_states, cross_bias)
         if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
             states = states * (self.model_dim**-0.5)
         # Row-major order of the real positions is the order of unique_keys, so `position` indexes these rows.
@@ -1089,6 +1094,21 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             "AutoModelForSeq2SeqLM": "modeling_peapod.PeaPODForConditionalGeneration",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _run_t5_blocks(
+    stack: nn.Module, inputs_embeds: torch.Tensor, position_bias: torch.Tensor,
+    encoder_states: torch.Tensor | None = None, cross_position_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The layers of a `T5Stack` as its forward runs them (dropout, blocks, final norm), given the attention masks
+    already folded into the position biases (0 / bias where attended, the dtype's minimum elsewhere): T5Stack
+    itself takes a separate mask and position ids only, which can express neither a trie-shaped decoder mask with
+    depth distances (`score_candidates`) nor a mask combined with the bias once for all layers (`encode`)."""
+    hidden = stack.dropout(inputs_embeds)
+    for block in stack.block:
+        hidden = block(hidden, position_bias=position_bias, encoder_hidden_states=encoder_states,
+                       encoder_decoder_position_bias=cross_position_bias)[0]
+    return stack.dropout(stack.final_layer_norm(hidden))
 
 
 def _check_ids(name: str, ids: torch.Tensor, batch: int | None, low: int, high: int, meaning: str) -> None:
