@@ -11,10 +11,13 @@ target), batch 16, a randomly initialised PeaPOD of the named shape with a rando
 * top-n likelihood: `score_candidates` (one decoder position and one vocabulary log-softmax per unique
   (sample, item-id trie node)) vs the same with the vocabulary projection in one chunk (`trie_one_chunk`) vs the
   previous implementation (one packed decoder block per candidate, copied below as `packed_blocks`) vs the
-  oldest per-pair loop (copied below, `per_pair`); `max_abs_difference` says how far their scores are apart;
+  oldest per-pair loop (copied below, `per_pair`), both with transformers' own encoder stack (`stock_encode`, as
+  before `encode` shared the masked position bias between layers); `max_abs_difference` says how far their
+  scores are apart;
 
 and prints users/s for each (and candidates/s for the likelihood), the ratios, and the projected time of all test
 users of the data (the full evaluator's sequential + top-n, both rankings; and the likelihood alone, per path).
+`--tasks encode_topn` times the encoder alone on the top-n prompts, `encode` vs transformers' stack.
 Per batch the paths run back to back, `--rounds` times, and each batch counts with its best time per path:
 background load on a shared machine only ever slows a run down. `--tasks topn_likelihood` times that task only.
 """
@@ -70,11 +73,17 @@ def make_batches(histories, num_items, tokenizer, users, batch_size, seed):
     return batches
 
 
+def stock_encode(model, inputs):
+    """The encoder as before `encode` folded the mask into the position bias: transformers' T5Stack."""
+    inputs_embeds, attention_mask = model.build_encoder_inputs(**inputs)
+    return model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask), attention_mask
+
+
 @torch.no_grad()
 def score_candidates_per_pair(model, inputs, candidates, item_trie, candidate_batch_size=256):
     """The old `score_candidates` (before the batched one), kept here as the benchmark's baseline."""
     batch = inputs["input_ids"].shape[0]
-    encoder_outputs, attention_mask = model.encode(**inputs)
+    encoder_outputs, attention_mask = stock_encode(model, inputs)
     hidden = encoder_outputs.last_hidden_state
     pairs = [(row, col) for row in range(batch) for col in range(candidates.shape[1])]
     scores = torch.empty(candidates.shape)
@@ -101,7 +110,7 @@ def score_candidates_packed_blocks(model, inputs, candidates, item_trie, candida
     candidates packed into one decoder sequence of C blocks [start, id tokens...] with a block-diagonal causal
     mask, the vocabulary log-softmax at every target token of every candidate (and once for the start)."""
     batch = inputs["input_ids"].shape[0]
-    encoder_outputs, attention_mask = model.encode(**inputs)
+    encoder_outputs, attention_mask = stock_encode(model, inputs)
     hidden = encoder_outputs.last_hidden_state
     device = hidden.device
     labels = item_trie.tensors(device)["item_labels"][item_trie.item_rows(candidates.to(device))]  # [B, C, L]
@@ -156,9 +165,10 @@ def main():
     parser.add_argument("--skip_old", action="store_true",
                         help="time only the new paths and the previous likelihood (`packed_blocks`)")
     parser.add_argument("--tasks", nargs="+", default=["sequential", "topn_beam", "topn_likelihood"],
-                        choices=["sequential", "topn_beam", "topn_likelihood"])
+                        choices=["sequential", "topn_beam", "topn_likelihood", "encode_topn"])
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    torch.set_grad_enabled(False)  # inference only (`encode` alone would otherwise record a graph)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     histories = read_histories(Path(args.data))
     num_users, num_items = max(histories), max(max(items) for items in histories.values())
@@ -194,6 +204,10 @@ def main():
                                                                                        trie),
             "per_pair": lambda inputs, candidates: score_candidates_per_pair(model, inputs, candidates, trie),
         },
+    }
+    paths["encode_topn"] = {  # the encoder alone on the top-n prompts: the mask folded into the bias once or per layer
+        "folded_bias": lambda inputs, candidates: model.encode(**inputs),
+        "stock_t5_stack": lambda inputs, candidates: stock_encode(model, inputs),
     }
     paths = {task: functions for task, functions in paths.items() if task in args.tasks}
     if args.skip_old:
@@ -238,7 +252,10 @@ def main():
         projected["topn_likelihood_minutes"] = {name: round(len(histories) / rate / 60, 1)
                                                 for name, rate in rates.items()}
     results["time_ratios"] = ratios
-    if len(best) == 3:  # the evaluator runs sequential, then top-n (beam search and likelihood on the same batch)
+    if "encode_topn" in best:
+        ratios["encode_topn_stock_over_folded_time"] = round(best["encode_topn"]["folded_bias"]
+                                                             / best["encode_topn"]["stock_t5_stack"], 3)
+    if {"sequential", "topn_beam", "topn_likelihood"} <= best.keys():  # the evaluator runs sequential, then top-n (beam search and likelihood on the same batch)
         seconds_per_user = 1 / best["sequential"]["tensor_trie"] + 1 / best["topn_beam"]["tensor_trie"] \
             + 1 / best["topn_likelihood"]["trie"]
         projected["minutes"] = round(len(histories) * seconds_per_user / 60, 1)
