@@ -496,7 +496,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     """
 
     config_class = PeaPODConfig
-    SCORING_ROWS_PER_CHUNK = 128  # decoder positions per vocabulary projection in `score_candidates`
+    # Decoder positions per vocabulary projection in `score_candidates`; None: max(64, d_model // 2), what was
+    # fastest on a CPU (benchmarks/eval_throughput.py; small models are memory-bound there, large ones want big GEMMs).
+    SCORING_ROWS_PER_CHUNK: int | None = None
     # Our loss (eq. 10) is a mean over the batch already; Trainer must not pass num_items_in_batch.
     accepts_loss_kwargs = False
 
@@ -959,12 +961,13 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         # Row-major order of the real positions is the order of unique_keys, so `position` indexes these rows.
         states, targets = states[node_grid >= 0], labels[valid]
         token_log_probs = torch.empty(targets.shape, dtype=torch.float, device=rows.device)
-        # The vocabulary projection and log-softmax in chunks of rows: [rows, vocab] logits that stay small enough
-        # for the CPU caches are 1.1-2.3x faster than one [positions, vocab] pass (benchmarks/eval_throughput.py),
-        # and memory no longer grows with the number of positions.
-        for first in range(0, states.shape[0], self.SCORING_ROWS_PER_CHUNK):
-            log_probs = self.lm_head(states[first : first + self.SCORING_ROWS_PER_CHUNK]).float().log_softmax(-1)
-            in_chunk = (position >= first) & (position < first + self.SCORING_ROWS_PER_CHUNK)
+        # The vocabulary projection and log-softmax in chunks of rows: smaller [rows, vocab] logits are faster on a
+        # CPU than one [positions, vocab] pass (`trie_one_chunk` in benchmarks/eval_throughput.py), and memory no
+        # longer grows with the number of positions.
+        chunk = self.SCORING_ROWS_PER_CHUNK or max(64, self.config.d_model // 2)
+        for first in range(0, states.shape[0], chunk):
+            log_probs = self.lm_head(states[first : first + chunk]).float().log_softmax(-1)
+            in_chunk = (position >= first) & (position < first + chunk)
             token_log_probs[in_chunk] = log_probs[position[in_chunk] - first, targets[in_chunk]]
         candidate_of = torch.arange(rows.numel(), device=rows.device).view(*rows.shape, 1).expand_as(labels)[valid]
         return token_log_probs.new_zeros(rows.numel()).index_add_(0, candidate_of, token_log_probs).view(rows.shape)

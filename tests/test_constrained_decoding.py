@@ -210,6 +210,8 @@ def test_trie_scores_equal_teacher_forcing_edge_cases(tokenizer, variant, candid
     model.eval()
     if variant == "eager":
         model.set_attn_implementation("eager")
+    if candidate_batch_size == 100_000:
+        model.SCORING_ROWS_PER_CHUNK = 5  # all samples in one call: its positions in several vocabulary chunks
     trie = model.item_trie(tokenizer)
     candidates = torch.tensor([
         [1, 12, 123, 1234, 12345, 1, 12, 1234, 9, 5000],  # nested prefixes and duplicates: few unique nodes
