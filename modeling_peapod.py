@@ -496,8 +496,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     """
 
     config_class = PeaPODConfig
-    # Decoder positions per vocabulary projection in `score_candidates`; None: max(64, d_model // 2), what was
-    # fastest on a CPU (benchmarks/eval_throughput.py; small models are memory-bound there, large ones want big GEMMs).
+    # Decoder positions per vocabulary projection in `score_candidates`; None: max(64, d_model // 2), a CPU heuristic
+    # (small models are memory-bound there and want small logit chunks, large ones big GEMMs); `trie_one_chunk` in
+    # benchmarks/eval_throughput.py measures the gain over one chunk.
     SCORING_ROWS_PER_CHUNK: int | None = None
     # Our loss (eq. 10) is a mean over the batch already; Trainer must not pass num_items_in_batch.
     accepts_loss_kwargs = False
@@ -681,7 +682,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         The padding mask is folded into T5's relative position bias once, a [B, H, S, S] tensor all layers share
         (`_run_t5_blocks`); `T5Stack` passes the bias and the mask to every layer, whose attention combines them
         again: one [B, H, S, S] pass per layer, a large part of encoding a batch of 500-token top-n prompts at the
-        small shapes. The numbers are the same (tests/test_model.py)."""
+        small shapes. The numbers are the same (tests/test_constrained_decoding.py)."""
         inputs_embeds, attention_mask = self.build_encoder_inputs(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids
         )
