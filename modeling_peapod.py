@@ -31,7 +31,7 @@ from transformers import AutoConfig, Pipeline, T5ForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
@@ -374,7 +374,11 @@ class ItemIdTrie:
       `parent * KEY_STRIDE + token` in the sorted `edge_keys`, so a batch of transitions is one `searchsorted`;
     * sorted keys order edges by parent, then token: `child_offsets` (CSR) gives each node's outgoing edges;
     * `node_item` maps the node reached after an id's EOS to the item id (0 elsewhere); `item_paths` lists the
-      nodes on each item's path, so a set of candidates becomes a mask over nodes (its sub-trie).
+      nodes on each item's path, so a set of candidates becomes a mask over nodes (its sub-trie);
+    * per-item tables (`item_paths`, `item_labels`) have one row per catalogue item, in the order of the sorted
+      `item_ids`: `item_rows` maps ids to rows by `searchsorted`, so ids need not be contiguous (3, 17, 10**9).
+    * a child's node number is larger than its parent's (nodes are numbered as they are first reached), so
+      sorting nodes by number puts every node after its ancestors (what `score_candidates` relies on).
 
     A finished id (or a prefix that left the trie, which the constraint prevents) allows only EOS.
     """
@@ -401,10 +405,12 @@ class ItemIdTrie:
         """Number the nodes and build the tensors described in the class docstring (CPU; see `tensors`)."""
         node_of: dict[tuple[int, ...], int] = {(): 0}
         edge_keys, edge_children = [], []
-        paths = torch.full((max(self.item_token_ids) + 1, self.max_length), -1, dtype=torch.long)
-        labels = torch.full((max(self.item_token_ids) + 1, self.max_length), -100, dtype=torch.long)
+        item_ids = sorted(self.item_token_ids)
+        paths = torch.full((len(item_ids), self.max_length), -1, dtype=torch.long)
+        labels = torch.full((len(item_ids), self.max_length), -100, dtype=torch.long)
         node_item = [0]
-        for item_id, token_ids in self.item_token_ids.items():
+        for row, item_id in enumerate(item_ids):
+            token_ids = self.item_token_ids[item_id]
             parent = 0
             for depth, token in enumerate(token_ids):
                 prefix = tuple(token_ids[: depth + 1])
@@ -414,9 +420,9 @@ class ItemIdTrie:
                     node_item.append(0)
                     edge_keys.append(parent * self.KEY_STRIDE + token)
                     edge_children.append(child)
-                paths[item_id, depth] = parent = child
+                paths[row, depth] = parent = child
             node_item[parent] = item_id
-            labels[item_id, : len(token_ids)] = torch.tensor(token_ids)
+            labels[row, : len(token_ids)] = torch.tensor(token_ids)
         keys = torch.tensor(edge_keys, dtype=torch.long)
         order = keys.argsort()
         keys, children = keys[order], torch.tensor(edge_children, dtype=torch.long)[order]
@@ -428,8 +434,9 @@ class ItemIdTrie:
             "edge_tokens": keys % self.KEY_STRIDE,
             "child_offsets": F.pad(torch.bincount(parents, minlength=self.num_nodes).cumsum(0), (1, 0)),
             "node_item": torch.tensor(node_item, dtype=torch.long),
-            "item_paths": paths,  # [max item id + 1, max_length] node ids, -1 past the end
-            "item_labels": labels,  # [max item id + 1, max_length] token ids, -100 past the end
+            "item_ids": torch.tensor(item_ids, dtype=torch.long),  # [num_items] sorted: row i of the tables below
+            "item_paths": paths,  # [num_items, max_length] node ids, -1 past the end
+            "item_labels": labels,  # [num_items, max_length] token ids, -100 past the end
         }
 
     def tensors(self, device) -> dict[str, torch.Tensor]:
@@ -505,9 +512,13 @@ class ItemIdTrie:
         items = self.tensors(token_ids.device)["node_item"][nodes.clamp(min=0)]
         return torch.where(nodes >= 0, items, 0)
 
+    def item_rows(self, item_ids: torch.LongTensor) -> torch.LongTensor:
+        """The rows of catalogue item ids (any shape; checked by `check_candidates`) in the per-item tables."""
+        return torch.searchsorted(self.tensors(item_ids.device)["item_ids"], item_ids)
+
     def candidate_nodes(self, candidates: torch.LongTensor) -> torch.BoolTensor:
         """[B, num_nodes]: the nodes on the paths of each row's candidate ids [B, C] (that row's sub-trie)."""
-        paths = self.tensors(candidates.device)["item_paths"][candidates].flatten(1)  # [B, C * max_length]
+        paths = self.tensors(candidates.device)["item_paths"][self.item_rows(candidates)].flatten(1)  # [B, C * L]
         allowed = torch.zeros(candidates.shape[0], self.num_nodes + 1, dtype=torch.bool, device=candidates.device)
         allowed.scatter_(1, torch.where(paths >= 0, paths, self.num_nodes), True)  # -1 padding -> spare column
         allowed[:, 0] = True
@@ -704,6 +715,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     """
 
     config_class = PeaPODConfig
+    # Decoder positions per vocabulary projection in `score_candidates`; None: max(64, d_model // 2), a CPU heuristic
+    # (small models are memory-bound there and want small logit chunks, large ones big GEMMs); `trie_one_chunk` in
+    # benchmarks/eval_throughput.py measures the gain over one chunk.
+    SCORING_ROWS_PER_CHUNK: int | None = None
     # Our loss (eq. 10) is a mean over the batch already; Trainer must not pass num_items_in_batch.
     accepts_loss_kwargs = False
 
@@ -1110,13 +1125,20 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None,
         user_embeddings=None, user_neighbors=None,
     ):
-        """Run the encoder once: (BaseModelOutput, extended attention mask)."""
+        """Run the encoder once: (BaseModelOutput, extended attention mask).
+
+        The padding mask is folded into T5's relative position bias once, a [B, H, S, S] tensor all layers share
+        (`_run_t5_blocks`); `T5Stack` passes the bias and the mask to every layer, whose attention combines them
+        again: one [B, H, S, S] pass per layer, a large part of encoding a batch of 500-token top-n prompts at the
+        small shapes. The numbers are the same (tests/test_constrained_decoding.py)."""
         inputs_embeds, attention_mask = self.build_encoder_inputs(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
         )
-        return self.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True), (
-            attention_mask
-        )
+        encoder = self.get_encoder()
+        length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
+        bias = encoder.block[0].layer[0].SelfAttention.compute_bias(length, length, inputs_embeds.device).to(dtype)
+        bias = torch.where(attention_mask[:, None, None, :].bool(), bias, torch.finfo(dtype).min).contiguous()
+        return BaseModelOutput(last_hidden_state=_run_t5_blocks(encoder, inputs_embeds, bias)), attention_mask
 
     # -- training -----------------------------------------------------------------------------------------
 
@@ -1312,13 +1334,14 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
-        One encoder pass per sample. The decoder then teacher-forces a sample's C candidates *packed into one
-        decoder sequence* of C blocks [start, id tokens...], with a block-diagonal causal mask: a block attends
-        only to itself, and T5's relative position bias depends only on distances within the block, so each block
-        computes exactly what decoding that candidate alone would, while the sample's encoder states (the
-        cross-attention keys/values) are projected and read once for all C candidates instead of once per
-        candidate. About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least
-        one sample). The vocabulary projection runs only where a target token is, and once for the start token.
+        One encoder pass per sample. The log-probability of a target token depends only on the sample and the id
+        prefix before it, i.e. on a node of the item-id trie (`ItemIdTrie`), and a sample's candidates share
+        prefixes ("▁12" starts "1234" and "1299"). So the decoder runs once per unique (sample, trie node) on the
+        candidates' paths, not once per candidate and depth: a sample's unique nodes are packed into one decoder
+        sequence in which each node attends to its ancestors only (`_score_trie_nodes`), and the vocabulary
+        projection and its normaliser (logsumexp over the vocabulary, most of the cost) run once per such node.
+        The result equals teacher-forcing every candidate on its own (tests/test_constrained_decoding.py).
+        About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least one sample).
         A user outside the table: `user_embeddings`/`user_neighbors` instead of `user_ids` (`fold_in_users`).
         """
         batch = input_ids.shape[0]
@@ -1334,40 +1357,86 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
         )
         hidden = encoder_outputs.last_hidden_state
-        device = hidden.device
-        labels = item_trie.tensors(device)["item_labels"][candidates.to(device)]  # [B, C, L], -100 past the end
-        num_candidates, length = labels.shape[1], labels.shape[2]
-        decoder_inputs = torch.cat(  # shifted right: the start token, then all but the last label
-            [torch.full_like(labels[..., :1], self.config.decoder_start_token_id), labels[..., :-1].clamp(min=0)], -1
-        ).flatten(1)  # [B, C * L]
-        block = torch.arange(num_candidates * length, device=device) // length
-        position = torch.arange(num_candidates * length, device=device)
-        packed_mask = (block[:, None] == block[None, :]) & (position[None, :] <= position[:, None])  # [CL, CL]
-        packed_mask = packed_mask[None, None]  # 4-D boolean: used as given (True: attend)
-        scores = torch.empty(batch, num_candidates, device=device)
-        samples_per_call = max(1, candidate_batch_size // max(num_candidates, 1))
-        for first in range(0, batch, samples_per_call):
-            samples = slice(first, first + samples_per_call)
-            decoded = self.decoder(
-                input_ids=decoder_inputs[samples], attention_mask=packed_mask.expand(decoder_inputs[samples].shape[0],
-                                                                                     -1, -1, -1),
-                encoder_hidden_states=hidden[samples], encoder_attention_mask=attention_mask[samples], use_cache=False,
-            ).last_hidden_state.unflatten(1, (num_candidates, length))  # [b, C, L, d]
-            if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
-                decoded = decoded * (self.model_dim**-0.5)
-            targets = labels[samples]
-            # Every block's start position sees only itself: one projection per sample serves all its candidates.
-            start_log_probs = self.lm_head(decoded[:, 0, 0]).float().log_softmax(-1).gather(1, targets[:, :, 0])
-            # Later positions only where a target token is (shorter ids leave padding). The softmax normaliser over
-            # the vocabulary (exp of every logit) is most of the remaining cost; it is what makes the score exact.
-            rest = targets[:, :, 1:]
-            valid = rest != -100
-            logits = self.lm_head(decoded[:, :, 1:][valid]).float()
-            token_log_probs = logits.log_softmax(-1).gather(1, rest[valid].unsqueeze(1)).squeeze(1)
-            log_likelihood = start_log_probs.flatten().index_add(0, valid.flatten(0, 1).nonzero()[:, 0],
-                                                                  token_log_probs)
-            scores[samples] = log_likelihood.view(-1, num_candidates)
-        return scores
+        rows = item_trie.item_rows(candidates.to(hidden.device))
+        samples_per_call = max(1, candidate_batch_size // candidates.shape[1])
+        return torch.cat([
+            self._score_trie_nodes(hidden[first : first + samples_per_call],
+                                   attention_mask[first : first + samples_per_call],
+                                   rows[first : first + samples_per_call], item_trie)
+            for first in range(0, batch, samples_per_call)
+        ])
+
+    def _score_trie_nodes(
+        self, encoder_states: torch.Tensor, encoder_mask: torch.Tensor, rows: torch.LongTensor, trie: ItemIdTrie
+    ) -> torch.Tensor:
+        """log p(candidate) [b, C] for b samples' candidates (their `ItemIdTrie.item_rows` [b, C]).
+
+        Decoding a candidate alone feeds [start, t_1, .., t_{L-1}] and reads the targets [t_1, .., t_L = EOS]; the
+        input at depth d is the trie node reached after d tokens (the root at depth 0). Here each sample's unique
+        such nodes form one decoder sequence (sorted by node number, so ancestors come first: a causal order), and
+        position q attends to position k iff k's node is an ancestor of q's (or q itself): exactly the prefix
+        decoding that candidate alone would attend to. T5's relative position bias depends only on the distance
+        between query and key, which along a path is the depth difference, so the bias is taken from T5's own
+        `compute_bias` over depths. The blocks of `self.decoder` run as in `T5Stack.forward` (`_run_t5_blocks`).
+        """
+        tables = trie.tensors(rows.device)
+        labels = tables["item_labels"][rows]  # [b, C, L] target tokens, -100 past each id's end
+        paths = tables["item_paths"][rows]  # [b, C, L] the node reached after each target
+        contexts = torch.cat([torch.zeros_like(paths[..., :1]), paths[..., :-1]], -1)  # the node each target follows
+        valid = labels != -100
+        samples, length = rows.shape[0], labels.shape[-1]
+        # One position per unique (sample, node); keys sort by sample, then node number (ancestors first).
+        keys = torch.arange(samples, device=rows.device)[:, None, None] * trie.num_nodes + contexts
+        unique_keys, position = torch.unique(keys[valid], return_inverse=True)  # position: of each valid target
+        sample_of = unique_keys // trie.num_nodes
+        counts = torch.bincount(sample_of, minlength=samples)
+        slot = torch.arange(unique_keys.numel(), device=rows.device) - (counts.cumsum(0) - counts)[sample_of]
+        width = int(counts.max())
+        # Per position: its node, depth, decoder input token and ancestors (at each depth; -1 below it), read from
+        # any target that has it as context (all such targets agree).
+        depth = torch.arange(length, device=rows.device).expand_as(labels)[valid]
+        path_of = contexts[:, :, None, :].expand(-1, -1, length, -1)[valid]  # [targets, L]: the candidate's contexts
+        ancestors = torch.where(depth[:, None] >= torch.arange(length, device=rows.device), path_of, -1)
+        inputs = torch.cat([torch.full_like(labels[..., :1], self.config.decoder_start_token_id), labels[..., :-1]], -1)
+        node_grid = torch.full((samples, width), -1, dtype=torch.long, device=rows.device)  # -1: padding
+        depth_grid = torch.zeros_like(node_grid)
+        token_grid = torch.full_like(node_grid, self.config.pad_token_id)
+        ancestor_grid = torch.full((samples, width, length), -1, dtype=torch.long, device=rows.device)
+        ancestor_grid[:, :, 0] = 0  # padding positions attend to the root (any real position would do)
+        node_grid[sample_of, slot] = unique_keys % trie.num_nodes
+        depth_grid[sample_of[position], slot[position]] = depth
+        token_grid[sample_of[position], slot[position]] = inputs[valid]
+        ancestor_grid[sample_of[position], slot[position]] = ancestors
+        attend = ancestor_grid.gather(2, depth_grid[:, None, :].expand(-1, width, -1)) == node_grid[:, None, :]
+        attend &= node_grid[:, None, :] >= 0  # [b, query, key]
+
+        dtype = encoder_states.dtype
+        self_attention = self.decoder.block[0].layer[0].SelfAttention
+        depth_bias = self_attention.compute_bias(length, length, encoder_states.device)[0].to(dtype)  # [H, L, L]
+        bias = depth_bias[:, depth_grid[:, :, None], depth_grid[:, None, :]].transpose(0, 1)  # [b, H, query, key]
+        bias = bias.masked_fill(~attend[:, None], torch.finfo(dtype).min)
+        # Cross-attention: T5 has no bias there, only the encoder padding mask, kept [b, 1, 1, S] (not expanded:
+        # sdpa and eager attention broadcast it; other kernels index every head and query).
+        cross_bias = torch.zeros(encoder_mask.shape, dtype=dtype, device=encoder_mask.device)
+        cross_bias = cross_bias.masked_fill(encoder_mask == 0, torch.finfo(dtype).min)[:, None, None, :]
+        if self.config._attn_implementation not in ("sdpa", "eager"):
+            cross_bias = cross_bias.expand(-1, bias.shape[1], width, -1)
+        states = _run_t5_blocks(self.decoder, self.decoder.embed_tokens(token_grid), bias, encoder_states, cross_bias)
+        if self.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward
+            states = states * (self.model_dim**-0.5)
+        # Row-major order of the real positions is the order of unique_keys, so `position` indexes these rows.
+        states, targets = states[node_grid >= 0], labels[valid]
+        token_log_probs = torch.empty(targets.shape, dtype=torch.float, device=rows.device)
+        # The vocabulary projection and log-softmax in chunks of rows: smaller [rows, vocab] logits are faster on a
+        # CPU than one [positions, vocab] pass (`trie_one_chunk` in benchmarks/eval_throughput.py), and memory no
+        # longer grows with the number of positions.
+        chunk = self.SCORING_ROWS_PER_CHUNK or max(64, self.config.d_model // 2)
+        for first in range(0, states.shape[0], chunk):
+            log_probs = self.lm_head(states[first : first + chunk]).float().log_softmax(-1)
+            in_chunk = (position >= first) & (position < first + chunk)
+            token_log_probs[in_chunk] = log_probs[position[in_chunk] - first, targets[in_chunk]]
+        candidate_of = torch.arange(rows.numel(), device=rows.device).view(*rows.shape, 1).expand_as(labels)[valid]
+        return token_log_probs.new_zeros(rows.numel()).index_add_(0, candidate_of, token_log_probs).view(rows.shape)
 
     # -- loading and saving -------------------------------------------------------------------------------
 
@@ -1501,6 +1570,21 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         # folder (Trainer's included) carries the pipeline, and `push_to_hub` uploads it with the code files.
         self.config.custom_pipelines = custom_pipelines_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _run_t5_blocks(
+    stack: nn.Module, inputs_embeds: torch.Tensor, position_bias: torch.Tensor,
+    encoder_states: torch.Tensor | None = None, cross_position_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The layers of a `T5Stack` as its forward runs them (dropout, blocks, final norm), given the attention masks
+    already folded into the position biases (0 / bias where attended, the dtype's minimum elsewhere): T5Stack
+    itself takes a separate mask and position ids only, which can express neither a trie-shaped decoder mask with
+    depth distances (`score_candidates`) nor a mask combined with the bias once for all layers (`encode`)."""
+    hidden = stack.dropout(inputs_embeds)
+    for block in stack.block:
+        hidden = block(hidden, position_bias=position_bias, encoder_hidden_states=encoder_states,
+                       encoder_decoder_position_bias=cross_position_bias)[0]
+    return stack.dropout(stack.final_layer_norm(hidden))
 
 
 def _check_ids(name: str, ids: torch.Tensor, batch: int | None, low: int, high: int, meaning: str) -> None:

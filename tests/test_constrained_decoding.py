@@ -192,6 +192,85 @@ def test_batched_candidate_scores_equal_teacher_forcing(tokenizer, candidate_bat
     torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["default", "eager", "v1.1-like"])
+@pytest.mark.parametrize("candidate_batch_size", [1, 7, 100_000])
+def test_trie_scores_equal_teacher_forcing_edge_cases(tokenizer, variant, candidate_batch_size):
+    """One decoder position per unique (sample, trie node): duplicates, a candidate that is a prefix sibling of
+    another ("1", "12", "123", "1234"), ids of 2 to 4 tokens, unequal unique-node counts per sample (padded), calls
+    that split the batch unevenly; eager attention; and few relative-position buckets, so depth distances 2 and 3
+    fall into T5's logarithmic buckets, with an untied, unscaled output layer (as T5 v1.1)."""
+    rng = random.Random(6)
+    fields = {"eager": {}, "default": {}, "v1.1-like": {"relative_attention_num_buckets": 4,
+                                                        "relative_attention_max_distance": 4,
+                                                        "tie_word_embeddings": False}}[variant]
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=10, num_items=13_000, user_embedding_dim=8, num_neighbors=4, dropout_rate=0.0, **fields
+    )
+    model.set_user_table(torch.randn(11, 8))
+    model.eval()
+    if variant == "eager":
+        model.set_attn_implementation("eager")
+    if candidate_batch_size == 100_000:
+        model.SCORING_ROWS_PER_CHUNK = 5  # all samples in one call: its positions in several vocabulary chunks
+    trie = model.item_trie(tokenizer)
+    candidates = torch.tensor([
+        [1, 12, 123, 1234, 12345, 1, 12, 1234, 9, 5000],  # nested prefixes and duplicates: few unique nodes
+        rng.sample(range(1, 13_001), 10),  # mostly disjoint paths: many unique nodes
+        [7, 7, 7, 7, 7, 7, 7, 7, 7, 7],  # one candidate ten times: a single path
+    ])
+    users = [1, 4, 7]
+    sources = [render(EVAL_TEMPLATES["topn"], u, candidates=c) for u, c in zip(users, candidates.tolist())]
+    inputs = _inputs(tokenizer, sources, users, 1)
+    scores = model.score_candidates(**inputs, candidates=candidates, item_trie=trie,
+                                    candidate_batch_size=candidate_batch_size)
+    reference = _reference_scores(model, inputs, candidates, trie)
+    # float32 rounding: the untied output layer's scores are near -100, hence a relative tolerance as well
+    torch.testing.assert_close(scores, reference, rtol=1e-6, atol=1e-5)
+    assert torch.equal(scores[2], scores[2, :1].expand(10)) and scores[0, 0] == scores[0, 5]  # duplicates agree
+
+
+def test_encode_equals_the_t5_encoder_stack(tokenizer):
+    """`encode` folds the padding mask into the position bias once for all layers: the same states as T5Stack."""
+    model = _model(10, 100)
+    inputs = _inputs(tokenizer, ["user_1 bought item_3", "user_2 bought item_4 , item_5 and item_77 too"], [1, 2], 0)
+    for implementation in ("sdpa", "eager"):
+        model.set_attn_implementation(implementation)
+        states, mask = model.encode(**inputs)
+        embeds, reference_mask = model.build_encoder_inputs(**inputs)
+        reference = model.get_encoder()(inputs_embeds=embeds, attention_mask=reference_mask).last_hidden_state
+        assert torch.equal(mask, reference_mask) and mask[0].sum() < mask[1].sum()  # padding in sample 0
+        torch.testing.assert_close(states.last_hidden_state, reference, rtol=0, atol=1e-6)
+
+
+def test_trie_over_a_non_contiguous_catalogue(tokenizer):
+    """Item ids 3, 17, 1000 and 10**12: the per-item tables have four rows (not 10**12 + 1), and scoring, the
+    candidate sub-trie and constrained beam search work on them."""
+    catalogue = [1000, 3, 10**12, 17]
+    trie = ItemIdTrie.from_tokenizer(tokenizer, catalogue)
+    tables = trie.tensors("cpu")
+    assert tables["item_ids"].tolist() == sorted(catalogue) and tables["item_paths"].shape[0] == 4
+    candidates = torch.tensor([[17, 10**12, 3], [1000, 3, 3]])
+    rows = trie.item_rows(candidates)
+    assert tables["item_ids"][rows].tolist() == candidates.tolist()
+    for row, items in enumerate(candidates.tolist()):  # each item's label row spells that item's tokens
+        for column, item in enumerate(items):
+            labels = tables["item_labels"][rows[row, column]]
+            assert labels[labels != -100].tolist() == trie.item_token_ids[item]
+    sizes = trie.candidate_nodes(candidates).sum(dim=1).tolist()
+    assert sizes == [trie.restricted_to(row).num_nodes for row in candidates.tolist()]
+    model = _model(6, 0)
+    inputs = _inputs(tokenizer, ["user_1 : pick one of item_17 , item_3", "user_2 : pick one of item_1000"], [1, 2], 1)
+    scores = model.score_candidates(**inputs, candidates=candidates, item_trie=trie)
+    torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
+    ids, _ = model.recommend(**inputs, item_trie=trie, candidates=candidates, top_k=2, num_beams=3)
+    for row, allowed in zip(ids.tolist(), candidates.tolist()):
+        assert set(row) <= set(allowed) and len(set(row)) == 2
+    ids, _ = model.recommend(**inputs, item_trie=trie, top_k=4, num_beams=8)
+    assert sorted(ids[0].tolist()) == sorted(catalogue)
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        model.score_candidates(**inputs, candidates=torch.tensor([[17, 4], [3, 3]]), item_trie=trie)
+
+
 def test_beam_search_shortcuts_match_plain_transformers_beam_search(tokenizer, monkeypatch):
     """`generate` projects the cross-attention keys/values once per sample (`_beam_cache`) and `_reorder_cache`
     leaves them in place: the same beams as transformers' own beam search without either shortcut."""
