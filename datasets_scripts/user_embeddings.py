@@ -153,7 +153,7 @@ def train_bivae(
     return rows_by_our_ids(model.get_user_vectors(), train_set.uid_map, num_users + 1)
 
 
-def train_bpr(
+def train_bpr_with_biases(
     train_histories: dict[int, list[int]],
     num_users: int,
     num_items: int,
@@ -163,7 +163,7 @@ def train_bpr(
     learning_rate: float = 1e-2,
     lambda_reg: float = 1e-2,
     verbose: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BPR user and item factors (Rendle et al. 2009) with cornac's `BPR`: a user-embedding source beyond the paper.
 
     BPR learns from (user, observed item, unobserved item) triples it samples itself, the pairwise ranking loss
@@ -173,9 +173,10 @@ def train_bpr(
     the factors (neighbour diagnostic on the first 2,000 Beauty users, k = 512: 0.066 at 1e-3, random neighbours
     0.058; 0.129 at 1e-2; docs/embeddings.md). k = 512 like PMF; with `seed` set cornac trains single-threaded,
     so runs are repeatable.
-    Returns `user_embeddings` [num_users + 1, k] and `item_embeddings` [num_items + 1, k] (cornac's `u_factors`,
-    `i_factors`; the item biases are not kept: cosine neighbours do not use them), float32, aligned to our ids
-    exactly as `train_pmf`'s, zero rows for row 0 and users/items without training interactions.
+    Returns `user_embeddings` [num_users + 1, k], `item_embeddings` [num_items + 1, k] and `item_biases`
+    [num_items + 1, 1] (cornac's `u_factors`, `i_factors`, `i_biases`; the user table keeps no biases: cosine
+    neighbours do not use them), float32, aligned to our ids exactly as `train_pmf`'s, zero rows for row 0 and
+    users/items without training interactions.
     """
     import cornac
 
@@ -186,7 +187,13 @@ def train_bpr(
     model.fit(train_set)
     user_embeddings = rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
     item_embeddings = rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
-    return user_embeddings, item_embeddings
+    item_biases = rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1)
+    return user_embeddings, item_embeddings, item_biases
+
+
+def train_bpr(train_histories: dict[int, list[int]], num_users: int, num_items: int, **bpr_kwargs):
+    """`train_bpr_with_biases` without the item biases [num_items + 1, 1]: (user_embeddings, item_embeddings)."""
+    return train_bpr_with_biases(train_histories, num_users, num_items, **bpr_kwargs)[:2]
 
 
 # A user-supplied matrix --------------------------------------------------------------------------------------

@@ -38,11 +38,7 @@ import numpy as np
 import torch
 
 from datasets_scripts.synthetic import planted_oracle_scores
-from datasets_scripts.user_embeddings import (
-    cornac_train_set,
-    rows_by_our_ids,
-    train_pmf,
-)
+from datasets_scripts.user_embeddings import train_bpr_with_biases, train_pmf
 
 
 def _check_ids(ids: np.ndarray, upper: int, what: str) -> None:
@@ -167,17 +163,11 @@ class BPRBaseline(PMFBaseline):
         learning_rate: float = 0.01,
         lambda_reg: float = 0.01,
     ) -> BPRBaseline:
-        import cornac
-
-        # The same validated, id-mapped cornac training set as the PMF user table (datasets_scripts).
-        train_set = cornac_train_set(dict(train_histories), num_users, num_items, seed)
-        model = cornac.models.BPR(
-            k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=False
+        # The same cornac BPR as the `--embedding bpr` user table (datasets_scripts), with the baseline's settings.
+        users, items, biases = train_bpr_with_biases(
+            dict(train_histories), num_users, num_items, k=k, seed=seed, max_iter=max_iter,
+            learning_rate=learning_rate, lambda_reg=lambda_reg,
         )
-        model.fit(train_set)
-        users = rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
-        items = rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
-        biases = rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1)
         return cls(users, items, biases)
 
 
