@@ -9,7 +9,10 @@ steps; every checkpoint is then evaluated on the test split of ALL test users (o
 * top-n HR@10 / NDCG@10 by exact candidate likelihood (`score_candidates`) and the mean test loss per task;
 * for rows with a collaborative prompt, the same with the user table permuted across users
   (`training.diagnostics.shuffle_test`): the *shuffle drop* is how much the model relies on its prompt;
-* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part).
+* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part);
+* for rows trained on explanations, BLEU-4 / ROUGE-L and the share of explanations that name the item's feature
+  (training/metrics/feature_share.py);
+* 95% bootstrap intervals over users beside the HR@10s and the shuffle drop (paired: per-user differences).
 A row is a preset (`mha`, `mlp`, `pod`) plus `+flag=value` overrides of `peapod-train` flags, e.g.
 `mha+user_embedding_norm=none`. Results go to `<output>/<row name>.json` (written after every checkpoint), the
 baselines (popularity, PMF, and every other baseline `training.evaluation.BASELINES` offers, on the same users)
@@ -31,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"mha": {"prompt_encoder": "mha"}, "mlp": {"prompt_encoder": "mlp"}, "pod": {"prompt_encoder": "none"}}
 LABELS = {"mha": "PeaPOD (mha)", "mlp": "PeaPOD-MLP", "none": "POD"}
 PANELS = (("topn_hr@10", "top-n HR@10 (likelihood)"), ("topn_ndcg@10", "top-n NDCG@10 (likelihood)"),
-          ("sequential_hr@10", "sequential HR@10 (beam)"), ("topn_shuffle_drop", "top-n HR@10 drop, user table permuted"))
+          ("sequential_hr@10", "sequential HR@10 (beam)"), ("topn_shuffle_drop", "top-n HR@10 drop, user table permuted"),
+          ("explanation_item_feature_share", "explanations naming the item's feature"))
 
 
 def parse_row(spec: str) -> tuple[str, dict]:
@@ -92,7 +96,7 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         shuffled = shuffle_test(model, tokenizer, prepared, max_users=args.eval_users, seed=args.seed)
         point = {key: value for key, value in shuffled["as_is"].items() if key != "topn_hits"}
         point["topn_hits"] = shuffled["as_is"]["topn_hits"]
-        point["permuted"] = {key: value for key, value in shuffled["permuted"].items() if key != "topn_hits"}
+        point["permuted"] = dict(shuffled["permuted"])  # its per-user hits too: the paired drop interval
         point["topn_shuffle_drop"] = shuffled["drop"].get("topn_hr@10")
         point["loglik_change"] = shuffled.get("loglik_change")
         point["attention"] = attention_health(model)
@@ -110,8 +114,36 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         point["sequential_ndcg@10"] = report["results"]["sequential"]["ndcg@10"]
         ranking = report["rankings"]["sequential"]
         point["sequential_hits"] = [int(t in r) for t, r in zip(ranking["targets"], ranking["ranked"])]
+    if "explanation" in model.config.tasks and "explanation_test" in prepared.dataset:
+        report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=["explanation"],
+                                     max_users=args.eval_users, num_beams=args.explanation_beams, top_k=1,
+                                     show_progress=False)
+        scores = report["results"]["explanation"]
+        for key in ("bleu4", "rougeL", "feature_match", "item_feature_share", "feature_match_ci",
+                    "item_feature_share_ci", "num_samples"):
+            point[f"explanation_{key}"] = scores.get(key)
+        point["explanation_examples"] = report["explanations"]["first_predictions"]
+    add_intervals(point)
     point["eval_seconds"] = round(time.perf_counter() - started, 1)
     return point
+
+
+def add_intervals(point: dict) -> None:
+    """95% bootstrap intervals over users (training.evaluation.bootstrap_interval) beside the per-user hit rates:
+    top-n and sequential HR@10, the permuted table's, and the paired shuffle drop (per-user hit as is minus hit
+    permuted, resampled together, so the drop's interval is not two overlapping intervals subtracted)."""
+    import numpy as np
+
+    from training.evaluation import bootstrap_interval
+
+    for hits_key, metric in (("topn_hits", "topn_hr@10"), ("sequential_hits", "sequential_hr@10")):
+        if point.get(hits_key):
+            point[f"{metric}_ci"] = bootstrap_interval(point[hits_key])
+    permuted_hits = point.get("permuted", {}).get("topn_hits")
+    if permuted_hits:
+        point["permuted"]["topn_hr@10_ci"] = bootstrap_interval(permuted_hits)
+        point["topn_shuffle_drop_ci"] = bootstrap_interval(
+            np.asarray(point["topn_hits"], dtype=float) - np.asarray(permuted_hits, dtype=float))
 
 
 def baselines(prepared, tokenizer, args, output: Path) -> dict:
@@ -147,8 +179,12 @@ def plot(output: Path) -> Path | None:
     if not rows:
         return None
     lines = json.loads((output / "baselines.json").read_text()) if (output / "baselines.json").exists() else {}
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
-    for axis, (metric, title) in zip(axes, PANELS):
+    # A panel per metric some row measured (explanation only for rows trained on it; sequential only with beams).
+    panels = [(metric, title) for metric, title in PANELS
+              if any(p.get(metric) is not None for row in rows.values() for p in row["points"])] or list(PANELS[:1])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    axes = axes[0]
+    for axis, (metric, title) in zip(axes, panels):
         for name, row in rows.items():
             points = [(p["step"], p[metric]) for p in row["points"] if p.get(metric) is not None]
             if points:
@@ -187,9 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_users", type=int, default=None, help="First N test users (default: all).")
     parser.add_argument("--sequential_beams", type=int, default=20, help="0: skip sequential (beam search).")
+    parser.add_argument("--explanation_beams", type=int, default=4,
+                        help="Beams for the explanations of rows trained on the explanation task.")
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
+    parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps.")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
     args = parser.parse_args(argv)
@@ -232,16 +271,21 @@ def main(argv: list[str] | None = None) -> None:
         }
         diagnostics = run_dir / "prompt_diagnostics.json"
         record["training_diagnostics"] = json.loads(diagnostics.read_text()) if diagnostics.exists() else None
-        folders = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-        for folder in folders:
-            point = {"step": int(folder.name.split("-")[1]), **evaluate_folder(folder, prepared, tokenizer, args)}
+        folders = [(int(path.name.split("-")[1]), path) for path in run_dir.glob("checkpoint-*")]
+        if not folders and args.evaluate_run and (run_dir / "config.json").exists():
+            # A run saved without intermediate checkpoints: its final model, at its last step.
+            folders = [(train_metrics.get("global_step", args.max_steps), run_dir)]
+        for step, folder in sorted(folders, key=lambda pair: pair[0]):
+            if args.steps and step not in args.steps:
+                continue
+            point = {"step": step, **evaluate_folder(folder, prepared, tokenizer, args)}
             record["users"] = len(point["topn_hits"])
             record["points"].append(point)
             write_json(output / f"{name}.json", record)
             print(f"{name} step {point['step']}: " + ", ".join(
                 f"{key} {point[key]:.4f}" for key in ("topn_hr@10", "topn_shuffle_drop", "sequential_hr@10",
                                                       "topn_loss") if point.get(key) is not None), flush=True)
-            if not (args.keep_checkpoints or args.evaluate_run):
+            if not (args.keep_checkpoints or args.evaluate_run) and folder != run_dir:
                 shutil.rmtree(folder)
     print(plot(output))
 

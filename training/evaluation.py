@@ -46,6 +46,7 @@ from .baselines import (
     recommend_topn,
 )
 from .metrics import load_metric
+from .metrics.feature_share import explanation_feature_scores
 
 TASKS = ("sequential", "topn", "explanation")
 SPLITS = ("validation", "test")
@@ -62,6 +63,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_wo
 # The columns of the paper's tables (HR@1 reported for sequential too, SPEC §3).
 RANKING_COLUMNS = ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10")
 TEXT_COLUMNS = ("bleu4", "rouge1", "rouge2", "rougeL")
+# Shares of explanations naming the feature (training/metrics/feature_share.py), where the data has features.
+FEATURE_SHARE_HEADERS = {"feature_match": "names ref. feature", "item_feature_share": "names item's feature"}
 
 
 # Users ----------------------------------------------------------------------------------------------------------
@@ -547,6 +550,9 @@ def evaluate_checkpoint(
                 report["chunks"]["incomplete_tasks"].append(task)
             elif task == "explanation":
                 report["results"]["explanation"] = _explanation_scores(outputs["predictions"], outputs["references"])
+                # Does each explanation name the item's feature? (training/metrics/feature_share.py)
+                report["results"]["explanation"] |= explanation_feature_scores(
+                    prepared, dataset, rows, outputs["predictions"], interval=bootstrap_interval)
                 report["explanations"] = {"first_predictions": outputs["predictions"][:5]}
             else:
                 for name, (ranked, targets) in _ranking_entries(task, outputs).items():
@@ -606,9 +612,12 @@ def markdown_table(report: dict, model_name: str = "model") -> str:
         lines.append("")
     if "explanation" in report["results"]:
         metrics = report["results"]["explanation"]
-        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "samples"]
+        shares = [c for c in ("feature_match", "item_feature_share") if metrics.get(c) is not None]
+        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+                  *(FEATURE_SHARE_HEADERS[c] for c in shares), "samples"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS), str(metrics["num_samples"])]
+        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS),
+                 *(_format(metrics[c], metrics.get(f"{c}_ci")) for c in shares), str(metrics["num_samples"])]
         lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     timing = [
