@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
-    parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps.")
+    parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps (an existing row file keeps its other steps' points).")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
     args = parser.parse_args(argv)
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed, "max_steps": args.max_steps, "train_seconds": round(train_seconds, 1),
             "train_loss": train_metrics.get("train_loss"), "hardware": _hardware(), "points": [],
         }
+        previous = output / f"{name}.json"
+        if args.steps and previous.exists():  # a partial re-evaluation keeps the file's points of other steps
+            record["points"] = [p for p in json.loads(previous.read_text())["points"] if p["step"] not in args.steps]
         diagnostics = run_dir / "prompt_diagnostics.json"
         record["training_diagnostics"] = json.loads(diagnostics.read_text()) if diagnostics.exists() else None
         folders = [(int(path.name.split("-")[1]), path) for path in run_dir.glob("checkpoint-*")]
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             point = {"step": step, **evaluate_folder(folder, prepared, tokenizer, args)}
             record["users"] = len(point["topn_hits"])
-            record["points"].append(point)
+            record["points"] = sorted(record["points"] + [point], key=lambda p: p["step"])
             write_json(output / f"{name}.json", record)
             print(f"{name} step {point['step']}: " + ", ".join(
                 f"{key} {point[key]:.4f}" for key in ("topn_hr@10", "topn_shuffle_drop", "sequential_hr@10",
