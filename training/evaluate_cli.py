@@ -70,7 +70,7 @@ class EvaluateArguments:
     )
     shard: str = field(
         default="0/1",
-        metadata={"help": "i/N: compute only chunks c with c % N == i (needs --chunk_dir); 'auto' takes RANK/"
+        metadata={"help": "i/N: compute only chunks c with c %% N == i (needs --chunk_dir); 'auto' takes RANK/"
                           "WORLD_SIZE from `accelerate launch` or torchrun. The run that finds every chunk reports."},
     )
     chunk_size: int = field(default=1024, metadata={"help": "Rows (users) per chunk file of --chunk_dir."})
