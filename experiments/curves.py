@@ -3,6 +3,7 @@
     python experiments/curves.py --prepared_dir prepared/syn --rows mha mlp pod --max_steps 600 --eval_every 100
     python experiments/curves.py --prepared_dir prepared/syn --rows "mha+user_embedding_norm=none" --name mha-paper
     python experiments/curves.py --output experiments/results/curves-syn --plot_only     # redraw from the JSONs
+    python experiments/curves.py --output experiments/results/curves-syn --table         # README's markdown table
 
 Each row trains once (`peapod-train`, seeded, tiny shape by default) saving a checkpoint every `--eval_every`
 steps; every checkpoint is then evaluated on the test split of ALL test users (or `--eval_users`):
@@ -207,6 +208,39 @@ def plot(output: Path) -> Path | None:
     return target
 
 
+def markdown_table(output: Path) -> str:
+    """The README table of a curves folder: per row and evaluated step, top-n HR@10 [95% CI], the same with the
+    user table permuted, the paired shuffle drop [CI], top-n NDCG@10 and (where measured) sequential HR@10; then the
+    baselines on the same users."""
+
+    def cell(value, interval=None):
+        if value is None:
+            return "–"
+        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    lines = [("| row | step | users | top-n HR@10 [95% CI] | table permuted [CI] | shuffle drop [paired CI] | "
+             "top-n NDCG@10 | sequential HR@10 [CI] |"), "|---|---|---|---|---|---|---|---|"]
+    for path in sorted(output.glob("*.json")):
+        if path.name == "baselines.json":
+            continue
+        row = json.loads(path.read_text())
+        for p in row["points"]:
+            permuted = p.get("permuted", {})
+            lines.append("| " + " | ".join([
+                f"{row.get('label', path.stem).split(' [')[0]} (`{path.stem}`)", str(p["step"]), str(len(p["topn_hits"])),
+                cell(p["topn_hr@10"], p.get("topn_hr@10_ci")),
+                cell(permuted.get("topn_hr@10"), permuted.get("topn_hr@10_ci")),
+                cell(p.get("topn_shuffle_drop"), p.get("topn_shuffle_drop_ci")), cell(p.get("topn_ndcg@10")),
+                cell(p.get("sequential_hr@10"), p.get("sequential_hr@10_ci"))]) + " |")
+    if (output / "baselines.json").exists():
+        for name, tasks in json.loads((output / "baselines.json").read_text()).items():
+            topn, sequential = tasks.get("topn", {}), tasks.get("sequential", {})
+            lines.append("| " + " | ".join([
+                name, "–", str(topn.get("num_users", "")), cell(topn.get("hr@10"), topn.get("hr@10_ci")), "–", "–",
+                cell(topn.get("ndcg@10")), cell(sequential.get("hr@10"), sequential.get("hr@10_ci"))]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared_dir")
@@ -228,14 +262,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
+    parser.add_argument("--table", action="store_true", help="Print the folder's markdown table (README) and exit.")
     parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps (an existing row file keeps its other steps' points).")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
     args = parser.parse_args(argv)
-    if args.plot_only:
+    if args.plot_only or args.table:
         if not args.output:
-            parser.error("--plot_only needs --output")
-        print(plot(Path(args.output)))
+            parser.error("--plot_only and --table need --output")
+        print(markdown_table(Path(args.output)) if args.table else plot(Path(args.output)))
         return
     if not args.prepared_dir:
         parser.error("--prepared_dir is required")

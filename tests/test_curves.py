@@ -41,3 +41,19 @@ def test_plot_draws_a_panel_per_measured_metric(tmp_path):
 
     height, width = matplotlib.image.imread(figure).shape[:2]
     assert width / height == pytest.approx(3 * 5 / 4, rel=0.05)  # 3 panels: HR, NDCG, feature share
+
+
+def test_table_lists_each_row_and_step_with_intervals_then_the_baselines(tmp_path):
+    point = {"step": 900, "topn_hr@10": 0.25, "topn_hr@10_ci": [0.2, 0.3], "topn_ndcg@10": 0.12,
+             "topn_hits": [1, 0, 0, 0], "permuted": {"topn_hr@10": 0.1, "topn_hr@10_ci": [0.05, 0.15]},
+             "topn_shuffle_drop": 0.15, "topn_shuffle_drop_ci": [0.1, 0.2]}
+    (tmp_path / "peapod-mha.json").write_text(json.dumps({"label": "PeaPOD (mha) [mha+x=1]", "points": [point]}))
+    (tmp_path / "pod.json").write_text(json.dumps({"label": "POD", "points": [
+        {"step": 900, "topn_hr@10": 0.1, "topn_hits": [0, 1, 0, 0]}]}))
+    (tmp_path / "baselines.json").write_text(json.dumps({"pmf": {"topn": {"hr@10": 0.76, "num_users": 4}}}))
+    lines = curves.markdown_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 2 + 1
+    assert lines[2] == ("| PeaPOD (mha) (`peapod-mha`) | 900 | 4 | 0.250 [0.200, 0.300] | 0.100 [0.050, 0.150] | "
+                        "0.150 [0.100, 0.200] | 0.120 | – |")
+    assert lines[3].startswith("| POD (`pod`) | 900 | 4 | 0.100 | – | – |")
+    assert lines[4].startswith("| pmf | – | 4 | 0.760 |")
