@@ -210,33 +210,46 @@ def plot(output: Path) -> Path | None:
 
 def markdown_table(output: Path) -> str:
     """The README table of a curves folder: per row and evaluated step, top-n HR@10 [95% CI], the same with the
-    user table permuted, the paired shuffle drop [CI], top-n NDCG@10 and (where measured) sequential HR@10; then the
-    baselines on the same users."""
+    user table permuted, the paired shuffle drop [CI], the paired difference from POD at the same step (where a
+    `pod.json` evaluated the same users), top-n NDCG@10 and (where measured) sequential HR@10; then the baselines."""
 
     def cell(value, interval=None):
         if value is None:
             return "–"
         return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
+    import numpy as np
+
+    from training.evaluation import bootstrap_interval
+
+    # POD's per-user hits by step: the paired difference PeaPOD - POD on the same users (issue 10's "POD + 0.10").
+    pod_file = output / "pod.json"
+    pod_hits = {p["step"]: p["topn_hits"] for p in json.loads(pod_file.read_text())["points"]} if (
+        pod_file.exists()) else {}
     lines = [("| row | step | users | top-n HR@10 [95% CI] | table permuted [CI] | shuffle drop [paired CI] | "
-             "top-n NDCG@10 | sequential HR@10 [CI] |"), "|---|---|---|---|---|---|---|---|"]
+             "minus POD [paired CI] | top-n NDCG@10 | sequential HR@10 [CI] |"), "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(output.glob("*.json")):
         if path.name == "baselines.json":
             continue
         row = json.loads(path.read_text())
         for p in row["points"]:
             permuted = p.get("permuted", {})
+            versus_pod = None
+            if path != pod_file and len(pod_hits.get(p["step"], ())) == len(p["topn_hits"]):
+                difference = np.asarray(p["topn_hits"], dtype=float) - np.asarray(pod_hits[p["step"]], dtype=float)
+                versus_pod = (float(difference.mean()), bootstrap_interval(difference))
             lines.append("| " + " | ".join([
                 f"{row.get('label', path.stem).split(' [')[0]} (`{path.stem}`)", str(p["step"]), str(len(p["topn_hits"])),
                 cell(p["topn_hr@10"], p.get("topn_hr@10_ci")),
                 cell(permuted.get("topn_hr@10"), permuted.get("topn_hr@10_ci")),
-                cell(p.get("topn_shuffle_drop"), p.get("topn_shuffle_drop_ci")), cell(p.get("topn_ndcg@10")),
+                cell(p.get("topn_shuffle_drop"), p.get("topn_shuffle_drop_ci")),
+                cell(*versus_pod) if versus_pod else "–", cell(p.get("topn_ndcg@10")),
                 cell(p.get("sequential_hr@10"), p.get("sequential_hr@10_ci"))]) + " |")
     if (output / "baselines.json").exists():
         for name, tasks in json.loads((output / "baselines.json").read_text()).items():
             topn, sequential = tasks.get("topn", {}), tasks.get("sequential", {})
             lines.append("| " + " | ".join([
-                name, "–", str(topn.get("num_users", "")), cell(topn.get("hr@10"), topn.get("hr@10_ci")), "–", "–",
+                name, "–", str(topn.get("num_users", "")), cell(topn.get("hr@10"), topn.get("hr@10_ci")), "–", "–", "–",
                 cell(topn.get("ndcg@10")), cell(sequential.get("hr@10"), sequential.get("hr@10_ci"))]) + " |")
     return "\n".join(lines)
 

@@ -53,7 +53,9 @@ def test_table_lists_each_row_and_step_with_intervals_then_the_baselines(tmp_pat
     (tmp_path / "baselines.json").write_text(json.dumps({"pmf": {"topn": {"hr@10": 0.76, "num_users": 4}}}))
     lines = curves.markdown_table(tmp_path).splitlines()
     assert len(lines) == 2 + 2 + 1
-    assert lines[2] == ("| PeaPOD (mha) (`peapod-mha`) | 900 | 4 | 0.250 [0.200, 0.300] | 0.100 [0.050, 0.150] | "
-                        "0.150 [0.100, 0.200] | 0.120 | – |")
-    assert lines[3].startswith("| POD (`pod`) | 900 | 4 | 0.100 | – | – |")
+    # PeaPOD hits user 1, POD user 2: the paired difference is 0 on average, its interval spans both signs.
+    assert lines[2].startswith("| PeaPOD (mha) (`peapod-mha`) | 900 | 4 | 0.250 [0.200, 0.300] | 0.100 [0.050, 0.150] "
+                               "| 0.150 [0.100, 0.200] | 0.000 [-0.")
+    assert lines[2].endswith("| 0.120 | – |")
+    assert lines[3].startswith("| POD (`pod`) | 900 | 4 | 0.100 | – | – | – |")
     assert lines[4].startswith("| pmf | – | 4 | 0.760 |")
