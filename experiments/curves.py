@@ -115,7 +115,8 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         point["sequential_ndcg@10"] = report["results"]["sequential"]["ndcg@10"]
         ranking = report["rankings"]["sequential"]
         point["sequential_hits"] = [int(t in r) for t, r in zip(ranking["targets"], ranking["ranked"])]
-    if "explanation" in model.config.tasks and "explanation_test" in prepared.dataset:
+    # The row's trained tasks (--tasks), not config.tasks: a checkpoint lists every task it *can* prompt.
+    if "explanation" in args.tasks and "explanation_test" in prepared.dataset:
         report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=["explanation"],
                                      max_users=args.eval_users, num_beams=args.explanation_beams, top_k=1,
                                      show_progress=False)
