@@ -1,4 +1,4 @@
-"""The explanation feature shares (training/metrics/feature_share.py): a prediction naming the feature counts, one
+"""The explanation feature shares (training/evaluation/metrics/feature_share.py): a prediction naming the feature counts, one
 that doesn't doesn't; the items' features come from the prepared data; evaluation reports the shares."""
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training.metrics.feature_share import (
+from training.evaluation.metrics.feature_share import (
     explanation_feature_scores,
     feature_shares,
     item_features,
