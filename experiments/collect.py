@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> str:
     heads = heads_records(records)
     if len({r["heads"] for r in heads}) > 1:
         heads_figure(heads, "ndcg@10", RESULTS / "heads.png")
-        summary += (f"\n![metric vs heads](experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
+        summary += (f"\n![metric vs heads](../experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
                     f"number of heads (0 = MLP) on {section_title(heads).split(' — ')[0]}.\n")
     if args.readme:
         readme = (ROOT / HISTORY).read_text()
