@@ -1,7 +1,7 @@
 """Collect experiments/results/*.json into tables (mean ± std over seeds) and the heads figure.
 
     python experiments/collect.py             # prints the summary, writes experiments/results/README.md (all tables)
-    python experiments/collect.py --readme    # also replaces the block between the results markers in README.md
+    python experiments/collect.py --readme    # also replaces the block between the results markers in docs/results-history.md
 
 Records are grouped into sections by data (dataset, id space, user slice) and budget (shape, steps, time box,
 batch, lr, evaluated users): only rows of one section are comparable. Baselines come from the records themselves
@@ -25,6 +25,8 @@ from training.figures import heads_figure
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# The 300-step grid's summary tables live in the results history; README's results are the learning curves.
+HISTORY = "docs/results-history.md"
 COLUMNS = {
     "sequential": ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"),
     "topn_beam": ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"),
@@ -172,7 +174,7 @@ def heads_records(records: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", action="store_true", help="update README.md between the results markers")
+    parser.add_argument("--readme", action="store_true", help=f"update {HISTORY} between the results markers")
     args = parser.parse_args(argv)
     records = load_records()
     if not records:
@@ -183,15 +185,15 @@ def main(argv: list[str] | None = None) -> str:
     heads = heads_records(records)
     if len({r["heads"] for r in heads}) > 1:
         heads_figure(heads, "ndcg@10", RESULTS / "heads.png")
-        summary += (f"\n![metric vs heads](experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
+        summary += (f"\n![metric vs heads](../experiments/results/heads.png) Figure 5 analogue: NDCG@10 against the "
                     f"number of heads (0 = MLP) on {section_title(heads).split(' — ')[0]}.\n")
     if args.readme:
-        readme = (ROOT / "README.md").read_text()
+        readme = (ROOT / HISTORY).read_text()
         if START not in readme or END not in readme:
-            raise SystemExit(f"README.md lacks the {START} ... {END} markers")
+            raise SystemExit(f"{HISTORY} lacks the {START} ... {END} markers")
         before, rest = readme.split(START, 1)
         _, after = rest.split(END, 1)
-        atomic_write_text(ROOT / "README.md", before + START + "\n" + summary + "\n" + END + after)
+        atomic_write_text(ROOT / HISTORY, before + START + "\n" + summary + "\n" + END + after)
     print(summary)
     return summary
 

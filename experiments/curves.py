@@ -3,13 +3,17 @@
     python experiments/curves.py --prepared_dir prepared/syn --rows mha mlp pod --max_steps 600 --eval_every 100
     python experiments/curves.py --prepared_dir prepared/syn --rows "mha+user_embedding_norm=none" --name mha-paper
     python experiments/curves.py --output experiments/results/curves-syn --plot_only     # redraw from the JSONs
+    python experiments/curves.py --output experiments/results/curves-syn --table         # README's markdown table
 
 Each row trains once (`peapod-train`, seeded, tiny shape by default) saving a checkpoint every `--eval_every`
 steps; every checkpoint is then evaluated on the test split of ALL test users (or `--eval_users`):
 * top-n HR@10 / NDCG@10 by exact candidate likelihood (`score_candidates`) and the mean test loss per task;
 * for rows with a collaborative prompt, the same with the user table permuted across users
   (`training.diagnostics.shuffle_test`): the *shuffle drop* is how much the model relies on its prompt;
-* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part).
+* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part);
+* for rows trained on explanations, BLEU-4 / ROUGE-L and the share of explanations that name the item's feature
+  (training/evaluation/metrics/feature_share.py);
+* 95% bootstrap intervals over users beside the HR@10s and the shuffle drop (paired: per-user differences).
 A row is a preset (`mha`, `mlp`, `pod`) plus `+flag=value` overrides of `peapod-train` flags, e.g.
 `mha+user_embedding_norm=none`. Results go to `<output>/<row name>.json` (written after every checkpoint), the
 baselines (popularity, PMF, and every other baseline `training.evaluation.BASELINES` offers, on the same users)
@@ -45,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"mha": {"prompt_encoder": "mha"}, "mlp": {"prompt_encoder": "mlp"}, "pod": {"prompt_encoder": "none"}}
 LABELS = {"mha": "PeaPOD (mha)", "mlp": "PeaPOD-MLP", "none": "POD"}
 PANELS = (("topn_hr@10", "top-n HR@10 (likelihood)"), ("topn_ndcg@10", "top-n NDCG@10 (likelihood)"),
-          ("sequential_hr@10", "sequential HR@10 (beam)"), ("topn_shuffle_drop", "top-n HR@10 drop, user table permuted"))
+          ("sequential_hr@10", "sequential HR@10 (beam)"), ("topn_shuffle_drop", "top-n HR@10 drop, user table permuted"),
+          ("explanation_item_feature_share", "explanations naming the item's feature"))
 
 
 def parse_row(spec: str) -> tuple[str, dict]:
@@ -94,7 +99,7 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         shuffled = shuffle_test(model, tokenizer, prepared, max_users=args.eval_users, seed=args.seed)
         point = {key: value for key, value in shuffled["as_is"].items() if key != "topn_hits"}
         point["topn_hits"] = shuffled["as_is"]["topn_hits"]
-        point["permuted"] = {key: value for key, value in shuffled["permuted"].items() if key != "topn_hits"}
+        point["permuted"] = dict(shuffled["permuted"])  # its per-user hits too: the paired drop interval
         point["topn_shuffle_drop"] = shuffled["drop"].get("topn_hr@10")
         point["loglik_change"] = shuffled.get("loglik_change")
         point["attention"] = attention_health(model)
@@ -112,8 +117,37 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         point["sequential_ndcg@10"] = report["results"]["sequential"]["ndcg@10"]
         ranking = report["rankings"]["sequential"]
         point["sequential_hits"] = [int(t in r) for t, r in zip(ranking["targets"], ranking["ranked"])]
+    # The row's trained tasks (--tasks), not config.tasks: a checkpoint lists every task it *can* prompt.
+    if "explanation" in args.tasks and "explanation_test" in prepared.dataset:
+        report = evaluate_checkpoint(model, tokenizer, prepared, split="test", tasks=["explanation"],
+                                     max_users=args.eval_users, num_beams=args.explanation_beams, top_k=1,
+                                     show_progress=False)
+        scores = report["results"]["explanation"]
+        for key in ("bleu4", "rougeL", "feature_match", "item_feature_share", "feature_match_ci",
+                    "item_feature_share_ci", "num_samples"):
+            point[f"explanation_{key}"] = scores.get(key)
+        point["explanation_examples"] = report["explanations"]["first_predictions"]
+    add_intervals(point)
     point["eval_seconds"] = round(time.perf_counter() - started, 1)
     return point
+
+
+def add_intervals(point: dict) -> None:
+    """95% bootstrap intervals over users (training.evaluation.bootstrap_interval) beside the per-user hit rates:
+    top-n and sequential HR@10, the permuted table's, and the paired shuffle drop (per-user hit as is minus hit
+    permuted, resampled together, so the drop's interval is not two overlapping intervals subtracted)."""
+    import numpy as np
+
+    from training.evaluation import bootstrap_interval
+
+    for hits_key, metric in (("topn_hits", "topn_hr@10"), ("sequential_hits", "sequential_hr@10")):
+        if point.get(hits_key):
+            point[f"{metric}_ci"] = bootstrap_interval(point[hits_key])
+    permuted_hits = point.get("permuted", {}).get("topn_hits")
+    if permuted_hits:
+        point["permuted"]["topn_hr@10_ci"] = bootstrap_interval(permuted_hits)
+        point["topn_shuffle_drop_ci"] = bootstrap_interval(
+            np.asarray(point["topn_hits"], dtype=float) - np.asarray(permuted_hits, dtype=float))
 
 
 def baselines(prepared, tokenizer, args, output: Path) -> dict:
@@ -145,8 +179,12 @@ def plot(output: Path) -> Path | None:
     if not rows:
         return None
     lines = json.loads((output / "baselines.json").read_text()) if (output / "baselines.json").exists() else {}
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
-    for axis, (metric, title) in zip(axes, PANELS):
+    # A panel per metric some row measured (explanation only for rows trained on it; sequential only with beams).
+    panels = [(metric, title) for metric, title in PANELS
+              if any(p.get(metric) is not None for row in rows.values() for p in row["points"])] or list(PANELS[:1])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    axes = axes[0]
+    for axis, (metric, title) in zip(axes, panels):
         for name, row in rows.items():
             points = [(p["step"], p[metric]) for p in row["points"] if p.get(metric) is not None]
             if points:
@@ -170,6 +208,52 @@ def plot(output: Path) -> Path | None:
     return target
 
 
+def markdown_table(output: Path) -> str:
+    """The README table of a curves folder: per row and evaluated step, top-n HR@10 [95% CI], the same with the
+    user table permuted, the paired shuffle drop [CI], the paired difference from POD at the same step (where a
+    `pod.json` evaluated the same users), top-n NDCG@10 and (where measured) sequential HR@10; then the baselines."""
+
+    def cell(value, interval=None):
+        if value is None:
+            return "–"
+        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    import numpy as np
+
+    from training.evaluation import bootstrap_interval
+
+    # POD's per-user hits by step: the paired difference PeaPOD - POD on the same users (issue 10's "POD + 0.10").
+    pod_file = output / "pod.json"
+    pod_hits = {p["step"]: p["topn_hits"] for p in json.loads(pod_file.read_text())["points"]} if (
+        pod_file.exists()) else {}
+    lines = [("| row | step | users | top-n HR@10 [95% CI] | table permuted [CI] | shuffle drop [paired CI] | "
+             "minus POD [paired CI] | top-n NDCG@10 | sequential HR@10 [CI] |"), "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(output.glob("*.json")):
+        if path.name == "baselines.json":
+            continue
+        row = json.loads(path.read_text())
+        for p in row["points"]:
+            permuted = p.get("permuted", {})
+            versus_pod = None
+            if path != pod_file and len(pod_hits.get(p["step"], ())) == len(p["topn_hits"]):
+                difference = np.asarray(p["topn_hits"], dtype=float) - np.asarray(pod_hits[p["step"]], dtype=float)
+                versus_pod = (float(difference.mean()), bootstrap_interval(difference))
+            lines.append("| " + " | ".join([
+                f"{row.get('label', path.stem).split(' [')[0]} (`{path.stem}`)", str(p["step"]), str(len(p["topn_hits"])),
+                cell(p["topn_hr@10"], p.get("topn_hr@10_ci")),
+                cell(permuted.get("topn_hr@10"), permuted.get("topn_hr@10_ci")),
+                cell(p.get("topn_shuffle_drop"), p.get("topn_shuffle_drop_ci")),
+                cell(*versus_pod) if versus_pod else "–", cell(p.get("topn_ndcg@10")),
+                cell(p.get("sequential_hr@10"), p.get("sequential_hr@10_ci"))]) + " |")
+    if (output / "baselines.json").exists():
+        for name, tasks in json.loads((output / "baselines.json").read_text()).items():
+            topn, sequential = tasks.get("topn", {}), tasks.get("sequential", {})
+            lines.append("| " + " | ".join([
+                name, "–", str(topn.get("num_users", "")), cell(topn.get("hr@10"), topn.get("hr@10_ci")), "–", "–", "–",
+                cell(topn.get("ndcg@10")), cell(sequential.get("hr@10"), sequential.get("hr@10_ci"))]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared_dir")
@@ -186,16 +270,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_users", type=int, default=None, help="First N test users (default: all).")
     parser.add_argument("--sequential_beams", type=int, default=20, help="0: skip sequential (beam search).")
+    parser.add_argument("--explanation_beams", type=int, default=4,
+                        help="Beams for the explanations of rows trained on the explanation task.")
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
+    parser.add_argument("--table", action="store_true", help="Print the folder's markdown table (README) and exit.")
+    parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps (an existing row file keeps its other steps' points).")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
     args = parser.parse_args(argv)
-    if args.plot_only:
+    if args.plot_only or args.table:
         if not args.output:
-            parser.error("--plot_only needs --output")
-        print(plot(Path(args.output)))
+            parser.error("--plot_only and --table need --output")
+        print(markdown_table(Path(args.output)) if args.table else plot(Path(args.output)))
         return
     if not args.prepared_dir:
         parser.error("--prepared_dir is required")
@@ -227,18 +315,26 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed, "max_steps": args.max_steps, "train_seconds": round(train_seconds, 1),
             "train_loss": train_metrics.get("train_loss"), "hardware": _hardware(), "points": [],
         }
+        previous = output / f"{name}.json"
+        if args.steps and previous.exists():  # a partial re-evaluation keeps the file's points of other steps
+            record["points"] = [p for p in json.loads(previous.read_text())["points"] if p["step"] not in args.steps]
         diagnostics = run_dir / "prompt_diagnostics.json"
         record["training_diagnostics"] = json.loads(diagnostics.read_text()) if diagnostics.exists() else None
-        folders = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-        for folder in folders:
-            point = {"step": int(folder.name.split("-")[1]), **evaluate_folder(folder, prepared, tokenizer, args)}
+        folders = [(int(path.name.split("-")[1]), path) for path in run_dir.glob("checkpoint-*")]
+        if not folders and args.evaluate_run and (run_dir / "config.json").exists():
+            # A run saved without intermediate checkpoints: its final model, at its last step.
+            folders = [(train_metrics.get("global_step", args.max_steps), run_dir)]
+        for step, folder in sorted(folders, key=lambda pair: pair[0]):
+            if args.steps and step not in args.steps:
+                continue
+            point = {"step": step, **evaluate_folder(folder, prepared, tokenizer, args)}
             record["users"] = len(point["topn_hits"])
-            record["points"].append(point)
+            record["points"] = sorted(record["points"] + [point], key=lambda p: p["step"])
             write_json(output / f"{name}.json", record)
             print(f"{name} step {point['step']}: " + ", ".join(
                 f"{key} {point[key]:.4f}" for key in ("topn_hr@10", "topn_shuffle_drop", "sequential_hr@10",
                                                       "topn_loss") if point.get(key) is not None), flush=True)
-            if not (args.keep_checkpoints or args.evaluate_run):
+            if not (args.keep_checkpoints or args.evaluate_run) and folder != run_dir:
                 shutil.rmtree(folder)
     print(plot(output))
 

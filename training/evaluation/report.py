@@ -8,7 +8,13 @@ from pathlib import Path
 
 from datasets_scripts.files import atomic_write_text
 
-from .runner import BOOTSTRAP_RESAMPLES, CONFIDENCE_LEVEL, RANKING_COLUMNS, TEXT_COLUMNS
+from .runner import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE_LEVEL,
+    FEATURE_SHARE_HEADERS,
+    RANKING_COLUMNS,
+    TEXT_COLUMNS,
+)
 
 
 def _format(value, interval=None) -> str:
@@ -46,9 +52,12 @@ def markdown_table(report: dict, model_name: str = "model") -> str:
         lines.append("")
     if "explanation" in report["results"]:
         metrics = report["results"]["explanation"]
-        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "samples"]
+        shares = [c for c in ("feature_match", "item_feature_share") if metrics.get(c) is not None]
+        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+                  *(FEATURE_SHARE_HEADERS[c] for c in shares), "samples"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS), str(metrics["num_samples"])]
+        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS),
+                 *(_format(metrics[c], metrics.get(f"{c}_ci")) for c in shares), str(metrics["num_samples"])]
         lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     timing = [

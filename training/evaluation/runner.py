@@ -45,6 +45,7 @@ from .baselines import (
     recommend_topn,
 )
 from .metrics import load_metric
+from .metrics.feature_share import explanation_feature_scores
 from .store import ChunkStore, collect_chunks, model_checksum
 
 TASKS = DEFAULT_TASKS  # the task registry (configuration_peapod.TASK_REGISTRY) says how each is scored
@@ -62,6 +63,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "user_ids", "task_ids", "whole_wo
 # The columns of the paper's tables (HR@1 reported for sequential too, SPEC §3).
 RANKING_COLUMNS = ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10")
 TEXT_COLUMNS = ("bleu4", "rouge1", "rouge2", "rougeL")
+# Shares of explanations naming the feature (training/evaluation/metrics/feature_share.py), where the data has features.
+FEATURE_SHARE_HEADERS = {"feature_match": "names ref. feature", "item_feature_share": "names item's feature"}
 
 
 # Users ----------------------------------------------------------------------------------------------------------
@@ -451,6 +454,9 @@ def evaluate_checkpoint(
                 report["chunks"]["incomplete_tasks"].append(task)
             elif TASK_REGISTRY[task].target == "text":
                 report["results"][task] = _explanation_scores(outputs["predictions"], outputs["references"])
+                # Does each explanation name the item's feature? (metrics/feature_share.py)
+                report["results"][task] |= explanation_feature_scores(
+                    prepared, dataset, rows, outputs["predictions"], interval=bootstrap_interval)
                 report["explanations"] = {"first_predictions": outputs["predictions"][:5]}
             else:
                 for name, (ranked, targets) in _ranking_entries(task, outputs).items():

@@ -1,0 +1,61 @@
+"""experiments/curves.py: the bootstrap intervals beside its hit rates (the shuffle drop's paired over users) and
+the figure's panels (one per metric some row measured)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import curves
+
+
+def test_intervals_are_added_and_the_shuffle_drop_is_paired_over_users():
+    as_is = [1, 0] * 50  # HR 0.5
+    point = {"topn_hr@10": 0.5, "topn_hits": as_is, "sequential_hits": [0] * 100,
+             "permuted": {"topn_hits": list(as_is)}, "topn_shuffle_drop": 0.0}
+    curves.add_intervals(point)
+    low, high = point["topn_hr@10_ci"]
+    assert low < 0.5 < high and high - low > 0.1  # 100 users: about +-0.1
+    assert point["permuted"]["topn_hr@10_ci"] == point["topn_hr@10_ci"]  # the same resamples
+    # Same hits per user as is and permuted: the paired drop is exactly 0, although both intervals are wide.
+    assert point["topn_shuffle_drop_ci"] == [0.0, 0.0]
+    assert point["sequential_hr@10_ci"] == [0.0, 0.0]
+    point = {"topn_hits": [1] * 30 + [0] * 70, "permuted": {"topn_hits": [0] * 100}}
+    curves.add_intervals(point)
+    assert 0.2 < point["topn_shuffle_drop_ci"][0] < 0.3 < point["topn_shuffle_drop_ci"][1] < 0.4
+
+
+def test_plot_draws_a_panel_per_measured_metric(tmp_path):
+    pytest.importorskip("matplotlib")
+    row = {"label": "PeaPOD", "points": [{"step": 100, "topn_hr@10": 0.1, "topn_ndcg@10": 0.05},
+                                         {"step": 200, "topn_hr@10": 0.2, "topn_ndcg@10": 0.1,
+                                          "explanation_item_feature_share": 0.4}]}
+    (tmp_path / "peapod.json").write_text(json.dumps(row))
+    (tmp_path / "baselines.json").write_text(json.dumps({"popularity": {"topn": {"hr@10": 0.08}}}))
+    figure = curves.plot(tmp_path)
+    assert figure == tmp_path / "curves.png" and figure.stat().st_size > 0
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(figure).shape[:2]
+    assert width / height == pytest.approx(3 * 5 / 4, rel=0.05)  # 3 panels: HR, NDCG, feature share
+
+
+def test_table_lists_each_row_and_step_with_intervals_then_the_baselines(tmp_path):
+    point = {"step": 900, "topn_hr@10": 0.25, "topn_hr@10_ci": [0.2, 0.3], "topn_ndcg@10": 0.12,
+             "topn_hits": [1, 0, 0, 0], "permuted": {"topn_hr@10": 0.1, "topn_hr@10_ci": [0.05, 0.15]},
+             "topn_shuffle_drop": 0.15, "topn_shuffle_drop_ci": [0.1, 0.2]}
+    (tmp_path / "peapod-mha.json").write_text(json.dumps({"label": "PeaPOD (mha) [mha+x=1]", "points": [point]}))
+    (tmp_path / "pod.json").write_text(json.dumps({"label": "POD", "points": [
+        {"step": 900, "topn_hr@10": 0.1, "topn_hits": [0, 1, 0, 0]}]}))
+    (tmp_path / "baselines.json").write_text(json.dumps({"pmf": {"topn": {"hr@10": 0.76, "num_users": 4}}}))
+    lines = curves.markdown_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 2 + 1
+    # PeaPOD hits user 1, POD user 2: the paired difference is 0 on average, its interval spans both signs.
+    assert lines[2].startswith("| PeaPOD (mha) (`peapod-mha`) | 900 | 4 | 0.250 [0.200, 0.300] | 0.100 [0.050, 0.150] "
+                               "| 0.150 [0.100, 0.200] | 0.000 [-0.")
+    assert lines[2].endswith("| 0.120 | – |")
+    assert lines[3].startswith("| POD (`pod`) | 900 | 4 | 0.100 | – | – | – |")
+    assert lines[4].startswith("| pmf | – | 4 | 0.760 |")
