@@ -6,11 +6,16 @@ Symbols follow the paper (Ramos, Wu, Lipani 2025, §4): d_u, n (`num_neighbors`)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
 from transformers import AutoConfig, T5Config
 
 PROMPT_ENCODERS = ("mha", "mlp", "none")
 USER_EMBEDDING_NORMS = ("none", "l2", "layernorm")
-DEFAULT_TASKS = ("sequential", "topn", "explanation")
+
 
 # Shapes for offline work, where no pretrained T5 weights exist: the model is randomly initialised with one of
 # these and the genuine T5 vocabulary. "t5-small" is t5-small's exact shape; the others are CPU-sized.
@@ -28,6 +33,78 @@ class PeaPODInputError(ValueError):
     one-line `<prog>: error: ...` and exit status 2; any other exception is a bug and keeps its traceback.
     It subclasses `ValueError` so existing `except ValueError` callers keep working.
     """
+
+
+# The task registry ------------------------------------------------------------------------------------------------
+# One place for what a task is. It lives here, in remote code, because a model on the Hub (and a pipeline built on
+# it) must be able to write a task's prompt and read its task id without the installable package. The training
+# templates (datasets_scripts/templates.py) are keyed by these names; the collator, trainer, evaluation and CLIs read
+# the registry. A task's id is its position in `config.tasks`, which must follow the data's order (check_task_order).
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its name, the plain prompt template used for validation and test, and what its target is.
+
+    name: the task's name; the prepared data's splits are `{name}_{split}`.
+    eval_template: the plain prompt (placeholders `{user}`, `{history}`, `{candidates}`, `{item}`).
+    target: `"item"` (the target is an item id: ranked, HR/NDCG) or `"text"` (a sentence: BLEU/ROUGE).
+    metrics: the shipped `evaluate` metrics that score it (training/evaluation/metrics/<name>).
+    """
+
+    name: str
+    eval_template: str
+    target: Literal["item", "text"]
+    metrics: tuple[str, ...]
+
+    @property
+    def has_history(self) -> bool:
+        """The prompt holds a purchase history: a too-long prompt may lose its oldest items (cut from the left)."""
+        return "{history}" in self.eval_template
+
+    @property
+    def ranks_candidates(self) -> bool:
+        """The prompt lists candidate items: the target is ranked among them, not over the whole catalogue."""
+        return "{candidates}" in self.eval_template
+
+
+TASK_REGISTRY: Mapping[str, TaskSpec] = MappingProxyType({spec.name: spec for spec in (
+    TaskSpec("sequential", "Given the purchase history of user_{user}: {history}, predict the next item.",
+             target="item", metrics=("ranking",)),
+    TaskSpec("topn", "Recommend one item to user_{user} from the candidates: {candidates}",
+             target="item", metrics=("ranking",)),
+    TaskSpec("explanation", "Generate an explanation for user_{user} about item_{item}.",
+             target="text", metrics=("bleu_nmt", "rouge_f1")),
+)})
+DEFAULT_TASKS: tuple[str, ...] = tuple(TASK_REGISTRY)  # the prepared data's order: task_id = index
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The registry entry of task `name` (PeaPODInputError naming the known tasks otherwise)."""
+    if name not in TASK_REGISTRY:
+        raise PeaPODInputError(f"unknown task {name!r}; the task registry has {list(TASK_REGISTRY)}")
+    return TASK_REGISTRY[name]
+
+
+def check_task_order(model_tasks: Sequence[str], data_task_ids: Mapping[str, int], model: str, data: str) -> None:
+    """Refuse a model whose task order differs from the data's: task ids index `config.tasks`, so a reordered list
+    would silently feed every sample the prompt of another task.
+
+    `data_task_ids` is {task name: the task_id the data's rows carry}; every one must sit at that index of
+    `model_tasks`. `model` and `data` name the two sides in the message (e.g. a checkpoint path, a folder).
+    """
+    model_tasks = list(model_tasks)
+    wrong = {name: task_id for name, task_id in data_task_ids.items()
+             if not (0 <= task_id < len(model_tasks) and model_tasks[task_id] == name)}
+    if wrong:
+        data_order = [None] * (max(data_task_ids.values(), default=-1) + 1)
+        for name, task_id in data_task_ids.items():
+            data_order[task_id] = name
+        raise PeaPODInputError(
+            f"task order mismatch: {model} has tasks {model_tasks} (task_id = index) but {data} numbers its tasks "
+            f"{data_order}; task {', '.join(f'{name!r} is id {task_id}' for name, task_id in wrong.items())} in "
+            "the data. Use a config whose `tasks` follow the data's order"
+        )
 
 
 class PeaPODConfig(T5Config):
@@ -62,8 +139,9 @@ class PeaPODConfig(T5Config):
         Whether to prepend the learned task-specific prompts of POD ("PeaPOD (no task)" ablation when False).
     task_prompt_length (`int`, defaults to 3):
         L_t, the number of task-prompt vectors per task.
-    tasks (`list[str]`, defaults to `["sequential", "topn", "explanation"]`):
-        Task names; `task_ids` index into this list.
+    tasks (`list[str]`, defaults to `["sequential", "topn", "explanation"]`, the order of `TASK_REGISTRY`):
+        Task names; `task_ids` index into this list. The order must be the data's (`check_task_order`): the
+        prepared data numbers its tasks in `TASK_REGISTRY` order.
     max_whole_word_ids (`int`, defaults to 512):
         Size of the whole-word embedding table: index 0 marks non-ID tokens, index i the i-th ID span.
     user_embedding_norm (`str`, defaults to `"none"`):
@@ -222,4 +300,7 @@ class PeaPODConfig(T5Config):
         return cls(**{**t5_fields, **peapod_fields})
 
 
-__all__ = ["DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "USER_EMBEDDING_NORMS", "PeaPODConfig", "PeaPODInputError"]
+__all__ = [
+    "DEFAULT_TASKS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS", "PeaPODConfig",
+    "PeaPODInputError", "TaskSpec", "check_task_order", "task_spec",
+]

@@ -14,8 +14,9 @@ setup(
     py_modules=["configuration_peapod", "modeling_peapod"],
     # Each shipped `evaluate` metric is a folder holding one script (loaded by path, no __init__.py): declared as a
     # package so setuptools installs it without its "absent from the packages configuration" warning.
-    packages=["training", "training.metrics", "training.metrics.bleu_nmt", "training.metrics.ranking",
-              "training.metrics.rouge_f1", "datasets_scripts", "model_cards"],
+    packages=["training", "training.evaluation", "training.evaluation.metrics", "training.evaluation.metrics.bleu_nmt",
+              "training.evaluation.metrics.ranking", "training.evaluation.metrics.rouge_f1", "training.publishing",
+              "datasets_scripts", "model_cards"],
     package_data={"model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
@@ -43,8 +44,8 @@ setup(
         "console_scripts": [
             "peapod-prepare=datasets_scripts.cli:main",
             "peapod-train=training.cli:main",
-            "peapod-evaluate=training.evaluate_cli:main",
-            "peapod-explain-user=training.plots:explain_user_main",
+            "peapod-evaluate=training.evaluation.cli:main",
+            "peapod-explain-user=training.figures:explain_user_main",
             "peapod-demo=training.demo:main",
         ]
     },

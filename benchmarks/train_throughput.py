@@ -22,8 +22,11 @@ import torch
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from configuration_peapod import NAMED_SHAPES
+from datasets_scripts.build_dataset import PieceCache, build_samples
+from datasets_scripts.splits import fixed_negatives
 from datasets_scripts.templates import EVAL_TEMPLATES, render
 from modeling_peapod import PeaPODForConditionalGeneration, compute_whole_word_ids
+from training.sampler import TaskAlternatingBatchSampler
 
 
 def read_histories(path: Path) -> dict[int, list[int]]:
@@ -68,10 +71,6 @@ def padding_waste(histories, num_items, tokenizer, batch_size, seed, num_users, 
     """Per task, padded / real input tokens of one epoch of training batches, task-alternated as in training,
     without and with length grouping (`TaskAlternatingBatchSampler(lengths=...)`), on the real training prompts
     (`build_samples`, training templates) of `num_users` random users."""
-    from datasets_scripts.build_dataset import PieceCache, build_samples
-    from datasets_scripts.splits import fixed_negatives
-    from training.sampler import TaskAlternatingBatchSampler
-
     users = random.Random(seed).sample(sorted(histories), min(num_users, len(histories)))
     subset = {user: histories[user] for user in users}
     negatives = {name: fixed_negatives(subset, num_items, name, seed) for name in ("validation", "test")}

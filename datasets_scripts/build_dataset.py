@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from modeling_peapod import compute_whole_word_ids, whole_word_ids_from_tokens
+
 from .splits import NUM_NEGATIVES, LeaveOneOut, leave_one_out, sample_negatives
 from .templates import EVAL_TEMPLATES, TASKS, TRAIN_TEMPLATES, render
 
@@ -184,8 +186,6 @@ class PieceCache:
         )
 
     def _learn(self, words) -> None:
-        from modeling_peapod import whole_word_ids_from_tokens
-
         new = sorted({word for word in words if word not in self.words})
         if not new:
             return
@@ -195,8 +195,6 @@ class PieceCache:
 
     def __call__(self, texts: list[str]) -> dict[str, list[list[int]]]:
         """{"input_ids", "whole_word_ids"} of each text (EOS appended), as the tokenizer would give them."""
-        from modeling_peapod import compute_whole_word_ids
-
         if not self.exact:
             input_ids = self.tokenizer(texts, verbose=False)["input_ids"]
             return {"input_ids": input_ids, "whole_word_ids": compute_whole_word_ids(input_ids, self.tokenizer)}

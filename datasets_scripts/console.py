@@ -7,7 +7,7 @@ keeps its traceback. A user's mistake is a `PeaPODInputError` (raised with a mes
 value) or one of the file-system errors a user causes by naming a missing, existing or unreadable path.
 
 The console scripts' `main()` functions return this status (setuptools passes it to `sys.exit`); the Python API
-functions beside them (`training.cli.train`, `training.evaluate_cli.evaluate`, `training.demo.run_demo`, ...)
+functions beside them (`training.cli.train`, `training.evaluation.cli.evaluate`, `training.demo.run_demo`, ...)
 return their results and raise.
 """
 

@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from configuration_peapod import PeaPODInputError
+from configuration_peapod import PeaPODInputError, check_task_order
 
 from . import splits as splits_module
+from . import user_embeddings
+from .amazon_reviews import reviews_to_p5
 from .build_dataset import build_dataset_dict, write_dataset_card
 from .files import (
     atomic_write_json,
@@ -47,6 +49,7 @@ from .files import (
 )
 from .p5_format import (
     P5Data,
+    load_json,
     read_datamaps,
     read_explanations,
     read_negatives,
@@ -55,6 +58,8 @@ from .p5_format import (
     write_negatives,
     write_p5_dir,
 )
+from .synthetic import SYNTHETIC_VARIANTS, synthetic_data
+from .tokenizer_loading import check_tokenizer_name, load_tokenizer, looks_like_path
 
 EMBEDDING_METHODS = ("pmf", "bivae")
 REQUIRED_FILES = (
@@ -144,8 +149,6 @@ class PreparedData:
 
 def _check_arguments(args: PrepareArguments) -> None:
     """Every check that needs no data: run before anything is read, so a mistake costs nothing."""
-    from configuration_peapod import PeaPODInputError
-
     given = {"p5_dir": args.p5_dir, "reviews": args.reviews, "synthetic": args.synthetic}
     sources = [name for name, value in given.items() if value]
     if len(sources) != 1:
@@ -191,9 +194,6 @@ def _check_arguments(args: PrepareArguments) -> None:
 
 def _check_synthetic_variant(args: PrepareArguments) -> None:
     """--synthetic_variant: a known variant, and only with --synthetic."""
-    from configuration_peapod import PeaPODInputError
-
-    from .synthetic import SYNTHETIC_VARIANTS
 
     if args.synthetic_variant not in SYNTHETIC_VARIANTS:
         raise PeaPODInputError(
@@ -210,17 +210,12 @@ def _load_source(args: PrepareArguments) -> P5Data:
         data.extra.setdefault("source", f"P5 folder {Path(args.p5_dir).name}")
         return data
     if args.reviews:
-        from .amazon_reviews import reviews_to_p5
-
         return reviews_to_p5(args.reviews, k=args.k_core, seed=args.seed)
-    from .synthetic import synthetic_data
 
     return synthetic_data(args.synthetic_variant, seed=args.seed)
 
 
 def _user_table(args: PrepareArguments, train: dict[int, list[int]], num_users: int, num_items: int, matrix):
-    from . import user_embeddings
-
     item_embeddings = None
     if matrix is not None:
         users = matrix
@@ -242,8 +237,6 @@ def prepare(output_dir: str | os.PathLike, **kwargs) -> dict:
     Keyword arguments are the fields of `PrepareArguments` (the CLI flags without dashes), e.g.
     `prepare("out", synthetic=True, tokenizer="path/to/t5", embedding_dim=16)`.
     """
-    from .tokenizer_loading import check_tokenizer_name, looks_like_path
-
     args = PrepareArguments(output_dir=str(output_dir), **kwargs)
     # First what a killed earlier run left (a folder it had moved aside comes back), so the checks see the truth.
     remove_stale_temporaries(Path(args.output_dir).resolve())
@@ -273,11 +266,8 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
     # Fail fast on a bad user matrix and an unloadable tokenizer, before any heavy work.
     matrix = None
     if args.embedding not in EMBEDDING_METHODS:
-        from .user_embeddings import load_user_matrix
-
-        matrix = load_user_matrix(args.embedding, source_num_users, allow_pickle=args.allow_pickle)
+        matrix = user_embeddings.load_user_matrix(args.embedding, source_num_users, allow_pickle=args.allow_pickle)
         matrix = matrix[: data.num_users + 1]  # max_users keeps the first users, whose ids are unchanged
-    from .tokenizer_loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer")
     stages.update()
@@ -309,10 +299,9 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
     output = Path(args.output_dir).resolve()
     with temporary_sibling_folder(output) as temporary:
         stages.set_postfix_str("user embeddings and neighbours")
-        from .user_embeddings import save_user_table
 
         users, neighbors, items = _user_table(args, loo.train, data.num_users, data.num_items, matrix)
-        save_user_table(temporary / "user_table.safetensors", users, neighbors, items)
+        user_embeddings.save_user_table(temporary / "user_table.safetensors", users, neighbors, items)
         stages.update()
 
         stages.set_postfix_str("samples and tokenisation")
@@ -423,8 +412,6 @@ def rebuild_dataset(path: str | os.PathLike, tokenizer: str | None = None, num_p
     there. `tokenizer` defaults to the one recorded in prepare_config.json; it must be the same tokenizer (a path
     to a copy of it is fine). The new `dataset/` replaces the old one only once it is completely written.
     """
-    from .tokenizer_loading import load_tokenizer
-
     path = Path(path)
     prepared = load_prepared(path, load_dataset=False)
     tokenizer_name = tokenizer or prepared.config.get("arguments", {}).get("tokenizer")
@@ -446,9 +433,6 @@ def rebuild_dataset(path: str | os.PathLike, tokenizer: str | None = None, num_p
 def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> PreparedData:
     """Read a prepared folder, checking that every piece is there (a clear error names the missing file)."""
     from datasets import load_from_disk
-
-    from .p5_format import load_json
-    from .user_embeddings import load_user_table
 
     path = Path(path)
     if not path.is_dir():
@@ -477,7 +461,7 @@ def load_prepared(path: str | os.PathLike, load_dataset: bool = True) -> Prepare
         name: read_negatives(path / f"negatives_{name}.txt", histories=histories)
         for name in ("validation", "test")
     }
-    table = load_user_table(path / "user_table.safetensors")
+    table = user_embeddings.load_user_table(path / "user_table.safetensors")
     if table["user_embeddings"].shape[0] != len(id2user) + 1:
         raise ValueError(
             f"{path / 'user_table.safetensors'}: {table['user_embeddings'].shape[0]} rows, expected num_users + 1 = "
@@ -535,6 +519,22 @@ def data_fingerprint(path: str | os.PathLike, num_users: int, num_items: int) ->
     return {"sha256": digest.hexdigest()[:16], "num_users": num_users, "num_items": num_items}
 
 
+def data_task_ids(dataset) -> dict[str, int]:
+    """{task name: the task_id its rows carry} of a prepared `DatasetDict`, read from the first row of each
+    `{task}_{split}` split (every row of a split has the same task)."""
+    task_ids: dict[str, int] = {}
+    for name, split in dataset.items():
+        if len(split) and "task_id" in split.column_names:
+            task_ids.setdefault(name.rsplit("_", 1)[0], int(split[0]["task_id"]))
+    return task_ids
+
+
+def check_task_order_matches(config, prepared: PreparedData) -> None:
+    """Refuse a model whose `config.tasks` order differs from the prepared data's task ids (PeaPODInputError
+    naming both orders): the ids would silently select another task's prompt."""
+    check_task_order(config.tasks, data_task_ids(prepared.dataset), "the model's config", str(prepared.path))
+
+
 def check_data_fingerprint(
     config, prepared: PreparedData, allow_other_data: bool = False, record: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -548,8 +548,6 @@ def check_data_fingerprint(
     the field existed) is not compared. `record=True` then stores the folder's fingerprint in `config` (training:
     the model is now trained on this data).
     """
-    from .p5_format import load_json
-
     current = getattr(prepared, "fingerprint", None)
     recorded = {"the model's config": getattr(config, "data_fingerprint", None)}
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from configuration_peapod import PeaPODInputError
+
 from .p5_format import P5Data
 from .splits import leave_one_out, split_explanations
 
@@ -451,8 +453,6 @@ def planted_structure(prepared) -> dict:
     `max_users` compaction and `reindex_items`). The histories must then agree exactly.
     A folder that is not a planted variant, or whose histories differ, is a `PeaPODInputError` (a ValueError).
     """
-    from configuration_peapod import PeaPODInputError
-
     arguments = prepared.config.get("arguments", {})
     variant = arguments.get("synthetic_variant", "default")
     if not arguments.get("synthetic") or variant not in PLANTED_VARIANTS:

@@ -1,7 +1,8 @@
-"""Prompt templates of the three tasks (SPEC §2): our own wording.
+"""Prompt templates of the tasks (SPEC §2): our own wording.
 
-Several templates per task for training (one is drawn at random, seeded, per sample) and one plain template per
-task for validation and test. IDs are written `user_{id}` / `item_{id}`; lists of items (a sequential history
+Several templates per task for training (one is drawn at random, seeded, per sample), keyed by the task registry
+(`configuration_peapod.TASK_REGISTRY`), and one plain template per task for validation and test, which is the
+registry's `eval_template` (it lives in the remote-code config so a model on the Hub can write its own prompts). IDs are written `user_{id}` / `item_{id}`; lists of items (a sequential history
 of up to 20 most recent items, or the 100 top-n candidates) are written `item_a, item_b, ...`. Targets are the
 bare item id (recommendation) or the explanation sentence.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-TASKS = ("sequential", "topn", "explanation")  # task_id = index
+from configuration_peapod import DEFAULT_TASKS, TASK_REGISTRY
+
+TASKS = DEFAULT_TASKS  # the registry's order: task_id = index
 MAX_HISTORY = 20  # SPEC §2: the 20 most recent items
 
 # Placeholders: {user} user id, {history} / {candidates} formatted item lists, {item} the explained item.
@@ -39,11 +42,7 @@ TRAIN_TEMPLATES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     ),
 })
 
-EVAL_TEMPLATES: Mapping[str, str] = MappingProxyType({
-    "sequential": "Given the purchase history of user_{user}: {history}, predict the next item.",
-    "topn": "Recommend one item to user_{user} from the candidates: {candidates}",
-    "explanation": "Generate an explanation for user_{user} about item_{item}.",
-})
+EVAL_TEMPLATES: Mapping[str, str] = MappingProxyType({name: spec.eval_template for name, spec in TASK_REGISTRY.items()})
 
 
 def format_items(items: Sequence[int]) -> str:

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from configuration_peapod import PeaPODInputError
+from configuration_peapod import PeaPODConfig, PeaPODInputError
 
 LOCAL_TOKENIZER_HINT = "pass a local tokenizer folder instead, e.g. --tokenizer ../shared/tokenizers/t5"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
@@ -73,8 +73,6 @@ def load_tokenizer(name: str, flag: str = "--tokenizer"):
         except (ValueError, UnicodeDecodeError, AttributeError):
             model_type = None  # not our config; AutoTokenizer reads it (without running code) or ignores it
         if model_type == "peapod":
-            from configuration_peapod import PeaPODConfig
-
             config = PeaPODConfig.from_pretrained(str(config_file.parent))
     try:
         return AutoTokenizer.from_pretrained(name, config=config, trust_remote_code=False)

@@ -28,6 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modeling_peapod import build_user_neighbors, check_num_neighbors
+
+from .files import atomic_path
+
 USER_EMBEDDINGS = "user_embeddings"
 USER_NEIGHBORS = "user_neighbors"
 ITEM_EMBEDDINGS = "item_embeddings"
@@ -268,8 +272,6 @@ def build_neighbor_table(
     if not torch.isfinite(user_embeddings).all():
         raise ValueError("user_embeddings holds NaN or infinite values: cosine similarity is undefined")
     if backend == "exact":
-        from modeling_peapod import build_user_neighbors
-
         return build_user_neighbors(user_embeddings, num_neighbors, chunk_size=chunk_size)
     return _faiss_neighbors(user_embeddings, num_neighbors, chunk_size)
 
@@ -288,7 +290,6 @@ def _faiss_neighbors(user_embeddings: torch.Tensor, num_neighbors: int, chunk_si
         raise ImportError(
             "backend='faiss' needs faiss: pip install faiss-cpu (or peapod-rec[faiss]); backend='exact' needs nothing"
         ) from error
-    from modeling_peapod import check_num_neighbors
 
     num_rows = user_embeddings.shape[0]
     num_users = num_rows - 1
@@ -339,7 +340,6 @@ def save_user_table(path, user_embeddings: torch.Tensor, user_neighbors: torch.T
     if item_embeddings is not None:
         tensors[ITEM_EMBEDDINGS] = item_embeddings.detach().cpu().float().contiguous()
     _validate_user_table(tensors, path)
-    from .files import atomic_path
 
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={"format": "pt"})

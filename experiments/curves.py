@@ -27,6 +27,19 @@ import shutil
 import time
 from pathlib import Path
 
+from datasets_scripts import load_prepared
+from modeling_peapod import PeaPODForConditionalGeneration
+from training import cli
+from training.cli import hardware_description
+from training.diagnostics import (
+    _loss_and_topn,
+    attention_health,
+    cross_attention_on_prompt,
+    prompt_norms,
+    shuffle_test,
+)
+from training.evaluation import BASELINES, evaluate_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"mha": {"prompt_encoder": "mha"}, "mlp": {"prompt_encoder": "mlp"}, "pod": {"prompt_encoder": "none"}}
 LABELS = {"mha": "PeaPOD (mha)", "mlp": "PeaPOD-MLP", "none": "POD"}
@@ -53,8 +66,6 @@ def row_name(spec: str) -> str:
 
 
 def train_row(args, spec: str, output_dir: Path) -> dict:
-    from training import cli
-
     _, flags = parse_row(spec)
     arguments = [
         "--prepared_dir", args.prepared_dir, "--output_dir", str(output_dir), "--base_model", f"random:{args.shape}",
@@ -74,16 +85,6 @@ def train_row(args, spec: str, output_dir: Path) -> dict:
 def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     """The metrics of one checkpoint folder (see the module docstring)."""
     import torch
-
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training.diagnostics import (
-        _loss_and_topn,
-        attention_health,
-        cross_attention_on_prompt,
-        prompt_norms,
-        shuffle_test,
-    )
-    from training.evaluation import evaluate_checkpoint
 
     torch.manual_seed(args.seed)
     model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()  # installed classes, not the folder's code
@@ -115,8 +116,6 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
 
 
 def baselines(prepared, tokenizer, args, output: Path) -> dict:
-    from training.evaluation import BASELINES, evaluate_checkpoint
-
     target = output / "baselines.json"
     if target.exists():
         return json.loads(target.read_text())
@@ -204,8 +203,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--name and --evaluate_run need a single row")
     from transformers import AutoTokenizer
 
-    from datasets_scripts import load_prepared
-
     prepared = load_prepared(args.prepared_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     output = Path(args.output or ROOT / "experiments" / "results" / f"curves-{Path(args.prepared_dir).name}")
@@ -247,8 +244,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _hardware() -> str:
-    from training.cli import hardware_description
-
     return hardware_description() + f", OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
 
 

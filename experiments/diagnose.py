@@ -19,6 +19,16 @@ import json
 import sys
 from pathlib import Path
 
+from datasets_scripts import load_prepared
+from datasets_scripts.tokenizer_loading import load_tokenizer
+from modeling_peapod import PeaPODForConditionalGeneration
+from training.diagnostics import (
+    attention_health,
+    cross_attention_on_prompt,
+    prompt_norms,
+    shuffle_test,
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diagnose.py", description=__doc__.splitlines()[0])
@@ -33,16 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.checkpoint, args.prepared_dir):
         if not Path(path).is_dir():
             parser.error(f"{path} is not a folder")
-
-    from datasets_scripts import load_prepared
-    from datasets_scripts.tokenizer_loading import load_tokenizer
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training.diagnostics import (
-        attention_health,
-        cross_attention_on_prompt,
-        prompt_norms,
-        shuffle_test,
-    )
 
     # The installed classes, never the checkpoint folder's code (README, "What happens on bad input").
     model = PeaPODForConditionalGeneration.from_pretrained(args.checkpoint).eval()

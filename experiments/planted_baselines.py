@@ -7,7 +7,7 @@
 For each variant of `peapod-prepare --synthetic --synthetic_variant` (docs/data.md) this prepares the folder
 exactly as `experiments/run.py` does for a config with `dataset: synthetic`, `synthetic_variant: <variant>` and the
 run defaults (PMF k = 512, 20 neighbours, data seed 0; cached under `prepared/synthetic-<variant>-pmf512-n20`),
-evaluates the baselines on the test split of ALL users under the model's protocol (training/evaluation.py:
+evaluates the baselines on the test split of ALL users under the model's protocol (training/evaluation/runner.py:
 sequential = full ranking, top-n = the 100 fixed candidates) and writes
 
 * experiments/results/planted-baselines.json: the evaluation reports (every metric with its 95% bootstrap interval
@@ -26,6 +26,11 @@ from pathlib import Path
 
 import run  # experiments/run.py: the same prepared folders as the model runs
 
+from datasets_scripts import load_prepared
+from datasets_scripts.synthetic import PLANTED_VARIANTS, planted_structure
+from training import cli
+from training.evaluation import evaluate_checkpoint
+
 ROOT = run.ROOT
 METHODS = ("oracle", "popularity", "pmf", "bpr", "markov")
 RESULTS = ROOT / "experiments" / "results"
@@ -33,8 +38,6 @@ RESULTS = ROOT / "experiments" / "results"
 
 def neighbour_recall(prepared) -> float:
     """Mean share of a user's clique-mates found among its prepared neighbours (`neighbors` variant only)."""
-    from datasets_scripts.synthetic import planted_structure
-
     structure = planted_structure(prepared)
     shares = []
     for user, clique in structure["user_clique"].items():
@@ -45,10 +48,6 @@ def neighbour_recall(prepared) -> float:
 
 def evaluate_variant(variant: str, shared: Path, embedding_dim: int, num_neighbors: int) -> dict:
     from transformers import AutoTokenizer
-
-    from datasets_scripts import load_prepared
-    from training import cli
-    from training.evaluation import evaluate_checkpoint
 
     tokenizer = str(shared / "tokenizers" / "t5")
     config = {**run.DEFAULTS, "dataset": "synthetic", "synthetic_variant": variant, "eval_users": None,
@@ -96,8 +95,6 @@ def markdown(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datasets_scripts.synthetic import PLANTED_VARIANTS
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(PLANTED_VARIANTS), choices=PLANTED_VARIANTS)
     parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))

@@ -28,6 +28,14 @@ from pathlib import Path
 
 import yaml
 
+from datasets_scripts import load_prepared, prepare
+from datasets_scripts.files import atomic_write_text
+from datasets_scripts.tokenizer_loading import load_tokenizer
+from modeling_peapod import PeaPODForConditionalGeneration
+from training import cli
+from training.evaluation import BASELINES as KNOWN_BASELINES
+from training.evaluation import TASKS, evaluate_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = {
     "beauty": ("p5_dir", "data/amazon/beauty"),
@@ -52,8 +60,6 @@ def load_config(path: str) -> dict:
 
 
 def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
-    from datasets_scripts import prepare
-
     variant = config["synthetic_variant"]
     if variant != "default" and config["dataset"] != "synthetic":
         raise ValueError(f"synthetic_variant {variant!r} needs dataset: synthetic (got {config['dataset']!r})")
@@ -75,10 +81,6 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
 
 def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
     import torch
-
-    from datasets_scripts.tokenizer_loading import load_tokenizer
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training import cli
 
     output_dir = ROOT / "runs" / "experiments" / config["name"] / f"seed{seed}"
     started = time.perf_counter()
@@ -122,9 +124,6 @@ def run_seed(config: dict, seed: int, prepared_dir: Path, tokenizer: str, baseli
 def evaluate_on_test(config: dict, prepared_dir: Path, model, tokenizer, baselines, seed: int) -> dict:
     """`evaluate_checkpoint` on the test split of the first `eval_users` users: the same rows for a model run and
     for `--baselines_only` (model None: the ranking tasks only, baselines have no explanations)."""
-    from datasets_scripts import load_prepared
-    from training.evaluation import TASKS, evaluate_checkpoint
-
     prepared = load_prepared(prepared_dir)
     tasks = [task for task in (config["tasks"] or TASKS) if f"{task}_test" in prepared.dataset
              and (model is not None or task != "explanation")]
@@ -134,9 +133,6 @@ def evaluate_on_test(config: dict, prepared_dir: Path, model, tokenizer, baselin
 
 def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BASELINES) -> dict:
     """The baselines alone on the rows a model run of `config` evaluates (same split, users and candidates)."""
-    from datasets_scripts.tokenizer_loading import load_tokenizer
-    from training import cli
-
     report = evaluate_on_test(config, prepared_dir, None, load_tokenizer(tokenizer), baselines,
                               config["data_seed"])
     return {"prepared": prepared_dir.name, "dataset": config["dataset"], "reindex_items": config["reindex_items"],
@@ -145,8 +141,6 @@ def run_baselines(config: dict, prepared_dir: Path, tokenizer: str, baselines=BA
 
 
 def write_json(target: Path, record: dict) -> None:
-    from datasets_scripts.files import atomic_write_text
-
     atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
     print(f"{target.relative_to(ROOT)}: {json.dumps(record.get('results', record.get('baselines')))}", flush=True)
 
@@ -165,7 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="*")
     parser.add_argument("--shared_dir", default=str(ROOT.parent / "shared"))
-    from training.evaluation import BASELINES as KNOWN_BASELINES
 
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=KNOWN_BASELINES,
                         help="Baselines evaluated beside each model run (none: --baselines with no names).")

@@ -30,7 +30,8 @@ from conftest import REPO_ROOT, TOKENIZER_DIR
 from datasets_scripts import cli as prepare_cli
 from training import cli as train_cli
 from training import demo as demo_cli
-from training import evaluate_cli, plots
+from training import figures as plots
+from training.evaluation import cli as evaluate_cli
 
 PROGRAMS = {
     "peapod-prepare": prepare_cli.main,

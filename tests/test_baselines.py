@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.baselines import (
+from training.evaluation.baselines import (
     BPRBaseline,
     MarkovChainBaseline,
     PMFBaseline,

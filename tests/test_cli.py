@@ -142,10 +142,10 @@ def test_refusals_before_training(prepared, tmp_path):
 
 
 def test_push_to_hub_uploads_the_final_folder(prepared, tmp_path, monkeypatch):
-    from training.hub import NOT_UPLOADED
+    from training.publishing.hub import NOT_UPLOADED
 
     uploads = []
-    monkeypatch.setattr("training.hub.HfApi", lambda token=None: _RecordingApi(uploads))
+    monkeypatch.setattr("training.publishing.hub.HfApi", lambda token=None: _RecordingApi(uploads))
     output = tmp_path / "run"
     cli.train(train_arguments(prepared, output, "--push_to_hub", "True", "--hub_model_id", "me/peapod",
                              "--save_strategy", "steps", "--save_steps", "1"))
@@ -400,7 +400,7 @@ def test_setup_declares_every_package_folder():
 
 def test_hub_upload_refuses_pickles(trained_by_console_scripts, tmp_path):
     from configuration_peapod import PeaPODInputError
-    from training.hub import check_hub_folder
+    from training.publishing.hub import check_hub_folder
 
     folder = tmp_path / "run"
     shutil.copytree(trained_by_console_scripts[0] / "run", folder)

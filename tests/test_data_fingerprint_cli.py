@@ -8,7 +8,8 @@ from conftest import TOKENIZER_DIR
 
 from configuration_peapod import PeaPODInputError
 from datasets_scripts import load_prepared, prepare
-from training import cli, evaluate_cli
+from training import cli
+from training.evaluation import cli as evaluate_cli
 
 # The Python entry points, which raise on a user's mistake (the console scripts' `main` maps it to exit status 2).
 run_train = cli.train

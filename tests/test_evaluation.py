@@ -225,7 +225,7 @@ def test_bootstrap_interval_matches_a_numpy_reference_contains_the_value_and_shr
 
 
 def test_every_ranking_metric_gets_its_interval_from_the_per_user_values():
-    from training.evaluation import RANKING_COLUMNS, _ranking_scores
+    from training.evaluation.runner import RANKING_COLUMNS, _ranking_scores
 
     rng = np.random.default_rng(0)
     targets = rng.integers(1, 50, size=300).tolist()
@@ -262,8 +262,8 @@ def test_reports_carry_intervals_for_the_model_and_the_baselines(model, tokenize
 
 
 def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monkeypatch):
-    import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import evaluate as main
+    import training.evaluation.cli as prepared_module  # the CLI's own name for load_prepared
+    from training.evaluation.cli import evaluate as main
 
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
@@ -283,7 +283,7 @@ def test_cli_writes_json_and_markdown(model, tokenizer, prepared, tmp_path, monk
     # --update_model_card puts the numbers into the checkpoint's card (model-index and a section).
     from huggingface_hub import ModelCard
 
-    from training.model_card import TrainingSummary, write_model_card
+    from training.publishing.model_card import TrainingSummary, write_model_card
 
     write_model_card(checkpoint, model.config, TrainingSummary(dataset_name="synthetic"))
     main(["--checkpoint", str(checkpoint), "--prepared_dir", "unused", "--tasks", "sequential", "--max_users", "2",

@@ -1,4 +1,4 @@
-"""Resumable and sharded evaluation (training/evaluation.py `ChunkStore`): 2 shards == 1 run, a rerun computes
+"""Resumable and sharded evaluation (training/evaluation/runner.py `ChunkStore`): 2 shards == 1 run, a rerun computes
 nothing, chunks of other settings are refused, and the CLI's --shard / --chunk_dir."""
 
 import json
@@ -59,8 +59,8 @@ def test_chunks_of_other_settings_or_weights_are_refused(prepared, tokenizer, tm
 
 
 def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, capsys):  # noqa: F811
-    import datasets_scripts.prepared as prepared_module
-    from training.evaluate_cli import (
+    import training.evaluation.cli as prepared_module  # the CLI's own name for load_prepared
+    from training.evaluation.cli import (
         evaluate as main,  # the Python API: returns the report, raises on mistakes
     )
 
@@ -90,7 +90,7 @@ def test_cli_shards_then_merges(prepared, tokenizer, tmp_path, monkeypatch, caps
 def test_the_shard_finishing_last_reports_even_when_the_shards_overlap(prepared, tokenizer, tmp_path, monkeypatch):  # noqa: F811
     """Shard 1 runs entirely while shard 0 is between its tasks (after shard 0 found sequential incomplete):
     shard 0 finishes last, so it must look again at the end and report the numbers of one run."""
-    from training import evaluation
+    from training.evaluation import runner as evaluation
 
     model = tiny_model(prepared)
     whole = evaluate_checkpoint(model, tokenizer, prepared, tasks=["sequential", "topn"], **FAST)

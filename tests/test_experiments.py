@@ -58,7 +58,7 @@ def test_collect_groups_by_data_and_budget_and_finds_baselines_files(tmp_path, m
 
 
 def baseline_metrics_by_hand(folder: Path, users: list[int], top_k: int = 10) -> dict:
-    """Popularity and PMF HR/NDCG recounted from the prepared folder's raw files, without training/baselines.py:
+    """Popularity and PMF HR/NDCG recounted from the prepared folder's raw files, without training/evaluation/baselines.py:
     popularity = number of training interactions (items[:-2]); PMF = user . item factors of user_table.safetensors;
     ties -> the lower item id; the test item = the last of the user's line; top-n candidates = it + its 99 negatives."""
     import math

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from training.metrics import METRIC_NAMES, load_metric, metric_path
+from training.evaluation.metrics import METRIC_NAMES, load_metric, metric_path
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_ranking_k_larger_than_list_has_no_hit_beyond_its_length(ranking):
 
 
 def test_ranking_ties_are_scored_in_the_order_given(ranking):
-    # Two users whose scores tie: the rankers put the lower id first (training.baselines.rank_by_score).
-    from training.baselines import rank_by_score
+    # Two users whose scores tie: the rankers put the lower id first (training.evaluation.baselines.rank_by_score).
+    from training.evaluation.baselines import rank_by_score
 
     ids = rank_by_score([[0.0, 0.5, 0.5, 0.5, 0.1]], top_k=3)[0].tolist()
     assert ids == [1, 2, 3]

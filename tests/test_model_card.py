@@ -5,8 +5,8 @@ import torch
 from huggingface_hub import ModelCard
 
 from modeling_peapod import PeaPODForConditionalGeneration
-from training.hub import check_hub_folder, push_folder_to_hub
-from training.model_card import (
+from training.publishing.hub import check_hub_folder, push_folder_to_hub
+from training.publishing.model_card import (
     TrainingSummary,
     add_evaluation_to_card,
     write_model_card,

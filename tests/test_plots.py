@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from modeling_peapod import PeaPODForConditionalGeneration
-from training import plots
-from training.plots import (
+from training import figures as plots
+from training.figures import (
     explain_user,
     heads_figure,
     plot_user_attention,

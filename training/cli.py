@@ -33,11 +33,26 @@ from configuration_peapod import (
     DEFAULT_TASKS,
     NAMED_SHAPES,
     PROMPT_ENCODERS,
+    PeaPODConfig,
     PeaPODInputError,
 )
+from datasets_scripts import load_prepared, prepare
 from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_json, atomic_write_text
+from datasets_scripts.prepared import check_data_fingerprint, check_task_order_matches
+from datasets_scripts.tokenizer_loading import (
+    check_folder_or_hub_name,
+    check_tokenizer_name,
+    load_tokenizer,
+)
 from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
+from training.collator import PeaPODDataCollator
+from training.diagnostics import PromptDiagnosticsCallback
+from training.evaluation import evaluate_checkpoint
+from training.progress import ProgressLineCallback
+from training.publishing.hub import push_folder_to_hub
+from training.publishing.model_card import TrainingSummary, write_model_card
+from training.trainer import PeaPODTrainer, TimeBudgetCallback, check_time_budget
 
 logger = logging.getLogger("peapod.train")
 
@@ -93,8 +108,8 @@ class DataArguments:
         default=None, metadata={"help": "A folder made by peapod-prepare; default: the synthetic demo data."}
     )
     tasks: list[str] = field(
-        default_factory=lambda: ["sequential", "topn", "explanation"],
-        metadata={"help": "Tasks to train on (those present in the data)."},
+        default_factory=lambda: list(DEFAULT_TASKS),
+        metadata={"help": f"Tasks to train on (those present in the data); the task registry has {DEFAULT_TASKS}."},
     )
     max_train_samples_per_task: int | None = field(
         default=None, metadata={"help": "A seeded random subset of each task's training samples (budgets)."}
@@ -115,18 +130,16 @@ class DataArguments:
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
     )
-
-    def __post_init__(self):  # refused while parsing, before any model or data is loaded
-        if self.max_train_seconds is not None:
-            from training.trainer import check_time_budget
-
-            check_time_budget(self.max_train_seconds)
     allow_other_data: bool = field(
         default=False, metadata={"help": "Continue a checkpoint trained on another prepared folder (data fingerprint)."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow output_dir to hold a different run (it is overwritten)."}
     )
+
+    def __post_init__(self):  # refused while parsing, before any model or data is loaded
+        if self.max_train_seconds is not None:
+            check_time_budget(self.max_train_seconds)
 
 
 @dataclass
@@ -199,11 +212,6 @@ def parse_arguments(argv: list[str] | None = None):
 
 def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
     """Every check that needs no data or model, so a mistake is reported in seconds (PeaPODInputError)."""
-    from datasets_scripts.tokenizer_loading import (
-        check_folder_or_hub_name,
-        check_tokenizer_name,
-    )
-
     base = model_args.base_model
     if base.startswith("random:") and base.removeprefix("random:") not in NAMED_SHAPES:
         raise PeaPODInputError(
@@ -308,8 +316,6 @@ def check_output_dir(output_dir: str, run_description: dict, overwrite: bool, re
 
 
 def load_prepared_data(data_args: DataArguments, output_dir: str, seed: int, tokenizer_name: str | None):
-    from datasets_scripts import load_prepared, prepare
-
     prepared_dir = data_args.prepared_dir
     if prepared_dir is None:
         prepared_dir = os.path.join(output_dir, "prepared-synthetic")
@@ -367,8 +373,6 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
         return model
     elif model_args.random_init:
         from transformers import AutoConfig
-
-        from configuration_peapod import PeaPODConfig
 
         model = PeaPODForConditionalGeneration(PeaPODConfig.from_t5(AutoConfig.from_pretrained(base), **peapod_fields))
     else:
@@ -430,12 +434,6 @@ def train(argv: list[str] | None = None) -> dict:
 
     Raises PeaPODInputError (or a FileNotFoundError/FileExistsError) on a user's mistake, before any heavy work.
     """
-    from datasets_scripts.tokenizer_loading import load_tokenizer
-    from training.collator import PeaPODDataCollator
-    from training.hub import push_folder_to_hub
-    from training.model_card import TrainingSummary, write_model_card
-    from training.trainer import PeaPODTrainer, TimeBudgetCallback
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, training_args = parse_arguments(argv)
     check_arguments(model_args, data_args, training_args)
@@ -451,17 +449,15 @@ def train(argv: list[str] | None = None) -> dict:
     tokenizer_name = model_args.tokenizer or prepared_tokenizer or model_args.base_model
     tokenizer = load_tokenizer(tokenizer_name, flag="--tokenizer")
     model = build_model(model_args, prepared)
-    from datasets_scripts.prepared import check_data_fingerprint
 
     # Refuse a checkpoint trained on other data; a fresh model records this data's fingerprint.
     check_data_fingerprint(model.config, prepared, data_args.allow_other_data, record=True,
                            checkpoint=training_args.resume_from_checkpoint)
+    check_task_order_matches(model.config, prepared)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
 
     ranking_metrics_fn = None
     if data_args.ranking_eval_users:
-        from training.evaluation import evaluate_checkpoint
-
         def ranking_metrics_fn(eval_model):
             report = evaluate_checkpoint(
                 eval_model, tokenizer, prepared, split="validation", tasks=[t for t in tasks if t != "explanation"],
@@ -498,14 +494,10 @@ def train(argv: list[str] | None = None) -> dict:
         # A log file, not a terminal: plain progress lines with an ETA instead of tqdm's carriage returns.
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from training.progress import ProgressLineCallback
-
         if trainer.pop_callback(ProgressCallback) is not None:
             trainer.add_callback(PrinterCallback)  # the loss lines the bar printed
         trainer.add_callback(ProgressLineCallback())
     if model_args.prompt_diagnostics_every:
-        from training.diagnostics import PromptDiagnosticsCallback
-
         trainer.add_callback(PromptDiagnosticsCallback(model_args.prompt_diagnostics_every))
     time_budget = None
     if data_args.max_train_seconds is not None:

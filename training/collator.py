@@ -6,7 +6,7 @@ ones, the end of the prompt and the EOS. The user's identity survives the cut th
 collaborative prompt) even when the `user_…` word at the start is dropped. Targets are never cut: a target longer
 than `max_target_length` is an error, because training on a silently shortened item id or sentence teaches the
 model wrong answers. Only tasks whose prompts hold a history may be cut (`truncatable_task_ids`, default the
-sequential task 0): a top-n prompt starts with the instruction and the user and ends with the candidate list, so
+registry's tasks with a `{history}` in their prompt, i.e. sequential): a top-n prompt starts with the instruction and the user and ends with the candidate list, so
 a left cut would drop the user and candidates (possibly the target) — such a row raises instead.
 """
 
@@ -17,8 +17,12 @@ from typing import Any
 
 import torch
 
+from configuration_peapod import DEFAULT_TASKS, TASK_REGISTRY
+
 # Dataset columns the collator reads; PeaPODTrainer keeps them when it drops columns the model does not take.
 INPUT_COLUMNS = ("input_ids", "whole_word_ids", "labels", "user_id", "task_id")
+# The data's task ids (registry order) whose prompts hold a history: the only sources a left cut may shorten.
+HISTORY_TASK_IDS = tuple(task_id for task_id, name in enumerate(DEFAULT_TASKS) if TASK_REGISTRY[name].has_history)
 
 
 def truncate_source_left(
@@ -56,12 +60,12 @@ class PeaPODDataCollator:
         max_source_length: longer sources are cut from the left (see `truncate_source_left`); None = no limit.
         max_target_length: a longer target raises ValueError; None = no limit.
         truncatable_task_ids: tasks whose sources may be cut (their prompts hold a history); a longer source of
-            another task raises ValueError. Default: (0,), the sequential task.
+            another task raises ValueError. Default: `HISTORY_TASK_IDS` (from the task registry: sequential).
     """
 
     def __init__(
         self, tokenizer, max_source_length: int | None = None, max_target_length: int | None = None,
-        truncatable_task_ids: Sequence[int] = (0,),
+        truncatable_task_ids: Sequence[int] = HISTORY_TASK_IDS,
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no pad token; PeaPOD pads with it")

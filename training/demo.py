@@ -26,8 +26,19 @@ from pathlib import Path
 
 from transformers import AutoModelForSeq2SeqLM
 
+import configuration_peapod
+import modeling_peapod
+from configuration_peapod import NAMED_SHAPES, PROMPT_ENCODERS, PeaPODInputError
+from datasets_scripts import load_prepared, prepare
 from datasets_scripts.console import parse_dataclasses, run_console_script
 from datasets_scripts.files import atomic_write_text, check_replaceable
+from datasets_scripts.templates import EVAL_TEMPLATES, render
+from datasets_scripts.tokenizer_loading import check_tokenizer_name, load_tokenizer
+from modeling_peapod import PeaPODForConditionalGeneration
+from training import cli
+from training.collator import PeaPODDataCollator
+from training.evaluation import evaluate_checkpoint, markdown_table, write_report
+from training.publishing.model_card import TrainingSummary, write_model_card
 
 DEMO_MARKER = "peapod_demo.json"  # written first into a demo's output folder: what --fresh may delete
 DEMO_ENTRIES = {DEMO_MARKER, "demo_result.json", "model", "prepared-synthetic", *(f"prepared-{name}" for name in (
@@ -74,8 +85,6 @@ class DemoArguments:
 
 def check_arguments(args: DemoArguments) -> None:
     """What can be checked before anything is written (PeaPODInputError / FileNotFoundError)."""
-    from configuration_peapod import NAMED_SHAPES, PROMPT_ENCODERS, PeaPODInputError
-
     if args.data != "synthetic" and args.data not in REAL_DATA:
         raise PeaPODInputError(f"--data {args.data!r}: expected synthetic or one of {sorted(REAL_DATA)}")
     if args.data != "synthetic" and not (Path(args.shared_dir) / REAL_DATA[args.data][1]).exists():
@@ -101,8 +110,6 @@ def check_arguments(args: DemoArguments) -> None:
 
 
 def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
-    from datasets_scripts import prepare
-
     prepared_dir = Path(args.output_dir) / f"prepared-{args.data}"
     if prepared_dir.exists():
         return prepared_dir
@@ -122,13 +129,6 @@ def prepare_data(args: DemoArguments, tokenizer: str) -> Path:
 
 def run_demo(argv: list[str] | None = None) -> dict:
     """`peapod-demo` as a Python function: runs the pipeline, prints it, returns the result dict."""
-    from datasets_scripts import load_prepared
-    from datasets_scripts.tokenizer_loading import check_tokenizer_name, load_tokenizer
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training import cli
-    from training.evaluation import evaluate_checkpoint, markdown_table, write_report
-    from training.model_card import TrainingSummary, write_model_card
-
     logging.basicConfig(level=logging.WARNING)
     (args,) = parse_dataclasses(DemoArguments, argv, "peapod-demo")
     started = time.perf_counter()
@@ -204,9 +204,6 @@ def run_demo(argv: list[str] | None = None) -> dict:
 
 def check_code_files_are_installed_ones(folder: Path) -> None:
     """Raise unless the folder's `configuration_peapod.py` / `modeling_peapod.py` equal the installed modules."""
-    import configuration_peapod
-    import modeling_peapod
-
     for module in (configuration_peapod, modeling_peapod):
         copy = folder / Path(module.__file__).name
         if not copy.is_file() or not filecmp.cmp(copy, module.__file__, shallow=False):
@@ -238,9 +235,6 @@ def comparison_line(report: dict) -> str:
 
 def show_user(model, tokenizer, prepared, user: int) -> dict:
     """Top-10 items by constrained beam search for `user`'s test prompt, and an explanation of their next item."""
-    from datasets_scripts.templates import EVAL_TEMPLATES, render
-    from training.collator import PeaPODDataCollator
-
     history = prepared.histories[user][:-1]  # everything before the test item
     task_id = list(model.config.tasks).index
     collator = PeaPODDataCollator(tokenizer)

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .baselines import rank_candidates
-from .evaluation import (
+from .collator import PeaPODDataCollator
+from .evaluation.baselines import rank_candidates
+from .evaluation.runner import (
     _batches,
     _model_inputs,
     _ranking_scores,
@@ -104,8 +105,6 @@ def user_table_swapped(model, embeddings: torch.Tensor, neighbors: torch.Tensor)
 @torch.no_grad()
 def _loss_and_topn(model, tokenizer, prepared, split: str, max_users: int | None, batch_size: int) -> dict:
     """Teacher-forced test loss per task, and top-n ranking by exact candidate likelihood (per-user scores kept)."""
-    from .collator import PeaPODDataCollator
-
     collator = PeaPODDataCollator(tokenizer)
     item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
     result: dict = {}
@@ -276,8 +275,6 @@ def cross_attention_on_prompt(model, tokenizer, dataset, rows: Sequence[int], ba
     """How much of the decoder's cross-attention (first target token, mean over layers, heads and samples) lands
     on the task-prompt and collaborative-prompt positions, against their share of the encoder positions (what
     uniform attention would give). A decoder that reads its prompt puts far more than that share on it."""
-    from .collator import PeaPODDataCollator
-
     collator = PeaPODDataCollator(tokenizer)
     config = model.config
     previous = config._attn_implementation

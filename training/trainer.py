@@ -34,12 +34,15 @@ from torch.utils.data import DataLoader
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import seed_worker, speed_metrics
 
+from configuration_peapod import DEFAULT_TASKS
+from datasets_scripts.files import give_default_permissions
+
 from .collator import INPUT_COLUMNS
+from .publishing.model_card import TrainingSummary, write_model_card
 from .sampler import TaskAlternatingBatchSampler
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASKS = ("sequential", "topn", "explanation")  # the project's task order (task_id = index)
 TASK_COLUMN = "task_id"
 PEAPOD_MODULES = ("prompt_encoder.", "task_prompts.", "whole_word_embeddings.")  # what PeaPOD adds to T5
 
@@ -52,9 +55,9 @@ class PeaPODTrainer(Seq2SeqTrainer):
             with the unwrapped model in eval mode; its keys are logged with the `eval_` prefix (e.g. a returned
             `sequential_ndcg@10` becomes `eval_sequential_ndcg@10`). It must return the same values on every
             process (deterministic), because early stopping and best-checkpoint decisions must agree.
-        task_names: names of the task ids, for the metric keys; default `model.config.tasks`, else
-            ("sequential", "topn", "explanation").
-        model_card_summary: a `training.model_card.TrainingSummary`; every saved folder gets a model card
+        task_names: names of the task ids, for the metric keys; default `model.config.tasks`, else the task
+            registry's order (`configuration_peapod.DEFAULT_TASKS`).
+        model_card_summary: a `training.publishing.model_card.TrainingSummary`; every saved folder gets a model card
             (README.md) rendered from it.
         prompt_learning_rate_multiplier: the learning rate of the modules PeaPOD adds to T5 (prompt encoder,
             task prompts, whole-word embeddings) is this multiple of `args.learning_rate` (1.0: one rate for all,
@@ -74,7 +77,7 @@ class PeaPODTrainer(Seq2SeqTrainer):
         prompt_learning_rate_multiplier: float = 1.0,
         **kwargs,
     ):
-        self.model_card_summary = model_card_summary  # a training.model_card.TrainingSummary, read at every save
+        self.model_card_summary = model_card_summary  # a training.publishing.model_card.TrainingSummary, read at every save
         self.group_by_length = group_by_length  # batches of similar input lengths within a task (less padding)
         if not (math.isfinite(prompt_learning_rate_multiplier) and prompt_learning_rate_multiplier > 0):
             raise ValueError(f"prompt_learning_rate_multiplier must be > 0, got {prompt_learning_rate_multiplier}")
@@ -286,8 +289,6 @@ class PeaPODTrainer(Seq2SeqTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            from datasets_scripts.files import give_default_permissions
-
             for weights in Path(output_dir).glob("*.safetensors"):
                 give_default_permissions(weights)  # safetensors writes its files owner-only (0600)
             self._write_model_card(output_dir)
@@ -295,8 +296,6 @@ class PeaPODTrainer(Seq2SeqTrainer):
     def _write_model_card(self, output_dir: str) -> None:
         """Write README.md (the Hub model card) into `output_dir` from `model_card_summary` (peapod-train rewrites
         the final folder's card with the evaluation results)."""
-        from .model_card import TrainingSummary, write_model_card
-
         summary = self.model_card_summary or TrainingSummary()
         model = self.accelerator.unwrap_model(self.model)
         if hasattr(model, "get_base_model"):  # peft

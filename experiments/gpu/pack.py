@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run import ROOT, load_config, prepared_folder
 
+from datasets_scripts.files import temporary_sibling_folder
+from datasets_scripts.user_embeddings import load_user_table, save_user_table
+
 # Versions this repository's tests ran with; the image holds torch, accelerate, huggingface_hub, tokenizers,
 # safetensors, pyarrow, pandas, xxhash, sacrebleu, absl-py (device/KINDS.md).
 WHEELS = ("transformers==5.24.0", "datasets==5.2.0", "evaluate==0.4.6", "dill==0.4.1", "multiprocess==0.70.19",
@@ -35,16 +38,12 @@ LIMIT_MIB = 60
 def built_in_place(target: Path, build) -> None:
     """Run `build(folder)` on a temporary sibling and rename it to `target`: an interrupted pack leaves nothing
     that a later run would take for finished."""
-    from datasets_scripts.files import temporary_sibling_folder
-
     with temporary_sibling_folder(target) as temporary:  # also removes what a killed earlier pack left
         build(temporary)
         os.replace(temporary, target)
 
 
 def light_copy(folder: Path, target: Path) -> None:
-    from datasets_scripts.user_embeddings import load_user_table, save_user_table
-
     shutil.copytree(folder, target, ignore=shutil.ignore_patterns("dataset", "user_table.safetensors"),
                     dirs_exist_ok=True)
     table = load_user_table(folder / "user_table.safetensors")

@@ -16,24 +16,23 @@ the output and excluded from every task and every baseline; nothing is dropped s
 first N users by id. Explanation rows with an empty reference are an error (checked before any generation).
 
 Everything runs in eval mode without sampling, in the dataset's row order, so the same checkpoint and data give
-the same numbers twice. The baselines (training/baselines.py) run on exactly the same users and rows.
+the same numbers twice. The baselines (training/evaluation/baselines.py) run on exactly the same users and rows.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from scipy.stats import bootstrap
 
-from configuration_peapod import PeaPODInputError
-from datasets_scripts.files import atomic_write_text
+from configuration_peapod import DEFAULT_TASKS, TASK_REGISTRY, PeaPODInputError
+from datasets_scripts.prepared import check_data_fingerprint, check_task_order_matches
+from datasets_scripts.synthetic import planted_structure
+from training.collator import PeaPODDataCollator
 
 from .baselines import (
     BPRBaseline,
@@ -46,8 +45,9 @@ from .baselines import (
     recommend_topn,
 )
 from .metrics import load_metric
+from .store import ChunkStore, collect_chunks, model_checksum
 
-TASKS = ("sequential", "topn", "explanation")
+TASKS = DEFAULT_TASKS  # the task registry (configuration_peapod.TASK_REGISTRY) says how each is scored
 SPLITS = ("validation", "test")
 # "oracle" exists only on the planted-signal synthetic variants (datasets_scripts/synthetic.py).
 BASELINES = ("popularity", "pmf", "bpr", "markov", "oracle")
@@ -141,8 +141,6 @@ def bootstrap_interval(
     """[low, high]: the percentile-bootstrap interval of the mean of per-user `values` (users resampled with
     replacement; scipy.stats.bootstrap). The resamples depend only on (seed, number of users), so two metrics or
     methods on the same users are resampled identically. One user, or all values equal: [mean, mean]."""
-    from scipy.stats import bootstrap
-
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"bootstrap_interval needs a non-empty 1-D vector of per-user values, got {values.shape}")
@@ -170,20 +168,19 @@ def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
 def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length,
                progress=None) -> dict[str, list]:
     """Sequential or top-n rankings of `rows`: {"targets", "beam"} (+ "likelihood" for top-n), lists in row order."""
-    from .collator import PeaPODDataCollator
-
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
-    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if task == "topn" else {})
+    ranks_candidates = TASK_REGISTRY[task].ranks_candidates
+    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if ranks_candidates else {})
     for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, progress):
         outputs["targets"].extend(int(record["item_id"]) for record in records)
         candidates = None
-        if task == "topn":
+        if ranks_candidates:
             candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
         item_ids, _ = model.recommend(
             *_model_inputs(inputs), item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
         )
         outputs["beam"].extend(_strip_padding(item_ids))
-        if task == "topn":
+        if ranks_candidates:
             # Every candidate of the batch's users is scored in a few decoder calls (score_candidates batches them).
             scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates, item_trie=item_trie)
             outputs["likelihood"].extend(rank_candidates(candidates.numpy(), scores.float().cpu().numpy(), top_k))
@@ -192,10 +189,10 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
 
 def _ranking_entries(task: str, outputs: dict[str, list]) -> dict[str, tuple[list, list]]:
     """{result name: (ranked lists, targets)} of a task's merged outputs."""
-    if task == "sequential":
-        return {"sequential": (outputs["beam"], outputs["targets"])}
-    return {"topn_beam": (outputs["beam"], outputs["targets"]),
-            "topn_likelihood": (outputs["likelihood"], outputs["targets"])}
+    if not TASK_REGISTRY[task].ranks_candidates:
+        return {task: (outputs["beam"], outputs["targets"])}
+    return {f"{task}_beam": (outputs["beam"], outputs["targets"]),
+            f"{task}_likelihood": (outputs["likelihood"], outputs["targets"])}
 
 
 def check_explanation_references(dataset, rows: list[int], split: str) -> None:
@@ -212,7 +209,6 @@ def check_explanation_references(dataset, rows: list[int], split: str) -> None:
 def _explain_rows(model, tokenizer, dataset, rows, batch_size, num_beams, max_new_tokens, max_source_length,
                   progress=None) -> dict[str, list]:
     """Generated explanations of `rows` and their references: {"predictions", "references"}, in row order."""
-    from .collator import PeaPODDataCollator
 
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
     predictions, references = [], []
@@ -237,95 +233,6 @@ def _explanation_scores(predictions: list[str], references: list[str]) -> dict:
         "rouge1_nmt": rouge_nmt["rouge1"], "rouge2_nmt": rouge_nmt["rouge2"], "rougeL_nmt": rouge_nmt["rougeL"],
         "num_samples": len(predictions),
     }
-
-
-# Chunks: resumable and sharded runs ------------------------------------------------------------------------------
-
-
-class ChunkStore:
-    """Per-chunk result files, so an interrupted evaluation resumes and several processes split the users.
-
-    A task's rows are cut into consecutive chunks of `chunk_size` rows; chunk c's outputs (rankings or generated
-    explanations, in row order) go to `{directory}/{task}-{c:05d}.json`, written atomically. A run loads the
-    chunks already there and computes the missing ones it owns: all of them, or with `shard=(i, n)` those with
-    c % n == i. Merged in chunk order, the outputs are those of one unchunked run, so the metrics are the same.
-    Each file records `fingerprint` (split, settings, model checksum, rows); a file of other settings is refused.
-    """
-
-    def __init__(self, directory, fingerprint: dict, shard: tuple[int, int] = (0, 1), chunk_size: int = 1024):
-        index, count = shard
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.directory = Path(directory)
-        self.fingerprint = fingerprint
-        self.shard = (index, count)
-        self.chunk_size = chunk_size
-
-    def chunks(self, rows: list[int]) -> list[list[int]]:
-        return [rows[start : start + self.chunk_size] for start in range(0, len(rows), self.chunk_size)]
-
-    def owns(self, chunk: int) -> bool:
-        return chunk % self.shard[1] == self.shard[0]
-
-    def path(self, task: str, chunk: int) -> Path:
-        return self.directory / f"{task}-{chunk:05d}.json"
-
-    def load(self, task: str, chunk: int, rows: list[int]) -> dict | None:
-        path = self.path(task, chunk)
-        if not path.is_file():
-            return None
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        expected = {**self.fingerprint, "task": task, "rows": rows}
-        if stored.get("fingerprint") != expected:
-            raise ValueError(
-                f"{path} holds results of another evaluation (other checkpoint, data, split or settings): use a "
-                "fresh --chunk_dir, or delete that folder to start over"
-            )
-        return stored["outputs"]
-
-    def save(self, task: str, chunk: int, rows: list[int], outputs: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        record = {"fingerprint": {**self.fingerprint, "task": task, "rows": rows}, "outputs": outputs}
-        atomic_write_text(self.path(task, chunk), json.dumps(record) + "\n")
-
-
-def model_checksum(model) -> str:
-    """A cheap fingerprint of the weights (sum and sum of squares over every parameter and buffer)."""
-    total = squares = 0.0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        values = tensor.detach().double()
-        total += float(values.sum())
-        squares += float((values * values).sum())
-    return f"{total:.10e}/{squares:.10e}"
-
-
-def _collect(task: str, rows: list[int], compute, store: ChunkStore | None, show_progress: bool, unit: str):
-    """Run `compute(rows, progress) -> {name: list}` over the chunks this process owns, load the others.
-
-    Returns (merged outputs or None when chunks of other shards are still missing, rows computed here)."""
-    chunks = store.chunks(rows) if store is not None else [rows]
-    outputs: dict[int, dict] = {}
-    todo = []
-    for index, chunk in enumerate(chunks):
-        loaded = store.load(task, index, chunk) if store is not None else None
-        if loaded is not None:
-            outputs[index] = loaded
-        elif store is None or store.owns(index):
-            todo.append(index)
-    computed = sum(len(chunks[index]) for index in todo)
-    description = task if store is None or store.shard[1] == 1 else f"{task} (shard {store.shard[0]}/{store.shard[1]})"
-    # tqdm shows the rate (users/s) and the ETA of what this process computes; loaded chunks are not counted.
-    with tqdm(total=computed, desc=description, unit=unit, disable=not show_progress, smoothing=0.1) as progress:
-        for index in todo:
-            outputs[index] = compute(chunks[index], progress)
-            if store is not None:
-                store.save(task, index, chunks[index], outputs[index])
-    if len(outputs) < len(chunks):
-        return None, computed
-    names = outputs[0].keys() if outputs else ()
-    return {name: [value for index in range(len(chunks)) for value in outputs[index][name]] for name in names}, computed
 
 
 # Baselines ------------------------------------------------------------------------------------------------------
@@ -354,8 +261,6 @@ def build_baseline(name: str, prepared, seed: int = 0):
     if name == "markov":
         return MarkovChainBaseline(_train_histories(prepared.histories), prepared.num_items)
     if name == "oracle":
-        from datasets_scripts.synthetic import planted_structure
-
         return PlantedOracleBaseline(planted_structure(prepared), prepared.num_items)
     raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
 
@@ -364,13 +269,13 @@ def evaluate_baseline(baseline, prepared, split: str, task_rows: dict, top_k: in
     """The baseline's ranking metrics on the same rows as the model: {"sequential": {...}, "topn": {...}}."""
     results = {}
     for task, rows in task_rows.items():
-        if task == "explanation" or not rows:
+        if TASK_REGISTRY[task].target != "item" or not rows:
             continue
         dataset = prepared.dataset[f"{task}_{split}"]
         columns = dataset[rows]
         users = [int(u) for u in columns["user_id"]]
         targets = [int(i) for i in columns["item_id"]]
-        if task == "sequential":
+        if not TASK_REGISTRY[task].ranks_candidates:
             # The input history of the split: items[:-2] for validation, items[:-1] for test (SPEC §2).
             end = -2 if split == "validation" else -1
             histories = {user: prepared.histories[user][:end] for user in users}
@@ -442,9 +347,8 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model is not None:
         check_user_table(model, prepared.num_users)
-        from datasets_scripts.prepared import check_data_fingerprint
-
         check_data_fingerprint(model.config, prepared, allow_other_data)
+        check_task_order_matches(model.config, prepared)
         configured_items = getattr(model.config, "num_items", 0)
         if configured_items and configured_items != prepared.num_items:
             raise PeaPODInputError(
@@ -461,8 +365,8 @@ def evaluate_checkpoint(
     task_rows = {
         task: select_rows(prepared.dataset[f"{task}_{split}"], max_users, set(excluded)) for task in present
     }
-    if "explanation" in task_rows:
-        check_explanation_references(prepared.dataset[f"explanation_{split}"], task_rows["explanation"], split)
+    for task in (task for task in present if TASK_REGISTRY[task].target == "text"):
+        check_explanation_references(prepared.dataset[f"{task}_{split}"], task_rows[task], split)
 
     report = {
         "split": split,
@@ -509,7 +413,7 @@ def evaluate_checkpoint(
     if model is not None:
         model.eval()
         item_trie = None
-        if {"sequential", "topn"} & set(present):
+        if any(TASK_REGISTRY[task].target == "item" for task in present):
             item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
         computes, task_outputs = {}, {}
         for task in present:
@@ -519,7 +423,7 @@ def evaluate_checkpoint(
             if not rows:
                 continue
             started = time.perf_counter()
-            if task == "explanation":
+            if TASK_REGISTRY[task].target == "text":
                 def compute(chunk, progress, dataset=dataset):
                     return _explain_rows(model, tokenizer, dataset, chunk, batch_size, num_beams,
                                          max_explanation_tokens, max_source_length, progress)
@@ -528,8 +432,8 @@ def evaluate_checkpoint(
                     return _rank_rows(model, tokenizer, dataset, chunk, task, item_trie, batch_size, num_beams,
                                       top_k, max_source_length, progress)
             computes[task] = compute
-            task_outputs[task], computed = _collect(task, rows, compute, store, show_progress,
-                                                    "sample" if task == "explanation" else "user")
+            unit = "sample" if TASK_REGISTRY[task].target == "text" else "user"
+            task_outputs[task], computed = collect_chunks(task, rows, compute, store, show_progress, unit)
             seconds = time.perf_counter() - started
             report["timing"][task] = {
                 "seconds": round(seconds, 3),
@@ -540,13 +444,13 @@ def evaluate_checkpoint(
         for task, outputs in task_outputs.items():
             if outputs is None:  # other shards were still at work when this task ended here: look again now,
                 # after all of this run's chunks are written, so that the shard finishing last sees every chunk
-                outputs, _ = _collect(task, task_rows[task], computes[task], store, False, "user")
+                outputs, _ = collect_chunks(task, task_rows[task], computes[task], store, False, "user")
             dataset = prepared.dataset[f"{task}_{split}"]
             rows = task_rows[task]
             if outputs is None:  # other shards' chunks are not written yet
                 report["chunks"]["incomplete_tasks"].append(task)
-            elif task == "explanation":
-                report["results"]["explanation"] = _explanation_scores(outputs["predictions"], outputs["references"])
+            elif TASK_REGISTRY[task].target == "text":
+                report["results"][task] = _explanation_scores(outputs["predictions"], outputs["references"])
                 report["explanations"] = {"first_predictions": outputs["predictions"][:5]}
             else:
                 for name, (ranked, targets) in _ranking_entries(task, outputs).items():
@@ -566,66 +470,3 @@ def evaluate_checkpoint(
         report["baselines"][name] = evaluate_baseline(baseline, prepared, split, task_rows, top_k, exclude_history)
         report["timing"][f"baseline_{name}"] = {"seconds": round(time.perf_counter() - started, 3)}
     return report
-
-
-# Output ---------------------------------------------------------------------------------------------------------
-
-
-def _format(value, interval=None) -> str:
-    """`0.1234 (0.1100–0.1370)`: the value and, when there is one, its 95% interval."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.4f}" + (f" ({interval[0]:.4f}–{interval[1]:.4f})" if interval is not None else "")
-
-
-def markdown_table(report: dict, model_name: str = "model") -> str:
-    """The report as markdown: one ranking table (HR/NDCG) and one explanation table (BLEU/ROUGE)."""
-    header = (
-        f"Split: `{report['split']}`. Users excluded (absent from the user table): "
-        f"{report['users']['excluded_absent_from_user_table']['count']}. Ranking metrics: mean over users "
-        f"({CONFIDENCE_LEVEL:.0%} percentile-bootstrap interval over users, {BOOTSTRAP_RESAMPLES:,} resamples)."
-    )
-    lines = [header, ""]
-    ranking_rows = []
-    labels = {"sequential": "sequential (beam)", "topn_beam": "top-n (beam)", "topn_likelihood": "top-n (likelihood)"}
-    for name in ("sequential", "topn_beam", "topn_likelihood"):
-        if name in report["results"]:
-            ranking_rows.append((f"{model_name}", labels[name], report["results"][name]))
-    for baseline, tasks in report["baselines"].items():
-        for task, metrics in tasks.items():
-            ranking_rows.append((baseline, "sequential (full ranking)" if task == "sequential" else "top-n", metrics))
-    if ranking_rows:
-        header = ["method", "task", *(column.upper() for column in RANKING_COLUMNS), "users"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method, task, metrics in ranking_rows:
-            cells = [
-                method, task, *(_format(metrics.get(c), metrics.get(f"{c}_ci")) for c in RANKING_COLUMNS),
-                str(metrics["num_users"]),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    if "explanation" in report["results"]:
-        metrics = report["results"]["explanation"]
-        header = ["method", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "samples"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        cells = [model_name, *(_format(metrics[c]) for c in TEXT_COLUMNS), str(metrics["num_samples"])]
-        lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    timing = [
-        f"{task}: {t['users_per_second']} users/s ({t['seconds']} s)"
-        for task, t in report["timing"].items()
-        if "users_per_second" in t
-    ]
-    if timing:
-        lines.append("Throughput: " + "; ".join(timing) + ".")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, output_dir, model_name: str = "model") -> tuple[Path, Path]:
-    """Write `results.json` and `results.md` into `output_dir` (created if needed), each atomically."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / "results.json", output_dir / "results.md"
-    atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    atomic_write_text(markdown_path, markdown_table(report, model_name))
-    return json_path, markdown_path

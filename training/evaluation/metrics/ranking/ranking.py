@@ -15,7 +15,7 @@ Policies:
 * k larger than a list: the list is used as it is; a list shorter than k simply has no hit beyond its length
   (an empty list is a miss). No error, no padding with random items.
 * Ties: the metric scores the order it is given. Whoever turns scores into a list breaks ties; the package's
-  rankers (`training.baselines.rank_by_score`, candidate likelihood ranking) put the lower item id first.
+  rankers (`training.evaluation.baselines.rank_by_score`, candidate likelihood ranking) put the lower item id first.
 """
 
 import math
@@ -35,7 +35,7 @@ Returns:
     {"hr@k": float, "ndcg@k": float for every k in k_values, "num_users": int}, and with per_user=True
     "per_user": {"hr@k": [float per user], "ndcg@k": [...]} in the order of the predictions.
 Example:
-    >>> metric = evaluate.load("training/metrics/ranking")
+    >>> metric = evaluate.load("training/evaluation/metrics/ranking")
     >>> metric.compute(predictions=[[3, 1, 2], [5, 4]], references=[1, 9], k_values=[1, 2])
     {'hr@1': 0.0, 'ndcg@1': 0.0, 'hr@2': 0.5, 'ndcg@2': 0.31546487678572877, 'num_users': 2}
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from datasets_scripts.files import atomic_write_text
 from datasets_scripts.templates import EVAL_TEMPLATES, render
 
 TEMPLATE = "peapod_model_card.md"
@@ -161,8 +162,6 @@ def build_model_card(config, summary: TrainingSummary) -> ModelCard:
 
 def _write_card(output_dir: Path, card: ModelCard) -> Path:
     """Write `README.md` atomically: a temporary file renamed into place."""
-    from datasets_scripts.files import atomic_write_text
-
     return atomic_write_text(output_dir / "README.md", str(card))
 
 

@@ -40,7 +40,7 @@ Args:
 Returns:
     {"rouge1": float, "rouge2": float, "rougeL": float} — mean F1 x100.
 Example:
-    >>> metric = evaluate.load("training/metrics/rouge_f1")
+    >>> metric = evaluate.load("training/evaluation/metrics/rouge_f1")
     >>> metric.compute(predictions=["the cat sat"], references=["the cat sat"])
     {'rouge1': 100.0, 'rouge2': 100.0, 'rougeL': 100.0}
 """

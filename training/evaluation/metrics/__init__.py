@@ -1,6 +1,6 @@
 """PeaPOD's evaluation metrics as `evaluate` modules shipped inside the package (SPEC §3).
 
-Each metric is a directory `training/metrics/<name>/<name>.py` that `evaluate.load` accepts as a local path, so
+Each metric is a directory `training/evaluation/metrics/<name>/<name>.py` that `evaluate.load` accepts as a local path, so
 nothing is fetched from the Hub:
 
 * `ranking`  — HR@k and NDCG@k over ranked item lists with one relevant item per user.

@@ -37,7 +37,7 @@ Returns:
     {"bleu": float (x100), "precisions": [p_1..p_max_order] (fractions), "brevity_penalty": float,
      "length_ratio": c / r, "translation_length": c, "reference_length": r}
 Example:
-    >>> metric = evaluate.load("training/metrics/bleu_nmt")
+    >>> metric = evaluate.load("training/evaluation/metrics/bleu_nmt")
     >>> metric.compute(predictions=["the cat sat on the mat"], references=["the cat sat on the mat"])["bleu"]
     100.0
 """

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from configuration_peapod import PeaPODInputError
+
 # What a checkpoint folder must hold to load with `AutoModelForSeq2SeqLM.from_pretrained(..., trust_remote_code=True)`.
 REQUIRED_FILES = ("config.json", "configuration_peapod.py", "modeling_peapod.py", "model.safetensors", "README.md")
 # Trainer state that belongs to resuming a run, not to the published model.
@@ -20,8 +22,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     """The files that would be uploaded; raises (PeaPODInputError) if a file needed to load the model is missing
     or a pickle would be uploaded."""
-    from configuration_peapod import PeaPODInputError
-
     folder = Path(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:

@@ -17,7 +17,7 @@ top-n, the training history items[:-2] (the top-n prompt carries no history: the
 trained on, and so does the baseline).
 
 Both are trained on the training interactions only (items[:-2] of every user), like the generative model, and
-both produce the ranked-list format of `training/metrics/ranking`: for each user a list of distinct item ids,
+both produce the ranked-list format of `training/evaluation/metrics/ranking`: for each user a list of distinct item ids,
 best first.
 
 Rules, fixed here so that the numbers sit beside the generative model's under the same protocol:
@@ -36,6 +36,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from datasets_scripts.synthetic import planted_oracle_scores
+from datasets_scripts.user_embeddings import (
+    cornac_train_set,
+    rows_by_our_ids,
+    train_pmf,
+)
 
 
 def _check_ids(ids: np.ndarray, upper: int, what: str) -> None:
@@ -128,8 +135,6 @@ class PMFBaseline:
         **pmf_kwargs,
     ) -> PMFBaseline:
         """Train cornac PMF on the training interactions (`train_pmf`'s defaults are the paper's)."""
-        from datasets_scripts.user_embeddings import train_pmf
-
         user_embeddings, item_embeddings = train_pmf(
             dict(train_histories), num_users, num_items, k=k, seed=seed, **pmf_kwargs
         )
@@ -165,7 +170,6 @@ class BPRBaseline(PMFBaseline):
         import cornac
 
         # The same validated, id-mapped cornac training set as the PMF user table (datasets_scripts).
-        from datasets_scripts.user_embeddings import cornac_train_set, rows_by_our_ids
 
         train_set = cornac_train_set(dict(train_histories), num_users, num_items, seed)
         model = cornac.models.BPR(
@@ -230,8 +234,6 @@ class PlantedOracleBaseline:
         self.num_items = num_items
 
     def score_items(self, user_ids: Sequence[int], histories: Mapping[int, Sequence[int]]) -> np.ndarray:
-        from datasets_scripts.synthetic import planted_oracle_scores
-
         return planted_oracle_scores(self.structure, list(user_ids), histories, self.num_items)
 
 
