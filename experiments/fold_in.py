@@ -27,12 +27,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from datasets_scripts import load_prepared, prepare
+from datasets_scripts.templates import EVAL_TEMPLATES, render
+from modeling_peapod import PeaPODForConditionalGeneration, compute_whole_word_ids
+from training import cli
+from training.cli import hardware_description, install_item_factors
+from training.evaluation import bootstrap_interval
+from training.evaluation.baselines import rank_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "t5"
@@ -40,15 +50,11 @@ RECIPE = {"prompt_encoder": "mha", "dropout_rate": "0.0", "lr_scheduler_type": "
 
 
 def prepare_data(folder: Path, args) -> None:
-    from datasets_scripts.prepared import prepare
-
     prepare(folder, synthetic=True, synthetic_variant="user", held_out_users=args.held_out_users,
             embedding_dim=512, num_neighbors=20, seed=args.data_seed, tokenizer=args.tokenizer)
 
 
 def train_model(folder: Path, args) -> None:
-    from training import cli
-
     arguments = [
         "--prepared_dir", str(args.prepared_dir), "--output_dir", str(folder), "--base_model", "random:tiny",
         "--tokenizer", args.tokenizer, "--tasks", "sequential", "topn", "--max_steps", str(args.max_steps),
@@ -63,9 +69,6 @@ def train_model(folder: Path, args) -> None:
 
 
 def load_model(folder: Path, prepared):
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training.cli import install_item_factors
-
     model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()
     if not model.has_item_factors:
         install_item_factors(model, prepared)
@@ -75,8 +78,6 @@ def load_model(folder: Path, prepared):
 def held_out_prompts(prepared, seed: int) -> list[dict]:
     """Top-n test prompts of the held-out users, written as the prepared test prompts are (EVAL template, the
     test item among its 99 fixed negatives, shuffled with a seeded generator), the user named `user_0`."""
-    from datasets_scripts.templates import EVAL_TEMPLATES, render
-
     rng = np.random.default_rng([seed, 15])
     prompts = []
     for record in prepared.held_out_users:
@@ -97,9 +98,6 @@ def table_prompts(prepared) -> list[dict]:
 def model_hits(model, tokenizer, prompts: list[dict], users, batch_size: int) -> dict:
     """HR@10/NDCG@10 of `prompts` by candidate likelihood. `users(rows)` gives the user inputs of a batch: either
     {"user_ids": ...} or {"user_embeddings": ..., "user_neighbors": ...}."""
-    from modeling_peapod import compute_whole_word_ids
-    from training.baselines import rank_candidates
-
     trie = model.item_trie(tokenizer)
     task = model.config.tasks.index("topn")
     ranked, targets = [], []
@@ -118,8 +116,6 @@ def model_hits(model, tokenizer, prompts: list[dict], users, batch_size: int) ->
 
 
 def ranking_summary(ranked: list[list[int]], targets: list[int]) -> dict:
-    from training.evaluation import bootstrap_interval
-
     hits = [int(target in row[:10]) for row, target in zip(ranked, targets)]
     gains = [1.0 / np.log2(row.index(target) + 2) if target in row[:10] else 0.0 for row, target in zip(ranked, targets)]
     return {"hr@10": float(np.mean(hits)), "hr@10_ci": bootstrap_interval(hits), "ndcg@10": float(np.mean(gains)),
@@ -128,18 +124,12 @@ def ranking_summary(ranked: list[list[int]], targets: list[int]) -> dict:
 
 def score_hits(prompts: list[dict], score_rows) -> dict:
     """Ranking by a scoring function of (row index, candidate ids) -> scores (the baselines)."""
-    from training.baselines import rank_candidates
-
     candidates = np.array([row["candidates"] for row in prompts])
     scores = np.stack([score_rows(index, row) for index, row in enumerate(candidates)])
     return ranking_summary(rank_candidates(candidates, scores, 10), [row["item_id"] for row in prompts])
 
 
 def evaluate(args) -> dict:
-    from transformers import AutoTokenizer
-
-    from datasets_scripts.prepared import load_prepared
-
     prepared_dir, checkpoint = Path(args.prepared_dir), Path(args.checkpoint)
     timings = {}
     started = time.perf_counter()
@@ -196,15 +186,13 @@ def evaluate(args) -> dict:
         "command": args.command, "prepared_dir": str(prepared_dir), "checkpoint": str(checkpoint),
         "num_table_users": prepared.num_users, "num_held_out_users": len(held_out), "num_items": prepared.num_items,
         "max_steps": args.max_steps, "eval_users": args.eval_users, "seed": args.seed, "data_seed": args.data_seed,
-        "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "hardware": args.hardware or f"{hardware_description()}, {torch.get_num_threads()} torch thread(s)",
         "groups": groups, "paired_in_table": paired, "timings": timings,
     }
 
 
 def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
     """The first in-table users, by their table row and folded in from their own training items."""
-    import torch.nn.functional as F
-
     users = torch.tensor([row["user_id"] for row in prompts])
     result = {"num_users": len(prompts),
               "table_row": model_hits(model, tokenizer, prompts, lambda start, rows: {
@@ -271,8 +259,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared_dir", default=str(ROOT / "prepared" / "synthetic-user-heldout10"))
     parser.add_argument("--checkpoint", help="Model folder (trained here if it holds no model); default "

@@ -45,6 +45,7 @@ from datasets_scripts.tokenizer_loading import (
     check_tokenizer_name,
     load_tokenizer,
 )
+from datasets_scripts.user_embeddings import PMF_LAMBDA_REG, PMF_NEGATIVES_PER_POSITIVE
 from modeling_peapod import PeaPODForConditionalGeneration, build_user_neighbors
 from training.collator import PeaPODDataCollator
 from training.diagnostics import PromptDiagnosticsCallback
@@ -388,11 +389,6 @@ def install_item_factors(model: PeaPODForConditionalGeneration, prepared) -> Non
     users outside its table (`fold_in_users`, docs/fold-in.md); BiVAE and user-supplied tables have none."""
     if prepared.item_embeddings is None or not model.has_collaborative_prompt:
         return
-    from datasets_scripts.user_embeddings import (
-        PMF_LAMBDA_REG,
-        PMF_NEGATIVES_PER_POSITIVE,
-    )
-
     pmf = prepared.config.get("pmf") or {}  # folders prepared before it was recorded used train_pmf's defaults
     model.set_item_factors(
         prepared.item_embeddings, regularization=pmf.get("lambda_reg", PMF_LAMBDA_REG),
