@@ -18,8 +18,9 @@
    (c) the same held-out users as the unknown user (user id 0, the same `user_0` prompts);
    (d) popularity (training-interaction counts of the table users), on the held-out users;
    plus the PMF dot product with the table vectors (in-table users) and with the folded-in vectors (held-out users),
-   and, on the first `--paired_users` in-table users, a paired check: the same users by their table row vs folded
-   in from their own training items (cosine of the two vectors, neighbour overlap, HR@10 of both).
+   and, on the first `--paired_users` in-table users (default all), a paired check: the same users by their table
+   row vs treated as new users (prompt `user_0`): folded in from their own training items (cosine of the two
+   vectors, neighbour overlap) or as the unknown user (row 0).
 Writes `<output>/fold-in.json` (every figure and the per-user hits) and `<output>/fold-in.md` (the table).
 """
 
@@ -192,11 +193,16 @@ def evaluate(args) -> dict:
 
 
 def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
-    """The first in-table users, by their table row and folded in from their own training items."""
+    """The first in-table users as if they were new: by their table row (their id in the prompt), and with the
+    prompt naming `user_0` either folded in from their own training items or as the unknown user (row 0). The same
+    users in every condition, so the comparison is paired."""
     users = torch.tensor([row["user_id"] for row in prompts])
+    anonymous = [{**row, "source": render(EVAL_TEMPLATES["topn"], 0, candidates=row["candidates"])} for row in prompts]
     result = {"num_users": len(prompts),
               "table_row": model_hits(model, tokenizer, prompts, lambda start, rows: {
-                  "user_ids": users[start : start + len(rows)]}, args.batch_size)}
+                  "user_ids": users[start : start + len(rows)]}, args.batch_size),
+              "unknown_user_row_0": model_hits(model, tokenizer, anonymous, lambda start, rows: {
+                  "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)}
     for negatives in ("expected", "sampled"):
         vectors, neighbors = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users],
                                                  negatives=negatives, seed=args.seed)
@@ -208,7 +214,7 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
             # the folded-in user's list holds itself first; the table's never does, so compare the rest
             "neighbour_overlap": float(np.mean([len(set(a[1:].tolist()) & set(b.tolist())) / len(b)
                                                 for a, b in zip(neighbors, table_neighbors)])),
-            **model_hits(model, tokenizer, prompts, lambda start, rows, v=vectors, n=neighbors: {
+            **model_hits(model, tokenizer, anonymous, lambda start, rows, v=vectors, n=neighbors: {
                 "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
                 args.batch_size),
         }
@@ -240,14 +246,17 @@ def markdown(report: dict) -> str:
         ratio = f"{result['hr@10'] / in_table:.2f}" if in_table else "–"
         lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
     paired = report["paired_in_table"]
-    lines += ["", (f"Paired check, the first {paired['num_users']} in-table users: by their table row HR@10 "
-                   f"{paired['table_row']['hr@10']:.3f}; folded in from their own training items:")]
+    lines += ["", f"Paired check: the first {paired['num_users']} in-table users treated as new users (prompt `user_0`).",
+              "", ("| the same users, as | top-n HR@10 [95% CI] | cosine to the table row | own row first neighbour | "
+                   "neighbour overlap |"), "|---|---|---|---|---|",
+              f"| their table row (their id) | {cell(paired['table_row'], 'hr@10')} | | | |",
+              f"| the unknown user (row 0) | {cell(paired['unknown_user_row_0'], 'hr@10')} | | | |"]
     for negatives in ("expected", "sampled"):
         entry = paired[f"fold_in_{negatives}"]
         lines.append(
-            f"- {negatives} negatives: HR@10 {entry['hr@10']:.3f}, cosine to the table row "
-            f"{entry['cosine_to_table_row']:.3f}, norm ratio {entry['norm_ratio']:.2f}, own row first neighbour "
-            f"{entry['own_row_is_first_neighbour']:.2f}, neighbour overlap {entry['neighbour_overlap']:.2f}"
+            f"| folded in from their training items ({negatives}) | {cell(entry, 'hr@10')} | "
+            f"{entry['cosine_to_table_row']:.3f} | {entry['own_row_is_first_neighbour']:.2f} | "
+            f"{entry['neighbour_overlap']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -269,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--paired_users", type=int, default=72, help="In-table users of the paired check.")
+    parser.add_argument("--paired_users", type=int, default=None, help="In-table users of the paired check "
+                        "(default: all)")
     parser.add_argument("--eval_users", type=int, default=None, help="First N users of each group (quick checks; "
                         "default: every test user)")
     parser.add_argument("--tokenizer", default=str(TOKENIZER))
