@@ -884,7 +884,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         `seed` alone, so a history always gets the same draw, whatever the batch), each with w = 1: a vector of
         the same kind as the table's, whose directions the particular draw shapes (measured on the planted data:
         the table's vectors are the exact solve of their own draw to cosine 0.997; the expected objective's are at
-        cosine 0.45 to them, docs/fold-in.md). It is solved by
+        cosine 0.47 to them, and the model reads them as well: docs/fold-in.md). It is solved by
         Gauss-Newton (`solve_pmf_users`): each iteration is the regularised least-squares solve
             (V^T diag(c_i s_i'^2) V + lambda (P + M) I) delta = V^T (c_i s_i' e_i) - lambda (P + M) u
         (c_i the weights above, e_i the residuals, s_i' the sigmoid's slope) with a backtracking line search,

@@ -467,9 +467,11 @@ def describe_neighbor_diagnostic(diagnostic: dict) -> str:
         f"{diagnostic['random_seed']}): {rates}. User table from {diagnostic['chosen']} ({how})."
     )
 def _pmf_settings() -> dict:
-    from .user_embeddings import PMF_LAMBDA_REG, PMF_NEGATIVES_PER_POSITIVE
-
-    return {"lambda_reg": PMF_LAMBDA_REG, "negatives_per_positive": PMF_NEGATIVES_PER_POSITIVE}
+    """What `PeaPODConfig.fold_in_regularization` needs to solve as PMF did (the table's own settings)."""
+    return {
+        "lambda_reg": user_embeddings.PMF_LAMBDA_REG,
+        "negatives_per_positive": user_embeddings.PMF_NEGATIVES_PER_POSITIVE,
+    }
 
 
 def _provenance(args: PrepareArguments, notes: dict) -> list[str]:

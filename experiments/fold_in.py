@@ -18,8 +18,9 @@
    (c) the same held-out users as the unknown user (user id 0, the same `user_0` prompts);
    (d) popularity (training-interaction counts of the table users), on the held-out users;
    plus the PMF dot product with the table vectors (in-table users) and with the folded-in vectors (held-out users),
-   and, on the first `--paired_users` in-table users, a paired check: the same users by their table row vs folded
-   in from their own training items (cosine of the two vectors, neighbour overlap, HR@10 of both).
+   and, on the first `--paired_users` in-table users (default all), a paired check: the same users by their table
+   row vs treated as new users (prompt `user_0`): folded in from their own training items (cosine of the two
+   vectors, neighbour overlap) or as the unknown user (row 0).
 Writes `<output>/fold-in.json` (every figure and the per-user hits) and `<output>/fold-in.md` (the table).
 """
 
@@ -27,12 +28,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from datasets_scripts import load_prepared, prepare
+from datasets_scripts.templates import EVAL_TEMPLATES, render
+from modeling_peapod import PeaPODForConditionalGeneration, compute_whole_word_ids
+from training import cli
+from training.api import hardware_description
+from training.evaluation import bootstrap_interval
+from training.evaluation.baselines import rank_candidates
+from training.factory import install_item_factors
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "t5"
@@ -40,15 +52,11 @@ RECIPE = {"prompt_encoder": "mha", "dropout_rate": "0.0", "lr_scheduler_type": "
 
 
 def prepare_data(folder: Path, args) -> None:
-    from datasets_scripts.prepared import prepare
-
     prepare(folder, synthetic=True, synthetic_variant="user", held_out_users=args.held_out_users,
             embedding_dim=512, num_neighbors=20, seed=args.data_seed, tokenizer=args.tokenizer)
 
 
 def train_model(folder: Path, args) -> None:
-    from training import cli
-
     arguments = [
         "--prepared_dir", str(args.prepared_dir), "--output_dir", str(folder), "--base_model", "random:tiny",
         "--tokenizer", args.tokenizer, "--tasks", "sequential", "topn", "--max_steps", str(args.max_steps),
@@ -63,9 +71,6 @@ def train_model(folder: Path, args) -> None:
 
 
 def load_model(folder: Path, prepared):
-    from modeling_peapod import PeaPODForConditionalGeneration
-    from training.cli import install_item_factors
-
     model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()
     if not model.has_item_factors:
         install_item_factors(model, prepared)
@@ -75,8 +80,6 @@ def load_model(folder: Path, prepared):
 def held_out_prompts(prepared, seed: int) -> list[dict]:
     """Top-n test prompts of the held-out users, written as the prepared test prompts are (EVAL template, the
     test item among its 99 fixed negatives, shuffled with a seeded generator), the user named `user_0`."""
-    from datasets_scripts.templates import EVAL_TEMPLATES, render
-
     rng = np.random.default_rng([seed, 15])
     prompts = []
     for record in prepared.held_out_users:
@@ -97,9 +100,6 @@ def table_prompts(prepared) -> list[dict]:
 def model_hits(model, tokenizer, prompts: list[dict], users, batch_size: int) -> dict:
     """HR@10/NDCG@10 of `prompts` by candidate likelihood. `users(rows)` gives the user inputs of a batch: either
     {"user_ids": ...} or {"user_embeddings": ..., "user_neighbors": ...}."""
-    from modeling_peapod import compute_whole_word_ids
-    from training.baselines import rank_candidates
-
     trie = model.item_trie(tokenizer)
     task = model.config.tasks.index("topn")
     ranked, targets = [], []
@@ -118,8 +118,6 @@ def model_hits(model, tokenizer, prompts: list[dict], users, batch_size: int) ->
 
 
 def ranking_summary(ranked: list[list[int]], targets: list[int]) -> dict:
-    from training.evaluation import bootstrap_interval
-
     hits = [int(target in row[:10]) for row, target in zip(ranked, targets)]
     gains = [1.0 / np.log2(row.index(target) + 2) if target in row[:10] else 0.0 for row, target in zip(ranked, targets)]
     return {"hr@10": float(np.mean(hits)), "hr@10_ci": bootstrap_interval(hits), "ndcg@10": float(np.mean(gains)),
@@ -128,18 +126,12 @@ def ranking_summary(ranked: list[list[int]], targets: list[int]) -> dict:
 
 def score_hits(prompts: list[dict], score_rows) -> dict:
     """Ranking by a scoring function of (row index, candidate ids) -> scores (the baselines)."""
-    from training.baselines import rank_candidates
-
     candidates = np.array([row["candidates"] for row in prompts])
     scores = np.stack([score_rows(index, row) for index, row in enumerate(candidates)])
     return ranking_summary(rank_candidates(candidates, scores, 10), [row["item_id"] for row in prompts])
 
 
 def evaluate(args) -> dict:
-    from transformers import AutoTokenizer
-
-    from datasets_scripts.prepared import load_prepared
-
     prepared_dir, checkpoint = Path(args.prepared_dir), Path(args.checkpoint)
     timings = {}
     started = time.perf_counter()
@@ -196,19 +188,22 @@ def evaluate(args) -> dict:
         "command": args.command, "prepared_dir": str(prepared_dir), "checkpoint": str(checkpoint),
         "num_table_users": prepared.num_users, "num_held_out_users": len(held_out), "num_items": prepared.num_items,
         "max_steps": args.max_steps, "eval_users": args.eval_users, "seed": args.seed, "data_seed": args.data_seed,
-        "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "hardware": args.hardware or f"{hardware_description()}, {torch.get_num_threads()} torch thread(s)",
         "groups": groups, "paired_in_table": paired, "timings": timings,
     }
 
 
 def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
-    """The first in-table users, by their table row and folded in from their own training items."""
-    import torch.nn.functional as F
-
+    """The first in-table users as if they were new: by their table row (their id in the prompt), and with the
+    prompt naming `user_0` either folded in from their own training items or as the unknown user (row 0). The same
+    users in every condition, so the comparison is paired."""
     users = torch.tensor([row["user_id"] for row in prompts])
+    anonymous = [{**row, "source": render(EVAL_TEMPLATES["topn"], 0, candidates=row["candidates"])} for row in prompts]
     result = {"num_users": len(prompts),
               "table_row": model_hits(model, tokenizer, prompts, lambda start, rows: {
-                  "user_ids": users[start : start + len(rows)]}, args.batch_size)}
+                  "user_ids": users[start : start + len(rows)]}, args.batch_size),
+              "unknown_user_row_0": model_hits(model, tokenizer, anonymous, lambda start, rows: {
+                  "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)}
     for negatives in ("expected", "sampled"):
         vectors, neighbors = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users],
                                                  negatives=negatives, seed=args.seed)
@@ -220,7 +215,7 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
             # the folded-in user's list holds itself first; the table's never does, so compare the rest
             "neighbour_overlap": float(np.mean([len(set(a[1:].tolist()) & set(b.tolist())) / len(b)
                                                 for a, b in zip(neighbors, table_neighbors)])),
-            **model_hits(model, tokenizer, prompts, lambda start, rows, v=vectors, n=neighbors: {
+            **model_hits(model, tokenizer, anonymous, lambda start, rows, v=vectors, n=neighbors: {
                 "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
                 args.batch_size),
         }
@@ -252,14 +247,17 @@ def markdown(report: dict) -> str:
         ratio = f"{result['hr@10'] / in_table:.2f}" if in_table else "–"
         lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
     paired = report["paired_in_table"]
-    lines += ["", (f"Paired check, the first {paired['num_users']} in-table users: by their table row HR@10 "
-                   f"{paired['table_row']['hr@10']:.3f}; folded in from their own training items:")]
+    lines += ["", f"Paired check: the first {paired['num_users']} in-table users treated as new users (prompt `user_0`).",
+              "", ("| the same users, as | top-n HR@10 [95% CI] | cosine to the table row | own row first neighbour | "
+                   "neighbour overlap |"), "|---|---|---|---|---|",
+              f"| their table row (their id) | {cell(paired['table_row'], 'hr@10')} | | | |",
+              f"| the unknown user (row 0) | {cell(paired['unknown_user_row_0'], 'hr@10')} | | | |"]
     for negatives in ("expected", "sampled"):
         entry = paired[f"fold_in_{negatives}"]
         lines.append(
-            f"- {negatives} negatives: HR@10 {entry['hr@10']:.3f}, cosine to the table row "
-            f"{entry['cosine_to_table_row']:.3f}, norm ratio {entry['norm_ratio']:.2f}, own row first neighbour "
-            f"{entry['own_row_is_first_neighbour']:.2f}, neighbour overlap {entry['neighbour_overlap']:.2f}"
+            f"| folded in from their training items ({negatives}) | {cell(entry, 'hr@10')} | "
+            f"{entry['cosine_to_table_row']:.3f} | {entry['own_row_is_first_neighbour']:.2f} | "
+            f"{entry['neighbour_overlap']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -271,8 +269,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared_dir", default=str(ROOT / "prepared" / "synthetic-user-heldout10"))
     parser.add_argument("--checkpoint", help="Model folder (trained here if it holds no model); default "
@@ -283,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--paired_users", type=int, default=72, help="In-table users of the paired check.")
+    parser.add_argument("--paired_users", type=int, default=None, help="In-table users of the paired check "
+                        "(default: all)")
     parser.add_argument("--eval_users", type=int, default=None, help="First N users of each group (quick checks; "
                         "default: every test user)")
     parser.add_argument("--tokenizer", default=str(TOKENIZER))

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TOKENIZER_DIR, console_script
+from transformers.utils import HF_MODULES_CACHE
 
 from configuration_peapod import PeaPODInputError
 from modeling_peapod import (
@@ -240,7 +241,8 @@ def test_checkpoint_that_lost_its_item_factors_is_refused(tmp_path):
 
 def test_build_model_keeps_the_prepared_pmf_item_factors(synthetic_prepared):
     from datasets_scripts.prepared import load_prepared
-    from training.cli import ModelArguments, build_model
+    from training.arguments import ModelArguments
+    from training.factory import build_model
 
     prepared = load_prepared(synthetic_prepared, load_dataset=False)
     model = build_model(ModelArguments(base_model="random:tiny"), prepared)
@@ -258,8 +260,11 @@ def _python_without_the_package() -> tuple[list[str], dict]:
     site-packages), so every directory on this interpreter's path except the repository goes on PYTHONPATH
     explicitly: a worktree venv whose dependencies come through a .pth file keeps them.
     """
+    # transformers puts its remote-code modules cache on sys.path once some code was loaded from a folder: a fresh
+    # process must not import another test's `transformers_modules` from it.
+    excluded = {REPO_ROOT, Path(HF_MODULES_CACHE).resolve()}
     paths = [path for path in [*site.getsitepackages(), *sys.path] if path and os.path.isdir(path)
-             and Path(path).resolve() != REPO_ROOT and not Path(path).name.startswith("__editable__")]
+             and Path(path).resolve() not in excluded and not Path(path).name.startswith("__editable__")]
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return [sys.executable, "-S"], env
