@@ -1219,6 +1219,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             encoder_outputs, attention_mask = self.encode(
                 input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
             )
+        else:  # transformers expands the outputs' tensors for beams in place: keep the caller's object as it was
+            encoder_outputs = type(encoder_outputs)(**encoder_outputs)
         # Beam search expands each sample into num_beams rows; other modes (and a generation_config argument,
         # whose settings are resolved inside generate) keep transformers' own cache.
         num_beams = generate_kwargs.get("num_beams", self.generation_config.num_beams) or 1
@@ -1330,7 +1332,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     def score_candidates(
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         candidates, tokenizer=None, item_trie: ItemIdTrie | None = None, candidate_batch_size: int = 512,
-        user_embeddings=None, user_neighbors=None,
+        user_embeddings=None, user_neighbors=None, encoder_outputs=None,
     ) -> torch.Tensor:
         """Exact log-likelihood log p(item id + EOS | input) of every candidate: [B, C].
 
@@ -1343,6 +1345,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         The result equals teacher-forcing every candidate on its own (tests/test_constrained_decoding.py).
         About `candidate_batch_size` (sample, candidate) pairs go through each decoder call (at least one sample).
         A user outside the table: `user_embeddings`/`user_neighbors` instead of `user_ids` (`fold_in_users`).
+        `encoder_outputs` with the extended `attention_mask`, both as `encode` returns them, reuse an encoder pass
+        (as `generate` takes them): evaluation encodes a top-n prompt once for the beam and the likelihood ranking.
         """
         batch = input_ids.shape[0]
         if type(candidate_batch_size) is not int or candidate_batch_size < 1:  # bool is an int subclass
@@ -1353,9 +1357,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 raise ValueError("score_candidates needs a tokenizer or an item_trie")
             item_trie = self.item_trie(tokenizer)
         candidates = item_trie.check_candidates(candidates, batch)
-        encoder_outputs, attention_mask = self.encode(
-            input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
-        )
+        if encoder_outputs is None:
+            encoder_outputs, attention_mask = self.encode(
+                input_ids, attention_mask, user_ids, task_ids, whole_word_ids, user_embeddings, user_neighbors
+            )
         hidden = encoder_outputs.last_hidden_state
         rows = item_trie.item_rows(candidates.to(hidden.device))
         samples_per_call = max(1, candidate_batch_size // candidates.shape[1])

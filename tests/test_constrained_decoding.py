@@ -192,6 +192,29 @@ def test_batched_candidate_scores_equal_teacher_forcing(tokenizer, candidate_bat
     torch.testing.assert_close(scores, _reference_scores(model, inputs, candidates, trie), rtol=0, atol=1e-5)
 
 
+def test_one_encoder_pass_serves_both_top_n_rankings(tokenizer):
+    """`encode`'s outputs and extended mask passed to `recommend` and `score_candidates` (as evaluation does) give
+    exactly what each method computes from the prompt inputs itself."""
+    rng = random.Random(5)
+    model = _model(10, 500)
+    trie = model.item_trie(tokenizer)
+    users = [2, 9]
+    candidates = torch.tensor([rng.sample(range(1, 501), 12) for _ in users])
+    sources = [render(EVAL_TEMPLATES["topn"], u, candidates=c) for u, c in zip(users, candidates.tolist())]
+    inputs = _inputs(tokenizer, sources, users, 1)
+    with torch.no_grad():
+        encoded, extended_mask = model.encode(**inputs)
+    shared = {"encoder_outputs": encoded, "item_trie": trie, "candidates": candidates}
+    # recommend first: beam search must leave the shared encoder outputs as they were (transformers expands them)
+    ranked, scores = model.recommend(inputs["input_ids"], extended_mask, top_k=5, num_beams=6, **shared)
+    expected_ranked, expected_scores = model.recommend(**inputs, candidates=candidates, item_trie=trie, top_k=5,
+                                                       num_beams=6)
+    assert torch.equal(ranked, expected_ranked) and torch.equal(scores, expected_scores)
+    assert encoded.last_hidden_state.shape[0] == len(users)
+    assert torch.equal(model.score_candidates(inputs["input_ids"], extended_mask, **shared),
+                       model.score_candidates(**inputs, candidates=candidates, item_trie=trie))
+
+
 @pytest.mark.parametrize("variant", ["default", "eager", "v1.1-like"])
 @pytest.mark.parametrize("candidate_batch_size", [1, 7, 100_000])
 def test_trie_scores_equal_teacher_forcing_edge_cases(tokenizer, variant, candidate_batch_size):

@@ -92,7 +92,7 @@ def users_absent_from_table(model, user_ids: Sequence[int]) -> list[int]:
     if model is None or not getattr(model, "has_collaborative_prompt", False):
         return []
     table = model.user_embeddings.detach().cpu()
-    ids = torch.as_tensor(sorted(set(int(u) for u in user_ids)), dtype=torch.long)
+    ids = torch.as_tensor(sorted({int(u) for u in user_ids}), dtype=torch.long)
     outside = (ids < 1) | (ids >= table.shape[0])
     inside = ids[~outside]
     zero = (table[inside] == 0).all(dim=1)
@@ -168,6 +168,7 @@ def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
     return scores | {"num_users": result["num_users"]}
 
 
+@torch.no_grad()
 def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length,
                progress=None) -> dict[str, list]:
     """Sequential or top-n rankings of `rows`: {"targets", "beam"} (+ "likelihood" for top-n), lists in row order."""
@@ -179,13 +180,21 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
         candidates = None
         if ranks_candidates:
             candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
+        model_inputs = _model_inputs(inputs)
+        # One encoder pass serves both rankings (generate and score_candidates take encode's outputs and its
+        # extended attention mask in place of the prompt inputs).
+        encoder_outputs, extended_mask = model.encode(*model_inputs)
         item_ids, _ = model.recommend(
-            *_model_inputs(inputs), item_trie=item_trie, candidates=candidates, top_k=top_k, num_beams=num_beams
+            model_inputs[0], extended_mask, encoder_outputs=encoder_outputs, item_trie=item_trie,
+            candidates=candidates, top_k=top_k, num_beams=num_beams,
         )
         outputs["beam"].extend(_strip_padding(item_ids))
         if ranks_candidates:
             # Every candidate of the batch's users is scored in a few decoder calls (score_candidates batches them).
-            scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates, item_trie=item_trie)
+            scores = model.score_candidates(
+                model_inputs[0], extended_mask, candidates=candidates, item_trie=item_trie,
+                encoder_outputs=encoder_outputs,
+            )
             outputs["likelihood"].extend(rank_candidates(candidates.numpy(), scores.float().cpu().numpy(), top_k))
     return outputs
 
