@@ -208,10 +208,11 @@ def plot(output: Path) -> Path | None:
     return target
 
 
-def markdown_table(output: Path) -> str:
+def markdown_table(output: Path, reference: str = "pod") -> str:
     """The README table of a curves folder: per row and evaluated step, top-n HR@10 [95% CI], the same with the
-    user table permuted, the paired shuffle drop [CI], the paired difference from POD at the same step (where a
-    `pod.json` evaluated the same users), top-n NDCG@10 and (where measured) sequential HR@10; then the baselines."""
+    user table permuted, the paired shuffle drop [CI], the paired difference from the `reference` row (default
+    POD) at the same step (where `<reference>.json` evaluated the same users), top-n NDCG@10 and (where measured)
+    sequential HR@10; then the baselines."""
 
     def cell(value, interval=None):
         if value is None:
@@ -222,12 +223,14 @@ def markdown_table(output: Path) -> str:
 
     from training.evaluation import bootstrap_interval
 
-    # POD's per-user hits by step: the paired difference PeaPOD - POD on the same users (issue 10's "POD + 0.10").
-    pod_file = output / "pod.json"
+    # The reference's per-user hits by step: the paired difference row - reference on the same users (with POD:
+    # issue 10's "POD + 0.10").
+    pod_file = output / f"{reference}.json"
     pod_hits = {p["step"]: p["topn_hits"] for p in json.loads(pod_file.read_text())["points"]} if (
         pod_file.exists()) else {}
     lines = [("| row | step | users | top-n HR@10 [95% CI] | table permuted [CI] | shuffle drop [paired CI] | "
-             "minus POD [paired CI] | top-n NDCG@10 | sequential HR@10 [CI] |"), "|---|---|---|---|---|---|---|---|---|"]
+             f"minus {'POD' if reference == 'pod' else f'`{reference}`'} [paired CI] | top-n NDCG@10 | sequential HR@10 [CI] |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(output.glob("*.json")):
         if path.name == "baselines.json":
             continue
@@ -276,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep_checkpoints", action="store_true")
     parser.add_argument("--plot_only", action="store_true")
     parser.add_argument("--table", action="store_true", help="Print the folder's markdown table (README) and exit.")
+    parser.add_argument("--reference", default="pod", help="--table: the row (file stem) of the paired difference "
+                        "column (default pod).")
     parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps (an existing row file keeps its other steps' points).")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot_only or args.table:
         if not args.output:
             parser.error("--plot_only and --table need --output")
-        print(markdown_table(Path(args.output)) if args.table else plot(Path(args.output)))
+        print(markdown_table(Path(args.output), args.reference) if args.table else plot(Path(args.output)))
         return
     if not args.prepared_dir:
         parser.error("--prepared_dir is required")
