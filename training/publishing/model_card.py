@@ -16,10 +16,15 @@ from datasets_scripts.templates import EVAL_TEMPLATES, render
 TEMPLATE = "peapod_model_card.md"
 
 BASE_LIMITATIONS = [
-    "Item and user ids are those of the training data: the model cannot recommend items it never saw, and a new "
-    "user (id 0) gets the unknown-user prompt, i.e. no personalisation.",
-    "Top-n evaluation uses 99 negatives per user regenerated with a fixed seed (the P5 negative files are not "
-    "public), so top-n figures are comparable across our runs, not digit for digit with the paper.",
+    (
+        "Item and user ids are those of the training data: the model cannot recommend items it never saw. A new user "
+        "gets a collaborative prompt only by fold-in from their items (`fold_in_users`, for a checkpoint that keeps "
+        "PMF item factors); otherwise the unknown-user row (id 0), i.e. no personalisation."
+    ),
+    (
+        "Top-n evaluation uses 99 negatives per user regenerated with a fixed seed (the P5 negative files are not "
+        "public), so top-n figures are comparable across our runs, not digit for digit with the paper."
+    ),
 ]
 OFFLINE_LIMITATION = (
     "No pretrained T5 weights were available when this model was trained: it started from a random initialisation "
