@@ -253,6 +253,21 @@ def test_build_model_keeps_the_prepared_pmf_item_factors(synthetic_prepared):
     assert vectors.shape == (1, 8) and neighbors.shape == (1, 3)
 
 
+def test_build_model_keeps_no_item_factors_from_a_table_pmf_did_not_make(synthetic_prepared):
+    """Fold-in solves PMF's objective: item factors of a BPR-made table (or one of unknown origin) are not kept."""
+    from datasets_scripts.prepared import load_prepared
+    from training.arguments import ModelArguments
+    from training.factory import build_model
+
+    prepared = load_prepared(synthetic_prepared, load_dataset=False)
+    assert prepared.item_embeddings is not None
+    prepared.config["neighbor_diagnostic"]["chosen"] = "bpr"
+    model = build_model(ModelArguments(base_model="random:tiny"), prepared)
+    assert not model.has_item_factors and model.config.fold_in_regularization is None
+    with pytest.raises(PeaPODInputError, match="no CF item factors"):
+        model.fold_in_users([prepared.histories[1][:-2]])
+
+
 def _python_without_the_package() -> tuple[list[str], dict]:
     """A Python command and environment in which this package cannot be imported but its dependencies can.
 
