@@ -17,9 +17,11 @@ from transformers import AutoConfig, T5Config
 # into choices); the tuples are their values, for checks and messages.
 PromptEncoder = Literal["mha", "mlp", "none"]
 UserEmbeddingNorm = Literal["none", "l2", "layernorm"]
+CollaborativePromptNorm = Literal["none", "rms"]
 LossReduction = Literal["sequence", "token"]
 PROMPT_ENCODERS: tuple[str, ...] = get_args(PromptEncoder)
 USER_EMBEDDING_NORMS: tuple[str, ...] = get_args(UserEmbeddingNorm)
+COLLABORATIVE_PROMPT_NORMS: tuple[str, ...] = get_args(CollaborativePromptNorm)
 LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
 
 
@@ -157,6 +159,14 @@ class PeaPODConfig(T5Config):
         sqrt(d_u) (unit root-mean-square, the scale the fan-in initialised projections expect), so attention
         depends on direction only. `"layernorm"`: a learned `nn.LayerNorm(d_u)` shared by u and its neighbours.
         Measured on the synthetic data: `"layernorm"` gave no gain at 300 steps (README, "Model learning").
+    collaborative_prompt_norm (`str`, defaults to `"none"`):
+        How the collaborative prompt p (the output of eq. (6)/(9)) is scaled before it joins the token embeddings.
+        `"none"`: as the projections give it (the paper). It starts ~15x smaller than the token embeddings
+        (fan-in initialised projections of a PMF row of norm ~3) and, trained, grows without bound (mean norm
+        886 after 900 steps and 1,506 after 1,800 on the planted data, against tokens' ~10): every step of Adam
+        then turns its direction less. `"rms"`: each of the L_p vectors is RMS-normalised with a learned gain
+        (T5's own `T5LayerNorm`, initialised to 1), so it starts and stays at the token embeddings' scale (norm
+        sqrt(d_m)). Measured: README, "Results".
     loss_reduction (`str`, defaults to `"sequence"`):
         `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
         all target tokens of the batch (transformers' default for T5).
@@ -190,6 +200,7 @@ class PeaPODConfig(T5Config):
     num_neighbors: int = 20
     prompt_encoder: PromptEncoder = "mha"
     user_embedding_norm: UserEmbeddingNorm = "none"
+    collaborative_prompt_norm: CollaborativePromptNorm = "none"
     prompt_encoder_heads: int = 4
     collaborative_prompt_length: int = 3
     add_user_prompt_to_tokens: bool = False
@@ -214,6 +225,11 @@ class PeaPODConfig(T5Config):
         if self.user_embedding_norm not in USER_EMBEDDING_NORMS:
             raise ValueError(
                 f"user_embedding_norm={self.user_embedding_norm!r} is not one of {USER_EMBEDDING_NORMS}"
+            )
+        if self.collaborative_prompt_norm not in COLLABORATIVE_PROMPT_NORMS:
+            raise ValueError(
+                f"collaborative_prompt_norm={self.collaborative_prompt_norm!r} is not one of "
+                f"{COLLABORATIVE_PROMPT_NORMS}"
             )
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
@@ -307,7 +323,7 @@ class PeaPODConfig(T5Config):
 
 
 __all__ = [
-    "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
-    "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptEncoder", "TaskSpec", "UserEmbeddingNorm",
+    "COLLABORATIVE_PROMPT_NORMS", "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
+    "CollaborativePromptNorm", "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptEncoder", "TaskSpec", "UserEmbeddingNorm",
     "check_task_order", "task_spec",
 ]

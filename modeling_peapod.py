@@ -32,6 +32,7 @@ from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 from transformers.utils import logging
 
 try:  # as remote code, beside config.json in a Hub repo (transformers copies both files into one package)
@@ -299,7 +300,9 @@ class CollaborativePromptEncoder(nn.Module):
     The per-head projections W_h^{Q,K,V} of eq. (7) are stacked into one d_m x d_m map each (as in
     `nn.MultiheadAttention`); with H = 1 this is eq. (5) with its sqrt(d_m) scale.
     `mlp`: the paper's "0 heads" ablation, no neighbours: z = Q = W_Q u + b_Q (eq. 1), p = W_I z + b_I (eq. 6).
-    `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`).
+    `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`);
+    `config.collaborative_prompt_norm="rms"` RMS-normalises each of the L_p output vectors (a learned gain; not in
+    the paper), which keeps p at the token embeddings' scale.
     """
 
     def __init__(self, config):
@@ -320,6 +323,8 @@ class CollaborativePromptEncoder(nn.Module):
             self.head_key = nn.Linear(d_model, d_model, bias=False)  # W_h^K
             self.head_value = nn.Linear(d_model, d_model, bias=False)  # W_h^V
         self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eq. (6) mlp, eq. (9) mha
+        if config.collaborative_prompt_norm == "rms":
+            self.prompt_norm = T5LayerNorm(d_model, eps=config.layer_norm_epsilon)
 
     def forward(
         self, user_embedding: torch.Tensor, neighbor_embeddings: torch.Tensor | None = None,
@@ -346,6 +351,8 @@ class CollaborativePromptEncoder(nn.Module):
             summary = (attention @ values).reshape(batch, self.d_model)  # z_mha [B, d_m]: heads concatenated, eq. (8)
             attention = attention.squeeze(2)  # [B, H, n]
         prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)  # p [B, L_p, d_m], eq. (6)/(9)
+        if hasattr(self, "prompt_norm"):  # collaborative_prompt_norm="rms": each vector to RMS 1, times its gain
+            prompt = self.prompt_norm(prompt)
         return prompt, (attention if output_attentions else None)
 
     def normalize_user_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -765,6 +772,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             if self.config.user_embedding_norm == "layernorm":
                 init.ones_(self.prompt_encoder.user_norm.weight)
                 init.zeros_(self.prompt_encoder.user_norm.bias)
+            if self.config.collaborative_prompt_norm == "rms":
+                init.ones_(self.prompt_encoder.prompt_norm.weight)
         # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
         if self.config.use_task_prompts:
             init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)

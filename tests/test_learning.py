@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from configuration_peapod import PeaPODConfig
+from configuration_peapod import PeaPODConfig, PeaPODInputError
 from modeling_peapod import PeaPODForConditionalGeneration
 from training.diagnostics import (
     attention_health,
@@ -80,6 +80,55 @@ def test_layernorm_user_norm_saves_and_reloads(tmp_path):
     assert reloaded.config.user_embedding_norm == "layernorm"
     users = torch.arange(1, NUM_USERS + 1)
     torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
+
+
+# -- collaborative_prompt_norm ----------------------------------------------------------------------------
+
+
+def test_collaborative_prompt_norm_defaults_to_the_paper_and_rejects_unknown_values():
+    assert PeaPODConfig().collaborative_prompt_norm == "none"
+    with pytest.raises(ValueError, match="collaborative_prompt_norm"):
+        PeaPODConfig(collaborative_prompt_norm="l2")
+
+
+@pytest.mark.parametrize("prompt_encoder", ["mha", "mlp"])
+def test_rms_prompt_starts_at_the_token_scale_whatever_the_table_scale(prompt_encoder):
+    """"rms": every prompt vector has norm sqrt(d_m) x its gain (1 at init), like T5's N(0, 1) token embeddings,
+    for the table as is and scaled by 100; under "none" the prompt's norm follows the table's."""
+    users = torch.arange(1, NUM_USERS + 1)
+    model = tiny_model(prompt_encoder=prompt_encoder, collaborative_prompt_norm="rms")
+    d_model = model.config.d_model
+    for scale in (1.0, 100.0):
+        with user_table_swapped(model, model.user_embeddings * scale, model.user_neighbors):
+            prompt = model.collaborative_prompt(users)[0]
+        torch.testing.assert_close(prompt.norm(dim=-1), torch.full(prompt.shape[:2], math.sqrt(d_model)))
+    paper = tiny_model(prompt_encoder=prompt_encoder)
+    before = paper.collaborative_prompt(users)[0].norm(dim=-1).mean()
+    with user_table_swapped(paper, paper.user_embeddings * 100.0, paper.user_neighbors):
+        after = paper.collaborative_prompt(users)[0].norm(dim=-1).mean()
+    assert after > 10 * before
+
+
+def test_rms_prompt_gain_trains_saves_and_reloads(tmp_path):
+    model = tiny_model(collaborative_prompt_norm="rms")
+    assert model.prompt_encoder.prompt_norm.weight in set(model.parameters())
+    with torch.no_grad():
+        model.prompt_encoder.prompt_norm.weight.fill_(3.0)
+    model.save_pretrained(tmp_path)
+    reloaded = PeaPODForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.collaborative_prompt_norm == "rms"
+    users = torch.arange(1, NUM_USERS + 1)
+    torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
+    norms = reloaded.collaborative_prompt(users)[0].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 3.0 * math.sqrt(model.config.d_model)))
+
+
+def test_peapod_train_flag_sets_collaborative_prompt_norm():
+    from training.arguments import DataArguments, ModelArguments, check_arguments
+
+    assert ModelArguments(collaborative_prompt_norm="rms").config_fields()["collaborative_prompt_norm"] == "rms"
+    with pytest.raises(PeaPODInputError, match="--collaborative_prompt_norm 'layer'"):
+        check_arguments(ModelArguments(collaborative_prompt_norm="layer"), DataArguments(), None)
 
 
 # -- prompt learning-rate multiplier ----------------------------------------------------------------------

@@ -16,11 +16,13 @@ from pathlib import Path
 from transformers import Seq2SeqTrainingArguments
 
 from configuration_peapod import (
+    COLLABORATIVE_PROMPT_NORMS,
     DEFAULT_TASKS,
     LOSS_REDUCTIONS,
     NAMED_SHAPES,
     PROMPT_ENCODERS,
     USER_EMBEDDING_NORMS,
+    CollaborativePromptNorm,
     LossReduction,
     PeaPODConfig,
     PeaPODInputError,
@@ -69,6 +71,10 @@ class ModelArguments:
     user_embedding_norm: UserEmbeddingNorm = field(
         default=_config_default("user_embedding_norm"),
         metadata={"help": "none (paper) | l2 | layernorm: normalise u and s_i before the projections."},
+    )
+    collaborative_prompt_norm: CollaborativePromptNorm = field(
+        default=_config_default("collaborative_prompt_norm"),
+        metadata={"help": "none (paper) | rms: RMS-normalise each collaborative prompt vector (learned gain)."},
     )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
@@ -180,7 +186,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
             + ", ".join(NAMED_SHAPES)
         )
     choice_fields = {"prompt_encoder": PROMPT_ENCODERS, "user_embedding_norm": USER_EMBEDDING_NORMS,
-                     "loss_reduction": LOSS_REDUCTIONS}  # the parser checks the flags; this, Python callers
+                     "collaborative_prompt_norm": COLLABORATIVE_PROMPT_NORMS, "loss_reduction": LOSS_REDUCTIONS}  # the parser checks the flags; this, Python callers
     for name, choices in choice_fields.items():
         if getattr(model_args, name) not in choices:
             raise PeaPODInputError(f"--{name} {getattr(model_args, name)!r}: expected one of {choices}")
