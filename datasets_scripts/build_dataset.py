@@ -77,6 +77,13 @@ def _pick(rng: np.random.Generator, templates):
     return templates[int(rng.integers(len(templates)))]
 
 
+def topn_candidates(rng: np.random.Generator, target: int, excluded: set[int], num_items: int) -> list[int]:
+    """A top-n training sample's 100 candidates: `target` and 99 negatives drawn uniformly from the items outside
+    `excluded` (the user's full history), shuffled. `peapod-train --topn_negatives fresh` draws with it too."""
+    candidates = np.array([target, *sample_negatives(rng, excluded, num_items, NUM_NEGATIVES)])
+    return rng.permutation(candidates).tolist()
+
+
 def build_samples(
     histories: dict[int, list[int]],
     num_items: int,
@@ -113,8 +120,7 @@ def build_samples(
     for user in users:
         seen = set(histories[user])
         for item in split.train[user]:
-            candidates = np.array([item, *sample_negatives(negative_rng, seen, num_items, NUM_NEGATIVES)])
-            candidates = negative_rng.permutation(candidates).tolist()
+            candidates = topn_candidates(negative_rng, item, seen, num_items)
             source = render(_pick(rng, TRAIN_TEMPLATES["topn"]), user, candidates=candidates)
             _append(train, "topn", user, item, source, str(item), candidates)
     out["topn_train"] = train

@@ -53,6 +53,7 @@ from training.diagnostics import PromptDiagnosticsCallback
 from training.evaluation.api import EvaluateArguments, EvaluationResult, evaluate
 from training.evaluation.runner import evaluate_checkpoint
 from training.factory import build_model
+from training.fresh_negatives import FreshTopnNegatives
 from training.progress import ProgressLineCallback
 from training.publishing.hub import push_folder_to_hub
 from training.publishing.model_card import TrainingSummary, write_model_card
@@ -172,7 +173,8 @@ def training_summary(model_args: ModelArguments, data_args: DataArguments, train
         base_shape=model_args.base_model.removeprefix("random:"),
         optimisation=f"AdamW lr {training_args.learning_rate}, batch {training_args.per_device_train_batch_size} "
                      f"per device, {training_args.num_train_epochs} epochs (max_steps {training_args.max_steps})"
-                     + (f", time-boxed to {data_args.max_train_seconds:g} s" if data_args.max_train_seconds else ""),
+                     + (f", time-boxed to {data_args.max_train_seconds:g} s" if data_args.max_train_seconds else "")
+                     + (", fresh top-n negatives every epoch" if data_args.topn_negatives == "fresh" else ""),
         seed=training_args.seed, hardware=hardware_description(), repo_id=training_args.hub_model_id or
         "path/to/this-folder",
     )
@@ -209,6 +211,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: P
                            checkpoint=training_args.resume_from_checkpoint)
     check_task_order_matches(model.config, prepared, data_args.tasks)
     train_dataset, eval_sets, tasks = training_splits(prepared, data_args, training_args.seed)
+    if data_args.topn_negatives == "fresh" and "topn" in tasks:  # validation/test keep the protocol's fixed candidates
+        data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train_dataset = FreshTopnNegatives(train_dataset, prepared.histories, prepared.num_items, tokenizer,
+                                           seed=data_seed, topn_task_id=model.config.tasks.index("topn"))
 
     ranking_metrics_fn = None
     if data_args.ranking_eval_users:

@@ -33,6 +33,7 @@ from datasets_scripts.tokenizer_loading import (
     check_folder_or_hub_name,
     check_tokenizer_name,
 )
+from training.fresh_negatives import TOPN_NEGATIVES, TopnNegatives
 from training.trainer import check_time_budget
 
 # The paper's §5.4 value, and what our from-scratch runs use: transformers' default 5e-5 leaves a randomly
@@ -137,6 +138,11 @@ class DataArguments:
     group_by_length: bool = field(
         default=False, metadata={"help": "Batch similar input lengths together within a task (less padding)."}
     )
+    topn_negatives: TopnNegatives = field(
+        default="fixed",
+        metadata={"help": "fixed (the paper): the top-n training prompts as prepared | fresh: draw their 99 negatives "
+                  "again every epoch (seeded; validation/test keep their fixed candidates)."},
+    )
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Time box: stop training after this many seconds, then save as usual."}
     )
@@ -200,6 +206,12 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise PeaPODInputError(f"--num_neighbors must be >= 1, got {model_args.num_neighbors}")
     if not 0 <= model_args.dropout_rate < 1:
         raise PeaPODInputError(f"--dropout_rate must be in [0, 1), got {model_args.dropout_rate}")
+    if data_args.topn_negatives not in TOPN_NEGATIVES:
+        raise PeaPODInputError(f"--topn_negatives {data_args.topn_negatives!r}: expected one of {TOPN_NEGATIVES}")
+    if (data_args.topn_negatives == "fresh" and training_args.dataloader_persistent_workers
+            and training_args.dataloader_num_workers > 0):
+        raise PeaPODInputError("--topn_negatives fresh needs --dataloader_persistent_workers False: persistent "
+                               "workers keep the first epoch's negatives")
     unknown_tasks = [task for task in data_args.tasks if task not in DEFAULT_TASKS]
     if unknown_tasks or not data_args.tasks:
         raise PeaPODInputError(f"--tasks {data_args.tasks}: expected a non-empty subset of {list(DEFAULT_TASKS)}")

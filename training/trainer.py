@@ -38,6 +38,7 @@ from configuration_peapod import DEFAULT_TASKS
 from datasets_scripts.files import give_default_permissions
 
 from .collator import INPUT_COLUMNS
+from .fresh_negatives import FreshTopnNegatives
 from .publishing.model_card import TrainingSummary, write_model_card
 from .sampler import TaskAlternatingBatchSampler
 
@@ -119,14 +120,16 @@ class PeaPODTrainer(Seq2SeqTrainer):
         if self.train_dataset is None:
             raise ValueError("PeaPODTrainer: training requires a train_dataset.")
         dataset = self.train_dataset
+        # Fresh top-n negatives keep each row's task; the prepared prompts' lengths stand for theirs (a few tokens off).
+        rows = dataset.dataset if isinstance(dataset, FreshTopnNegatives) else dataset
         sampler = TaskAlternatingBatchSampler(
-            self._task_column(dataset, "train_dataset"),
+            self._task_column(rows, "train_dataset"),
             batch_size=self._train_batch_size,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             num_replicas=max(1, self.args.world_size),
             rank=self.args.process_index,
             drop_last=self.args.dataloader_drop_last,
-            lengths=self._input_lengths(dataset) if self.group_by_length else None,
+            lengths=self._input_lengths(rows) if self.group_by_length else None,
         )
         data_collator = self.data_collator
         if isinstance(dataset, datasets.Dataset):
@@ -333,7 +336,8 @@ class TimeBudgetCallback(TrainerCallback):
 
 
 class _SamplerEpochCallback(TrainerCallback):
-    """Sets the task-alternating sampler's epoch at every epoch start, resumed epochs included.
+    """Sets the task-alternating sampler's epoch (and fresh top-n negatives') at every epoch start, resumed epochs
+    included.
 
     `TrainerState.epoch` is the float epoch reached so far (e.g. 1.5 halfway through epoch 1 after a resume),
     so its integer part is the epoch about to run.
@@ -346,3 +350,5 @@ class _SamplerEpochCallback(TrainerCallback):
         sampler = self.trainer._task_batch_sampler
         if sampler is not None:
             sampler.set_epoch(int(state.epoch or 0))
+        if isinstance(self.trainer.train_dataset, FreshTopnNegatives):  # before the epoch's loader workers start
+            self.trainer.train_dataset.set_epoch(int(state.epoch or 0))
