@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TOKENIZER_DIR
 from datasets import Dataset, DatasetDict, concatenate_datasets
+from test_cli import StepClock, assert_same_weights, saved_weights
 
 from datasets_scripts import load_prepared
 from datasets_scripts.build_dataset import (
@@ -181,6 +182,23 @@ def test_peapod_train_draws_fresh_negatives_each_epoch(synthetic_prepared, tmp_p
     assert all(by_epoch[0][index] != by_epoch[1][index] for index in by_epoch[0])
     card = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
     assert "fresh top-n negatives every epoch" in card
+
+
+def test_resumed_run_draws_the_same_negatives(synthetic_prepared, tmp_path, monkeypatch):
+    """Stopped at step 5 (inside epoch 1: 4 steps per epoch) and resumed, a run ends with the uninterrupted run's
+    weights bit for bit: the resumed epoch's top-n prompts carry that epoch's negatives."""
+    steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "5", "--dropout_rate", "0"]
+    reference = tmp_path / "reference"
+    cli.train(train_arguments(synthetic_prepared, reference, *steps))
+    stopped = tmp_path / "stopped"
+    monkeypatch.setattr("training.trainer.time", StepClock())
+    metrics = cli.train(train_arguments(synthetic_prepared, stopped, *steps, "--max_train_seconds", "4.5"))
+    monkeypatch.undo()
+    assert metrics["time_budget_stopped_at_step"] == 5
+    resumed = cli.train(train_arguments(synthetic_prepared, stopped, *steps, "--resume_from_checkpoint",
+                                        str(stopped / "checkpoint-5")))
+    assert resumed["global_step"] == 8
+    assert_same_weights(saved_weights(stopped), saved_weights(reference))
 
 
 def train_arguments(prepared, output_dir, *extra):
