@@ -2,6 +2,7 @@
 again every epoch, assembled from cached word pieces. They must equal the tokenizer's output, follow the prepare
 rule, be a function of (seed, epoch, row), and train through `peapod-train`."""
 
+import argparse
 import json
 import os
 import re
@@ -233,3 +234,18 @@ def test_bad_values_exit_2_with_one_line(synthetic_prepared, tmp_path, extra, me
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("peapod-train: error: ") and message in lines[0], done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_curves_rows_pass_the_flag_to_peapod_train(synthetic_prepared, tmp_path, monkeypatch):
+    """`experiments/curves.py --rows "mha+...+topn_negatives=fresh"` (the command that measures the option)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import curves
+
+    passed = []
+    monkeypatch.setattr(curves.cli, "train", passed.append)
+    args = argparse.Namespace(prepared_dir=str(synthetic_prepared), shape="tiny", tokenizer=str(TOKENIZER_DIR),
+                              tasks=["sequential", "topn"], max_steps=900, batch_size=32, learning_rate=5e-3,
+                              warmup_steps=15, eval_every=300, seed=0)
+    curves.train_row(args, "mha+dropout_rate=0.0+topn_negatives=fresh", tmp_path / "run")
+    _, data_args, _ = cli.parse_arguments(passed[0])
+    assert data_args.topn_negatives == "fresh"
