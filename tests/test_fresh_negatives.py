@@ -202,6 +202,15 @@ def test_resumed_run_draws_the_same_negatives(synthetic_prepared, tmp_path, monk
     assert_same_weights(saved_weights(stopped), saved_weights(reference))
 
 
+def test_loader_workers_see_each_epoch(synthetic_prepared, tmp_path):
+    """With a loader worker (not persistent: started anew each epoch, after the epoch is set) a run over two epochs
+    ends with the weights of the run that builds its batches in the main process."""
+    steps = ["--max_steps", "8", "--dropout_rate", "0"]
+    cli.train(train_arguments(synthetic_prepared, tmp_path / "main", *steps))
+    cli.train(train_arguments(synthetic_prepared, tmp_path / "worker", *steps, "--dataloader_num_workers", "1"))
+    assert_same_weights(saved_weights(tmp_path / "worker"), saved_weights(tmp_path / "main"))
+
+
 def train_arguments(prepared, output_dir, *extra):
     return ["--prepared_dir", str(prepared), "--output_dir", str(output_dir), "--base_model", "random:tiny",
             "--tokenizer", str(TOKENIZER_DIR), "--tasks", "sequential", "topn", "--max_steps", "4",
