@@ -28,9 +28,9 @@ LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
 # Shapes for offline work, where no pretrained T5 weights exist: the model is randomly initialised with one of
 # these and the genuine T5 vocabulary. "t5-small" is t5-small's exact shape; the others are CPU-sized.
 NAMED_SHAPES: dict[str, dict[str, int]] = {
-    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
-    "mini": dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4),
-    "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    "t5-small": {"d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8},
+    "mini": {"d_model": 256, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_heads": 4},
+    "tiny": {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4},
 }
 
 

@@ -52,15 +52,16 @@ REAL_DATA = {
 _MODEL, _DATA, _PREPARE = ModelArguments(), DataArguments(), PrepareArguments(output_dir="")
 # A row's keys. The model and data ones default to the API's dataclasses (whose model defaults are PeaPODConfig's),
 # so a default is declared once; the rest are this script's own (its budget and protocol).
-DEFAULTS = dict(
-    dataset="synthetic", synthetic_variant=_PREPARE.synthetic_variant, reindex_items=_PREPARE.reindex_items,
-    max_users=_PREPARE.max_users, shape="tiny", prompt_encoder=_MODEL.prompt_encoder,
-    prompt_encoder_heads=_MODEL.prompt_encoder_heads, use_task_prompts=_MODEL.use_task_prompts,
-    num_neighbors=_PREPARE.num_neighbors, embedding_dim=_PREPARE.embedding_dim, max_steps=300, batch_size=32,
-    learning_rate=DEFAULT_LEARNING_RATE, eval_users=100, num_beams=20, seeds=[0, 1, 2], tasks=None,
-    max_source_length=_DATA.max_source_length, data_seed=_PREPARE.seed, max_train_seconds=None,
-    lr_scheduler_type="linear", warmup_steps=None,
-)
+DEFAULTS = {
+    "dataset": "synthetic", "synthetic_variant": _PREPARE.synthetic_variant, "reindex_items": _PREPARE.reindex_items,
+    "max_users": _PREPARE.max_users, "shape": "tiny", "prompt_encoder": _MODEL.prompt_encoder,
+    "prompt_encoder_heads": _MODEL.prompt_encoder_heads, "use_task_prompts": _MODEL.use_task_prompts,
+    "num_neighbors": _PREPARE.num_neighbors, "embedding_dim": _PREPARE.embedding_dim, "max_steps": 300,
+    "batch_size": 32, "learning_rate": DEFAULT_LEARNING_RATE, "eval_users": 100, "num_beams": 20, "seeds": [0, 1, 2],
+    "tasks": None,
+    "max_source_length": _DATA.max_source_length, "data_seed": _PREPARE.seed, "max_train_seconds": None,
+    "lr_scheduler_type": "linear", "warmup_steps": None,
+}
 BASELINES = ("popularity", "pmf")  # the default set; --baselines names any of training.evaluation.BASELINES
 
 

@@ -98,12 +98,13 @@ class RecordingCollator(PeaPODDataCollator):
 
 def training_arguments(output_dir, **overrides) -> Seq2SeqTrainingArguments:
     """Deterministic CPU arguments for tiny runs; `remove_unused_columns=False` keeps `row_index` visible."""
-    defaults = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=2, per_device_eval_batch_size=4, num_train_epochs=2,
-        learning_rate=3e-3, seed=0, full_determinism=True, use_cpu=True, report_to="none", logging_steps=1,
-        save_strategy="no", eval_strategy="no", remove_unused_columns=False, disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    defaults = {
+        "output_dir": str(output_dir), "per_device_train_batch_size": 2, "per_device_eval_batch_size": 4,
+        "num_train_epochs": 2, "learning_rate": 3e-3, "seed": 0, "full_determinism": True, "use_cpu": True,
+        "report_to": "none", "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no",
+        "remove_unused_columns": False, "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
     return Seq2SeqTrainingArguments(**{**defaults, **overrides})
 
 
@@ -142,7 +143,7 @@ def run_training(output_dir, epochs=2, save_steps=0, hang_after_step=None, resum
 
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
     collator = RecordingCollator(tokenizer)
-    saving = dict(save_strategy="steps", save_steps=save_steps) if save_steps else {}
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {}
     training_args = training_arguments(output_dir, num_train_epochs=epochs, **saving)
     recorder = _EpochRecorder(collator, hang_after_step)
     model, train_set = tiny_model(), tiny_dataset(tokenizer)

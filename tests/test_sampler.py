@@ -129,11 +129,11 @@ def test_per_task_batch_counts_are_logged(caplog):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(task_of_sample=[], batch_size=2), "non-empty"),
-        (dict(task_of_sample=[0, 1], batch_size=0), "batch_size"),
-        (dict(task_of_sample=[0.5, 1.0], batch_size=2), "integer"),
-        (dict(task_of_sample=[0, 1], batch_size=2, num_replicas=2, rank=2), "rank"),
-        (dict(task_of_sample=[0, 0, 0, 1], batch_size=2, num_replicas=2), "task 1 has 1 training samples"),
+        ({"task_of_sample": [], "batch_size": 2}, "non-empty"),
+        ({"task_of_sample": [0, 1], "batch_size": 0}, "batch_size"),
+        ({"task_of_sample": [0.5, 1.0], "batch_size": 2}, "integer"),
+        ({"task_of_sample": [0, 1], "batch_size": 2, "num_replicas": 2, "rank": 2}, "rank"),
+        ({"task_of_sample": [0, 0, 0, 1], "batch_size": 2, "num_replicas": 2}, "task 1 has 1 training samples"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):

@@ -268,7 +268,7 @@ def show_user(model, tokenizer, prepared, user: int) -> dict:
         return batch
 
     source = render(EVAL_TEMPLATES["sequential"], user, history=history)
-    items, scores = model.recommend(**encode(source, "sequential"), tokenizer=tokenizer, top_k=10, num_beams=20)
+    items, _scores = model.recommend(**encode(source, "sequential"), tokenizer=tokenizer, top_k=10, num_beams=20)
     print(f"  prompt: {source}")
     print(f"  top-10: {items[0].tolist()}  (held-out next item: {prepared.histories[user][-1]})")
     shown = {"prompt": source, "top10": items[0].tolist(), "target": prepared.histories[user][-1]}
