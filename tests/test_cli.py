@@ -51,6 +51,22 @@ def assert_same_weights(first: dict, second: dict):
         assert torch.equal(tensor, second[name]), name
 
 
+def stopped_and_resumed(tmp_path, monkeypatch, arguments, steps, stop_at_step):
+    """Train `steps` once uninterrupted (tmp_path/reference) and once stopped by its time box at the end of step
+    `stop_at_step` (`StepClock`), then resumed into the same folder (tmp_path/stopped) from that checkpoint;
+    `arguments(output_dir, *extra)` builds the command. Returns the resumed run's metrics and the two folders."""
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    cli.train(arguments(reference, *steps))
+    monkeypatch.setattr("training.trainer.time", StepClock())
+    metrics = cli.train(arguments(stopped, *steps, "--max_train_seconds", str(stop_at_step - 0.5)))
+    monkeypatch.undo()
+    assert metrics["time_budget_stopped_at_step"] == stop_at_step
+    assert max(int(path.name.split("-")[1]) for path in stopped.glob("checkpoint-*")) == stop_at_step
+    resumed = cli.train(arguments(stopped, *steps, "--resume_from_checkpoint",
+                                  str(stopped / f"checkpoint-{stop_at_step}")))
+    return resumed, reference, stopped
+
+
 def train_arguments(prepared, output_dir, *extra):
     return ["--prepared_dir", str(prepared), "--output_dir", str(output_dir), "--base_model", "random:tiny",
             "--tokenizer", str(TOKENIZER_DIR), "--max_steps", "2", "--per_device_train_batch_size", "4",
@@ -179,18 +195,10 @@ class _RecordingApi:
 
 def test_resume_from_checkpoint_through_peapod_train_matches_the_uninterrupted_run(prepared, tmp_path, monkeypatch):
     # 3 tasks x 8 samples in batches of 4: 6 steps per epoch; 8 steps cross into epoch 1; a checkpoint every 4.
-    steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4"]
-    reference = tmp_path / "reference"
-    cli.train(train_arguments(prepared, reference, *steps))
     # The interrupted run: the same command, stopped by its time box at the end of step 4 (checkpoint-4 written).
-    stopped = tmp_path / "stopped"
-    monkeypatch.setattr("training.trainer.time", StepClock())
-    metrics = cli.train(train_arguments(prepared, stopped, *steps, "--max_train_seconds", "3.5"))
-    monkeypatch.undo()
-    assert metrics["time_budget_stopped_at_step"] == 4 and not (stopped / "checkpoint-8").exists()
-    # Resumed into the same folder from its checkpoint.
-    resumed = cli.train(train_arguments(prepared, stopped, *steps, "--resume_from_checkpoint",
-                                       str(stopped / "checkpoint-4")))
+    steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4"]
+    resumed, reference, stopped = stopped_and_resumed(
+        tmp_path, monkeypatch, lambda output, *extra: train_arguments(prepared, output, *extra), steps, 4)
     assert resumed["global_step"] == 8
     assert_same_weights(saved_weights(stopped), saved_weights(reference))  # dropout on: its RNG state came back too
     assert_same_weights(saved_weights(stopped / "checkpoint-8"), saved_weights(reference / "checkpoint-8"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TOKENIZER_DIR
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from test_cli import StepClock, assert_same_weights, saved_weights
+from test_cli import assert_same_weights, saved_weights, stopped_and_resumed
 
 from datasets_scripts import load_prepared
 from datasets_scripts.build_dataset import (
@@ -189,15 +189,8 @@ def test_resumed_run_draws_the_same_negatives(synthetic_prepared, tmp_path, monk
     """Stopped at step 5 (inside epoch 1: 4 steps per epoch) and resumed, a run ends with the uninterrupted run's
     weights bit for bit: the resumed epoch's top-n prompts carry that epoch's negatives."""
     steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "5", "--dropout_rate", "0"]
-    reference = tmp_path / "reference"
-    cli.train(train_arguments(synthetic_prepared, reference, *steps))
-    stopped = tmp_path / "stopped"
-    monkeypatch.setattr("training.trainer.time", StepClock())
-    metrics = cli.train(train_arguments(synthetic_prepared, stopped, *steps, "--max_train_seconds", "4.5"))
-    monkeypatch.undo()
-    assert metrics["time_budget_stopped_at_step"] == 5
-    resumed = cli.train(train_arguments(synthetic_prepared, stopped, *steps, "--resume_from_checkpoint",
-                                        str(stopped / "checkpoint-5")))
+    resumed, reference, stopped = stopped_and_resumed(
+        tmp_path, monkeypatch, lambda output, *extra: train_arguments(synthetic_prepared, output, *extra), steps, 5)
     assert resumed["global_step"] == 8
     assert_same_weights(saved_weights(stopped), saved_weights(reference))
 

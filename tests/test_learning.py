@@ -71,13 +71,17 @@ def test_l2_rows_have_unit_rms_and_the_unknown_user_stays_zero():
     assert torch.equal(normalised[0], torch.zeros(D_USER))
 
 
-def test_layernorm_user_norm_saves_and_reloads(tmp_path):
-    model = tiny_model(user_embedding_norm="layernorm")
+@pytest.mark.parametrize("field, value, norm", [("user_embedding_norm", "layernorm", "user_norm"),
+                                                ("collaborative_prompt_norm", "rms", "prompt_norm")])
+def test_learned_norm_weights_train_save_and_reload(tmp_path, field, value, norm):
+    model = tiny_model(**{field: value})
+    weight = getattr(model.prompt_encoder, norm).weight
+    assert weight in set(model.parameters())
     with torch.no_grad():
-        model.prompt_encoder.user_norm.weight.fill_(2.0)
+        weight.fill_(2.0)
     model.save_pretrained(tmp_path)
     reloaded = PeaPODForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert reloaded.config.user_embedding_norm == "layernorm"
+    assert getattr(reloaded.config, field) == value
     users = torch.arange(1, NUM_USERS + 1)
     torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
 
@@ -109,17 +113,11 @@ def test_rms_prompt_starts_at_the_token_scale_whatever_the_table_scale(prompt_en
     assert after > 10 * before
 
 
-def test_rms_prompt_gain_trains_saves_and_reloads(tmp_path):
+def test_rms_prompt_norm_is_its_gain_times_sqrt_d_model():
     model = tiny_model(collaborative_prompt_norm="rms")
-    assert model.prompt_encoder.prompt_norm.weight in set(model.parameters())
     with torch.no_grad():
         model.prompt_encoder.prompt_norm.weight.fill_(3.0)
-    model.save_pretrained(tmp_path)
-    reloaded = PeaPODForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert reloaded.config.collaborative_prompt_norm == "rms"
-    users = torch.arange(1, NUM_USERS + 1)
-    torch.testing.assert_close(reloaded.collaborative_prompt(users)[0], model.collaborative_prompt(users)[0])
-    norms = reloaded.collaborative_prompt(users)[0].norm(dim=-1)
+    norms = model.collaborative_prompt(torch.arange(1, NUM_USERS + 1))[0].norm(dim=-1)
     torch.testing.assert_close(norms, torch.full_like(norms, 3.0 * math.sqrt(model.config.d_model)))
 
 

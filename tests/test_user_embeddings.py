@@ -160,7 +160,7 @@ def _exact_integer_neighbors(matrix: torch.Tensor, n: int) -> torch.Tensor:
     squared_norms = [sum(x * x for x in row) for row in rows_int]
     table = [[0] * n]
     for user in range(1, len(rows_int)):
-        def key(other):
+        def key(other, user=user):
             dot = sum(a * b for a, b in zip(rows_int[user], rows_int[other]))
             denominator = squared_norms[user] * squared_norms[other]
             cosine_key = Fraction(dot * abs(dot), denominator) if denominator else Fraction(0)
