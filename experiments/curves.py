@@ -4,6 +4,7 @@
     python experiments/curves.py --prepared_dir prepared/syn --rows "mha+user_embedding_norm=none" --name mha-paper
     python experiments/curves.py --output experiments/results/curves-syn --plot_only     # redraw from the JSONs
     python experiments/curves.py --output experiments/results/curves-syn --table         # README's markdown table
+    python experiments/curves.py --output OUT --name whole --join run.json continued.json:900  # run + continuation
 
 Each row trains once (`peapod-train`, seeded, tiny shape by default) saving a checkpoint every `--eval_every`
 steps; every checkpoint is then evaluated on the test split of ALL test users (or `--eval_users`):
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -199,8 +201,10 @@ def plot(output: Path) -> Path | None:
     first = next(iter(rows.values()))
     figure.suptitle(f"{first.get('prepared', '')}: {first.get('shape', '')} shape, batch {first.get('batch_size')}, "
                     f"lr {first.get('learning_rate')}, seed {first.get('seed')}, test users {first.get('users')}")
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    # One legend under the panels (inside a panel it hides the curves): every row and baseline line, once.
+    legend = {label: handle for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 3), fontsize=7)
+    figure.tight_layout(rect=(0, 0.06 * math.ceil(len(legend) / 3), 1, 1))
     target = output / "curves.png"
     with atomic_path(target) as temporary:
         figure.savefig(temporary, dpi=110, format="png")
@@ -257,6 +261,25 @@ def markdown_table(output: Path, reference: str = "pod") -> str:
     return "\n".join(lines)
 
 
+def join_rows(parts: list[str], output: Path, name: str) -> Path | None:
+    """One learning curve from the row JSONs of a run and its continuations (`--join`): the points of each
+    `path[:offset]` with their steps shifted by offset, the first file's metadata, and `joined_from` naming the parts."""
+    record, points = None, []
+    for part in parts:
+        path, _, offset = part.partition(":")
+        row = json.loads(Path(path).read_text())
+        record = record or {**row, "training_diagnostics": None}
+        points += [{**point, "step": point["step"] + int(offset or 0)} for point in row["points"]]
+    steps = [point["step"] for point in points]
+    if len(set(steps)) != len(steps):
+        raise SystemExit(f"curves.py: error: --join: the parts share steps {sorted(steps)}; check the offsets")
+    record.update(points=sorted(points, key=lambda point: point["step"]), joined_from=parts,
+                  max_steps=max(steps))
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / f"{name}.json", record)
+    return plot(output)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared_dir")
@@ -284,7 +307,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="*", help="Evaluate only the checkpoints of these steps (an existing row file keeps its other steps' points).")
     parser.add_argument("--evaluate_run", help="Evaluate the checkpoint-* folders of an existing peapod-train "
                         "output folder (trained with the row's flags) instead of training.")
+    parser.add_argument("--join", nargs="+", metavar="ROW_JSON[:OFFSET]",
+                        help="Write one row (--name) into --output from the points of existing row JSONs, each one's "
+                        "steps shifted by OFFSET (a run continued from another's checkpoint), then plot.")
     args = parser.parse_args(argv)
+    if args.join:
+        if not (args.output and args.name):
+            parser.error("--join needs --output and --name")
+        print(join_rows(args.join, Path(args.output), args.name))
+        return
     if args.plot_only or args.table:
         if not args.output:
             parser.error("--plot_only and --table need --output")

@@ -59,3 +59,19 @@ def test_table_lists_each_row_and_step_with_intervals_then_the_baselines(tmp_pat
     assert lines[2].endswith("| 0.120 | – |")
     assert lines[3].startswith("| POD (`pod`) | 900 | 4 | 0.100 | – | – | – |")
     assert lines[4].startswith("| pmf | – | 4 | 0.760 |")
+
+
+def test_join_makes_one_curve_of_a_run_and_its_continuation(tmp_path):
+    pytest.importorskip("matplotlib")
+    first = {"label": "PeaPOD", "prepared": "syn", "points": [{"step": 300, "topn_hr@10": 0.1},
+                                                              {"step": 600, "topn_hr@10": 0.2}]}
+    continued = {"label": "continued", "points": [{"step": 300, "topn_hr@10": 0.3}]}
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    (tmp_path / "continued.json").write_text(json.dumps(continued))
+    output = tmp_path / "joined"
+    curves.join_rows([str(tmp_path / "first.json"), f"{tmp_path / 'continued.json'}:600"], output, "whole")
+    joined = json.loads((output / "whole.json").read_text())
+    assert [(p["step"], p["topn_hr@10"]) for p in joined["points"]] == [(300, 0.1), (600, 0.2), (900, 0.3)]
+    assert joined["label"] == "PeaPOD" and joined["max_steps"] == 900 and (output / "curves.png").exists()
+    with pytest.raises(SystemExit, match="share steps"):  # a forgotten offset
+        curves.join_rows([str(tmp_path / "first.json"), str(tmp_path / "first.json")], output, "whole")
