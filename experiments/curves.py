@@ -11,7 +11,9 @@ steps; every checkpoint is then evaluated on the test split of ALL test users (o
 * top-n HR@10 / NDCG@10 by exact candidate likelihood (`score_candidates`) and the mean test loss per task;
 * for rows with a collaborative prompt, the same with the user table permuted across users
   (`training.diagnostics.shuffle_test`): the *shuffle drop* is how much the model relies on its prompt;
-* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part);
+* sequential HR@10 / NDCG@10 by constrained beam search (`--sequential_beams`, 0 to skip: the slow part), or by
+  exact likelihood of every catalogue item (`--sequential_likelihood`: the full ranking beam search approximates,
+  much cheaper, with the shuffle drop for sequential too);
 * for rows trained on explanations, BLEU-4 / ROUGE-L and the share of explanations that name the item's feature
   (training/evaluation/metrics/feature_share.py);
 * 95% bootstrap intervals over users beside the HR@10s and the shuffle drop (paired: per-user differences).
@@ -98,16 +100,17 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
     model = PeaPODForConditionalGeneration.from_pretrained(folder).eval()  # installed classes, not the folder's code
     started = time.perf_counter()
     if model.has_collaborative_prompt:
-        shuffled = shuffle_test(model, tokenizer, prepared, max_users=args.eval_users, seed=args.seed)
-        point = {key: value for key, value in shuffled["as_is"].items() if key != "topn_hits"}
-        point["topn_hits"] = shuffled["as_is"]["topn_hits"]
+        shuffled = shuffle_test(model, tokenizer, prepared, max_users=args.eval_users, seed=args.seed,
+                                sequential_likelihood=args.sequential_likelihood)
+        point = dict(shuffled["as_is"])
         point["permuted"] = dict(shuffled["permuted"])  # its per-user hits too: the paired drop interval
         point["topn_shuffle_drop"] = shuffled["drop"].get("topn_hr@10")
         point["loglik_change"] = shuffled.get("loglik_change")
         point["attention"] = attention_health(model)
     else:
-        point = _loss_and_topn(model, tokenizer, prepared, "test", args.eval_users, 16)
+        point = _loss_and_topn(model, tokenizer, prepared, "test", args.eval_users, 16, args.sequential_likelihood)
         point.pop("_topn_scores", None)
+        point.pop("_sequential_scores", None)
     point["norms"] = prompt_norms(model)
     point["cross_attention_on_prompt"] = cross_attention_on_prompt(model, tokenizer, prepared.dataset["topn_test"],
                                                                    range(32))
@@ -145,11 +148,13 @@ def add_intervals(point: dict) -> None:
     for hits_key, metric in (("topn_hits", "topn_hr@10"), ("sequential_hits", "sequential_hr@10")):
         if point.get(hits_key):
             point[f"{metric}_ci"] = bootstrap_interval(point[hits_key])
-    permuted_hits = point.get("permuted", {}).get("topn_hits")
-    if permuted_hits:
-        point["permuted"]["topn_hr@10_ci"] = bootstrap_interval(permuted_hits)
-        point["topn_shuffle_drop_ci"] = bootstrap_interval(
-            np.asarray(point["topn_hits"], dtype=float) - np.asarray(permuted_hits, dtype=float))
+    for task in ("topn", "sequential"):
+        permuted_hits = point.get("permuted", {}).get(f"{task}_hits")
+        if permuted_hits:
+            point["permuted"][f"{task}_hr@10_ci"] = bootstrap_interval(permuted_hits)
+            drop = np.asarray(point[f"{task}_hits"], dtype=float) - np.asarray(permuted_hits, dtype=float)
+            point[f"{task}_shuffle_drop"] = float(drop.mean())
+            point[f"{task}_shuffle_drop_ci"] = bootstrap_interval(drop)
 
 
 def baselines(prepared, tokenizer, args, output: Path) -> dict:
@@ -251,7 +256,9 @@ def markdown_table(output: Path, reference: str = "pod") -> str:
                 cell(permuted.get("topn_hr@10"), permuted.get("topn_hr@10_ci")),
                 cell(p.get("topn_shuffle_drop"), p.get("topn_shuffle_drop_ci")),
                 cell(*versus_pod) if versus_pod else "–", cell(p.get("topn_ndcg@10")),
-                cell(p.get("sequential_hr@10"), p.get("sequential_hr@10_ci"))]) + " |")
+                cell(p.get("sequential_hr@10"), p.get("sequential_hr@10_ci")) + (
+                    " (likelihood)" if row.get("sequential_ranking") == "likelihood" and "sequential_hits" in p
+                    else "")]) + " |")
     if (output / "baselines.json").exists():
         for name, tasks in json.loads((output / "baselines.json").read_text()).items():
             topn, sequential = tasks.get("topn", {}), tasks.get("sequential", {})
@@ -296,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_users", type=int, default=None, help="First N test users (default: all).")
     parser.add_argument("--sequential_beams", type=int, default=20, help="0: skip sequential (beam search).")
+    parser.add_argument("--sequential_likelihood", action="store_true",
+                        help="Sequential HR@10/NDCG@10 by exact likelihood of every catalogue item instead of beam "
+                        "search (needs --sequential_beams 0); with a user table, its shuffle drop too.")
     parser.add_argument("--explanation_beams", type=int, default=4,
                         help="Beams for the explanations of rows trained on the explanation task.")
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "tokenizers" / "t5"))
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.prepared_dir:
         parser.error("--prepared_dir is required")
+    if args.sequential_likelihood and args.sequential_beams:
+        parser.error("--sequential_likelihood replaces beam search: give --sequential_beams 0 with it")
     if (args.name or args.evaluate_run) and len(args.rows) != 1:
         parser.error("--name and --evaluate_run need a single row")
     from transformers import AutoTokenizer
@@ -350,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
             "seed": args.seed, "max_steps": args.max_steps, "train_seconds": round(train_seconds, 1),
             "train_loss": train_metrics.get("train_loss"), "hardware": _hardware(), "points": [],
+            "sequential_ranking": "likelihood" if args.sequential_likelihood else (
+                f"{args.sequential_beams}-beam search" if args.sequential_beams else None),
         }
         previous = output / f"{name}.json"
         if args.steps and previous.exists():  # a partial re-evaluation keeps the file's points of other steps

@@ -75,3 +75,42 @@ def test_join_makes_one_curve_of_a_run_and_its_continuation(tmp_path):
     assert joined["label"] == "PeaPOD" and joined["max_steps"] == 900 and (output / "curves.png").exists()
     with pytest.raises(SystemExit, match="share steps"):  # a forgotten offset
         curves.join_rows([str(tmp_path / "first.json"), str(tmp_path / "first.json")], output, "whole")
+
+
+def test_sequential_likelihood_ranks_the_whole_catalogue_by_exact_log_likelihood(synthetic_prepared, tokenizer):
+    """`_loss_and_topn(..., sequential_likelihood=True)` (curves.py --sequential_likelihood): a user's hit is whether
+    the test item is among the 10 catalogue items of highest log p(id + EOS | prompt), computed here one forward
+    pass per item with labels, as a user of transformers would."""
+    import torch
+
+    from datasets_scripts import load_prepared
+    from modeling_peapod import PeaPODForConditionalGeneration
+    from training.diagnostics import _loss_and_topn
+
+    prepared = load_prepared(synthetic_prepared)
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=prepared.num_users, num_items=prepared.num_items,
+        user_embedding_dim=prepared.user_embeddings.shape[1], num_neighbors=prepared.user_neighbors.shape[1])
+    model.set_user_table(prepared.user_embeddings, prepared.user_neighbors)
+    model.eval()
+    result = _loss_and_topn(model, tokenizer, prepared, "test", 4, 2, sequential_likelihood=True)
+    rows = prepared.dataset["sequential_test"].select(range(len(result["sequential_hits"])))
+    items = list(range(1, prepared.num_items + 1))
+    labels = tokenizer([str(item) for item in items], padding=True, return_tensors="pt").input_ids
+    labels[labels == tokenizer.pad_token_id] = -100
+    expected = []
+    for index, row in enumerate(rows):
+        repeat = len(items)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row["input_ids"]] * repeat),
+                           whole_word_ids=torch.tensor([row["whole_word_ids"]] * repeat),
+                           user_ids=torch.tensor([row["user_id"]] * repeat),
+                           task_ids=torch.tensor([row["task_id"]] * repeat), labels=labels).logits
+        token_logp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                         reduction="none")
+        torch.testing.assert_close(result["_sequential_scores"][index], token_logp.sum(1), atol=1e-4, rtol=1e-4)
+        top10 = [items[i] for i in token_logp.sum(1).topk(10).indices]
+        expected.append(int(row["item_id"] in top10))
+    assert result["sequential_hits"] == expected
+    assert result["sequential_hr@10"] == sum(expected) / len(expected)
+    assert result["_sequential_scores"].shape == (len(expected), prepared.num_items) and len(expected) == 4

@@ -104,15 +104,24 @@ def user_table_swapped(model, embeddings: torch.Tensor, neighbors: torch.Tensor)
 
 
 @torch.no_grad()
-def _loss_and_topn(model, tokenizer, prepared, split: str, max_users: int | None, batch_size: int) -> dict:
-    """Teacher-forced test loss per task, and top-n ranking by exact candidate likelihood (per-user scores kept)."""
+def _loss_and_topn(
+    model, tokenizer, prepared, split: str, max_users: int | None, batch_size: int,
+    sequential_likelihood: bool = False,
+) -> dict:
+    """Teacher-forced test loss per task, and top-n ranking by exact candidate likelihood (per-user scores kept).
+
+    `sequential_likelihood=True` also ranks the whole catalogue for every sequential prompt by exact likelihood
+    (`score_candidates` over items 1..num_items; history items not excluded, as in the beam-search protocol):
+    the exact full ranking that 20-beam constrained search approximates, at a fraction of its cost."""
     collator = PeaPODDataCollator(tokenizer)
     item_trie = model.item_trie(tokenizer, range(1, prepared.num_items + 1))
+    catalogue = torch.arange(1, prepared.num_items + 1)
     result: dict = {}
     for task in ("sequential", "topn"):
         name = f"{task}_{split}"
         if name not in prepared.dataset or task not in model.config.tasks:
             continue
+        ranks_by_likelihood = task == "topn" or sequential_likelihood
         dataset = prepared.dataset[name]
         rows = select_rows(dataset, max_users, set())
         losses, scores, ranked, targets = [], [], [], []
@@ -122,25 +131,26 @@ def _loss_and_topn(model, tokenizer, prepared, split: str, max_users: int | None
             token_nll = torch.nn.functional.cross_entropy(
                 logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
             losses += (token_nll.sum(1) / (labels != -100).sum(1)).tolist()
-            if task == "topn":
-                candidates = torch.tensor([record["candidates"] for record in records], dtype=torch.long)
+            if ranks_by_likelihood:
+                candidates = (torch.tensor([record["candidates"] for record in records], dtype=torch.long)
+                              if task == "topn" else catalogue.repeat(len(records), 1))
                 batch_scores = model.score_candidates(*_model_inputs(inputs), candidates=candidates,
                                                       item_trie=item_trie).float().cpu()
                 scores.append(batch_scores)
                 ranked += rank_candidates(candidates.numpy(), batch_scores.numpy(), 10)
                 targets += [int(record["item_id"]) for record in records]
         result[f"{task}_loss"] = float(np.mean(losses))
-        if task == "topn":
+        if ranks_by_likelihood:
             metrics = _ranking_scores(ranked, targets)
-            result["topn_hr@10"], result["topn_ndcg@10"] = metrics["hr@10"], metrics["ndcg@10"]
-            result["topn_hits"] = [int(target in row) for row, target in zip(ranked, targets)]
-            result["_topn_scores"] = torch.cat(scores)
+            result[f"{task}_hr@10"], result[f"{task}_ndcg@10"] = metrics["hr@10"], metrics["ndcg@10"]
+            result[f"{task}_hits"] = [int(target in row) for row, target in zip(ranked, targets)]
+            result[f"_{task}_scores"] = torch.cat(scores)
     return result
 
 
 def shuffle_test(
     model, tokenizer, prepared, split: str = "test", max_users: int | None = None, seed: int = 0,
-    sequential: bool = False, num_beams: int = 20, batch_size: int = 16,
+    sequential: bool = False, num_beams: int = 20, batch_size: int = 16, sequential_likelihood: bool = False,
 ) -> dict:
     """The model's test loss and top-n HR@10 (likelihood) with its user table as is and permuted across users.
 
@@ -149,7 +159,8 @@ def shuffle_test(
     `loglik_change` compares how far the permutation moves each candidate's log-likelihood (mean and max
     absolute change) with the spread of log-likelihoods across one user's candidates (mean of max - min): a
     model that ignores its prompt moves them by a tiny fraction of that spread. `sequential=True` adds sequential
-    HR@10/NDCG@10 by constrained beam search (slower). POD (no user table) raises ValueError.
+    HR@10/NDCG@10 by constrained beam search (slower); `sequential_likelihood=True` the same by exact likelihood
+    over the whole catalogue, with per-user hits (`_loss_and_topn`). POD (no user table) raises ValueError.
     """
     if not model.has_collaborative_prompt:
         raise ValueError("shuffle_test needs a model with a collaborative prompt (POD has no user table)")
@@ -158,7 +169,9 @@ def shuffle_test(
     runs = {}
     for name, table in (("as_is", None), ("permuted", (embeddings, neighbors))):
         with user_table_swapped(model, *table) if table else _nothing():
-            runs[name] = _loss_and_topn(model, tokenizer, prepared, split, max_users, batch_size)
+            runs[name] = _loss_and_topn(model, tokenizer, prepared, split, max_users, batch_size,
+                                        sequential_likelihood)
+            runs[name].pop("_sequential_scores", None)  # the top-n scores alone measure the log-likelihood change
             if sequential:
                 report = evaluate_checkpoint(model, tokenizer, prepared, split=split, tasks=["sequential"],
                                              max_users=max_users, num_beams=num_beams, show_progress=False)
