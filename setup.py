@@ -1,12 +1,14 @@
 """Installable distribution `peapod-rec` (the PyPI name `peapod` belongs to an unrelated project)."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="peapod-rec",
     version="0.1.0",
     description="PeaPOD: Personalized Prompt Distillation for Generative Recommendation, Hugging Face native",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -46,6 +46,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -61,7 +62,7 @@ WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 # an opening quote or the end of the text; or a line break.
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|[A-Z\"]|$)|\n+")
 DETERMINERS = frozenset(
-    "the this these those that my its a an your their his her our each every any another".split()
+    "the this these those that my its a an your their his her our each every any another".split()  # noqa: SIM905
 )
 # Function words, pronouns, auxiliaries and frequent verbs, evaluative adjectives/adverbs (they often follow
 # "the": "the best", "the same") and generic nouns that are never product features ("the thing", "the way").
@@ -87,14 +88,14 @@ STOP_WORDS = frozenset(
     recommend recommended work works worked working love loved want wanted think thought know knew say said
     go going went come comes came look looks looked feel feels felt take takes took give gives gave put keep
     try tried find found play plays played sounds added mind double two three four five six seven eight nine ten
-    twelve twenty hundred thousand second third job stuff point built holds difference""".split()
+    twelve twenty hundred thousand second third job stuff point built holds difference""".split()  # noqa: SIM905 (word lists read better as text)
 )
 OPINION_WORDS = frozenset(
     """
     good great nice excellent awesome amazing perfect fantastic wonderful superb solid sturdy durable flimsy
     cheap bad poor terrible horrible awful decent fine easy hard difficult comfortable loud quiet clear clean
     crisp warm bright rich smooth noisy heavy light sharp accurate reliable useful useless worth happy pleased
-    disappointed love loved like liked hate impressed recommend quality best worst better worse""".split()
+    disappointed love loved like liked hate impressed recommend quality best worst better worse""".split()  # noqa: SIM905 (word lists read better as text)
 )
 
 
@@ -207,7 +208,7 @@ def mine_features(texts: list[str], config: ExtractorConfig | None = None) -> li
     modifier: Counter = Counter()  # "the <word> <content word>": the word modifies a noun ("a solid stand")
     for text in tqdm(texts, desc="mining features", leave=False):
         words = words_of(text)
-        bigrams = [f"{first} {second}" for first, second in zip(words, words[1:])]
+        bigrams = [f"{first} {second}" for first, second in pairwise(words)]
         previous = ["", *words[:-1]]  # the word before each word (and before each bigram's first word)
         occurrences.update(words)
         occurrences.update(bigrams)

@@ -149,8 +149,8 @@ def split_explanations(
         kept = [r for r in out[name] if r["user"] in users_in_train and r["item"] in items_in_train]
         dropped["user_or_item_not_in_train"] += len(out[name]) - len(kept)
         out[name] = kept
-    for name in out:
-        out[name].sort(key=lambda r: (r["user"], r["item"]))
+    for split_records in out.values():
+        split_records.sort(key=lambda r: (r["user"], r["item"]))
     return out, dropped
 
 

@@ -222,9 +222,9 @@ class PeaPODTrainer(Seq2SeqTrainer):
         Unlike `Trainer.evaluate` on a dict, everything is logged once and callbacks see all metrics together.
         """
         gen_kwargs = dict(gen_kwargs)
-        if gen_kwargs.get("max_length") is None and gen_kwargs.get("max_new_tokens") is None:
-            if self.args.generation_max_length is not None:
-                gen_kwargs["max_length"] = self.args.generation_max_length
+        if (gen_kwargs.get("max_length") is None and gen_kwargs.get("max_new_tokens") is None
+                and self.args.generation_max_length is not None):
+            gen_kwargs["max_length"] = self.args.generation_max_length
         if gen_kwargs.get("num_beams") is None and self.args.generation_num_beams is not None:
             gen_kwargs["num_beams"] = self.args.generation_num_beams
         self.gather_function = self.accelerator.gather
@@ -279,7 +279,7 @@ class PeaPODTrainer(Seq2SeqTrainer):
         finally:
             model.train(was_training)
         if not isinstance(returned, Mapping):
-            raise ValueError(f"ranking_metrics_fn must return a dict of floats, got {type(returned).__name__}")
+            raise TypeError(f"ranking_metrics_fn must return a dict of floats, got {type(returned).__name__}")
         return {
             key if key.startswith(f"{prefix}_") else f"{prefix}_{key}": float(value) for key, value in returned.items()
         }
