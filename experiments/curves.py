@@ -195,7 +195,7 @@ def plot(output: Path) -> Path | None:
         for name, row in rows.items():
             points = [(p["step"], p[metric]) for p in row["points"] if p.get(metric) is not None]
             if points:
-                axis.plot(*zip(*points), marker="o", label=row.get("label", name))
+                axis.plot(*zip(*points), marker="o", label=f"{row.get('label', name)} ({name})")
         task, _, measure = metric.partition("_")
         for style, (baseline, tasks) in zip(("--", ":", "-.", (0, (1, 3))), lines.items()):
             if measure in tasks.get(task, {}):
