@@ -1,6 +1,7 @@
 """PeaPODTrainer: task-alternated training, per-task eval losses, ranking hook, best checkpoint, Hub-ready saves."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -200,3 +201,16 @@ def test_group_by_length_hands_the_input_lengths_to_the_sampler(train_set, tmp_p
     plain = PeaPODTrainer(model=tiny_model(), args=training_arguments(tmp_path), train_dataset=train_set,
                           data_collator=lambda rows: rows)
     assert plain.get_train_dataloader().batch_sampler.lengths is None
+
+
+def test_memory_is_pinned_only_for_an_accelerator(train_set, tmp_path):
+    """On a machine without an accelerator the training loader pins nothing, as with `use_cpu` (torch would warn on
+    every run that pinning is ignored)."""
+    trainer = PeaPODTrainer(model=tiny_model(), args=training_arguments(tmp_path, use_cpu=False),
+                            train_dataset=train_set, data_collator=lambda rows: rows)
+    assert trainer.args.dataloader_pin_memory and trainer.args.device.type == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = trainer.get_train_dataloader()
+        next(iter(loader))
+    assert loader.pin_memory is False

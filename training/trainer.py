@@ -142,7 +142,8 @@ class PeaPODTrainer(Seq2SeqTrainer):
             batch_sampler=sampler,
             collate_fn=data_collator,
             num_workers=num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            # page-locked memory only speeds copies to an accelerator; on CPU torch warns that it is ignored
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
             persistent_workers=self.args.dataloader_persistent_workers and num_workers > 0,
             prefetch_factor=self.args.dataloader_prefetch_factor if num_workers > 0 else None,
             multiprocessing_context=self.args.dataloader_multiprocessing_context if num_workers > 0 else None,
