@@ -95,6 +95,13 @@ def rows_by_our_ids(factors: np.ndarray, id_map: Mapping[int, int], num_rows: in
     return table
 
 
+def fit_factorisation(model_class, train_set, **hyper_parameters):
+    """A cornac matrix-factorisation model (`PMF`, `BPR`) of `hyper_parameters`, fitted on `train_set`."""
+    model = model_class(**hyper_parameters)
+    model.fit(train_set)
+    return model
+
+
 def train_pmf(
     train_histories: dict[int, list[int]],
     num_users: int,
@@ -121,13 +128,10 @@ def train_pmf(
     import cornac
 
     train_set = cornac_train_set(train_histories, num_users, num_items, seed, negatives_per_positive)
-    model = cornac.models.PMF(
-        k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=verbose
-    )
-    model.fit(train_set)
-    user_embeddings = rows_by_our_ids(model.U, train_set.uid_map, num_users + 1)
-    item_embeddings = rows_by_our_ids(model.V, train_set.iid_map, num_items + 1)
-    return user_embeddings, item_embeddings
+    model = fit_factorisation(cornac.models.PMF, train_set, k=k, max_iter=max_iter, learning_rate=learning_rate,
+                              lambda_reg=lambda_reg, seed=seed, verbose=verbose)
+    return (rows_by_our_ids(model.U, train_set.uid_map, num_users + 1),
+            rows_by_our_ids(model.V, train_set.iid_map, num_items + 1))
 
 
 def train_bivae(
@@ -181,14 +185,11 @@ def train_bpr_with_biases(
     import cornac
 
     train_set = cornac_train_set(train_histories, num_users, num_items, seed, negatives_per_positive=0)
-    model = cornac.models.BPR(
-        k=k, max_iter=max_iter, learning_rate=learning_rate, lambda_reg=lambda_reg, seed=seed, verbose=verbose
-    )
-    model.fit(train_set)
-    user_embeddings = rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1)
-    item_embeddings = rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1)
-    item_biases = rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1)
-    return user_embeddings, item_embeddings, item_biases
+    model = fit_factorisation(cornac.models.BPR, train_set, k=k, max_iter=max_iter, learning_rate=learning_rate,
+                              lambda_reg=lambda_reg, seed=seed, verbose=verbose)
+    return (rows_by_our_ids(model.u_factors, train_set.uid_map, num_users + 1),
+            rows_by_our_ids(model.i_factors, train_set.iid_map, num_items + 1),
+            rows_by_our_ids(np.asarray(model.i_biases).reshape(-1, 1), train_set.iid_map, num_items + 1))
 
 
 def train_bpr(train_histories: dict[int, list[int]], num_users: int, num_items: int, **bpr_kwargs):
