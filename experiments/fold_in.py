@@ -2,6 +2,8 @@
 
     python experiments/fold_in.py                      # prepare, train (900 steps) and evaluate, as in README
     python experiments/fold_in.py --max_steps 300      # a shorter run (own checkpoint folder)
+    python experiments/fold_in.py --paired_only --prepared_dir prepared/syn --checkpoint runs/model --output OUT
+                                                       # the paired check alone, on any model and its data
 
 1. Prepares the planted `user` synthetic variant with a seeded 10% of users held out of everything the model and
    the CF model learn from (`peapod-prepare --synthetic --synthetic_variant user --held_out_users 0.1`, PMF k = 512,
@@ -21,6 +23,9 @@
    and, on the first `--paired_users` in-table users (default all), a paired check: the same users by their table
    row vs treated as new users (prompt `user_0`): folded in from their own training items (cosine of the two
    vectors, neighbour overlap) or as the unknown user (row 0).
+   `--paired_only` runs this check alone (with popularity and PMF on the same users), so it needs no held-out users:
+   it asks of any trained model, e.g. one trained far longer than step 2 would, whether a folded-in vector keeps
+   what the model learnt to read from the table's.
 Writes `<output>/fold-in.json` (every figure and the per-user hits) and `<output>/fold-in.md` (the table).
 """
 
@@ -139,7 +144,10 @@ def evaluate(args) -> dict:
         prepare_data(prepared_dir, args)
         timings["prepare_s"] = round(time.perf_counter() - started, 1)
     prepared = load_prepared(prepared_dir)
-    if not prepared.held_out_users:
+    if args.paired_only:
+        if not (checkpoint / "model.safetensors").exists():
+            raise SystemExit(f"--paired_only evaluates a trained model: {checkpoint} holds no model.safetensors")
+    elif not prepared.held_out_users:
         raise SystemExit(f"{prepared_dir} holds no held-out users: prepare it with --held_out_users 0.1")
     if not (checkpoint / "model.safetensors").exists():
         started = time.perf_counter()
@@ -148,8 +156,11 @@ def evaluate(args) -> dict:
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     model = load_model(checkpoint, prepared)
-    held_out = held_out_prompts(prepared, args.seed)[: args.eval_users]
     in_table = table_prompts(prepared)[: args.eval_users]
+    if args.paired_only:
+        return {**report_header(args, prepared, timings), "groups": in_table_baselines(prepared, in_table),
+                "paired_in_table": paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)}
+    held_out = held_out_prompts(prepared, args.seed)[: args.eval_users]
     groups: dict[str, dict] = {}
 
     started = time.perf_counter()
@@ -170,27 +181,45 @@ def evaluate(args) -> dict:
     groups["unknown_user_row_0"] = model_hits(model, tokenizer, held_out, lambda start, rows: {
         "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)
 
-    counts = np.bincount(np.concatenate([items[:-2] for items in prepared.histories.values()]),
-                         minlength=prepared.num_items + 1).astype(np.float64)
+    counts = popularity_counts(prepared)
     groups["popularity_held_out"] = score_hits(held_out, lambda index, candidates: counts[candidates])
-    groups["popularity_in_table"] = score_hits(in_table, lambda index, candidates: counts[candidates])
+    groups.update(in_table_baselines(prepared, in_table))
     items = prepared.item_embeddings.double().numpy()
-    table = prepared.user_embeddings.double().numpy()
-    groups["pmf_in_table"] = score_hits(
-        in_table, lambda index, candidates: items[candidates] @ table[in_table[index]["user_id"]])
     for negatives, (vectors, _) in folded.items():
         folded_vectors = vectors.double().numpy()
         groups[f"pmf_fold_in_{negatives}"] = score_hits(
             held_out, lambda index, candidates, v=folded_vectors: items[candidates] @ v[index])
 
     paired = paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)
+    return {**report_header(args, prepared, timings), "num_held_out_users": len(held_out), "groups": groups,
+            "paired_in_table": paired}
+
+
+def report_header(args, prepared, timings: dict) -> dict:
     return {
-        "command": args.command, "prepared_dir": str(prepared_dir), "checkpoint": str(checkpoint),
-        "num_table_users": prepared.num_users, "num_held_out_users": len(held_out), "num_items": prepared.num_items,
-        "max_steps": args.max_steps, "eval_users": args.eval_users, "seed": args.seed, "data_seed": args.data_seed,
+        "command": args.command, "prepared_dir": str(args.prepared_dir), "checkpoint": str(args.checkpoint),
+        "num_table_users": prepared.num_users, "num_items": prepared.num_items,
+        "max_steps": None if args.paired_only else args.max_steps, "eval_users": args.eval_users, "seed": args.seed,
+        "data_seed": args.data_seed,
         "hardware": args.hardware or f"{hardware_description()}, {torch.get_num_threads()} torch thread(s)",
-        "groups": groups, "paired_in_table": paired, "timings": timings,
+        "timings": timings,
     }
+
+
+def popularity_counts(prepared) -> np.ndarray:
+    """Training-interaction counts per item id (the last two items of each history are validation and test)."""
+    return np.bincount(np.concatenate([items[:-2] for items in prepared.histories.values()]),
+                       minlength=prepared.num_items + 1).astype(np.float64)
+
+
+def in_table_baselines(prepared, in_table: list[dict]) -> dict:
+    """Popularity and the PMF dot product (table vectors) on the in-table users' top-n test prompts."""
+    counts = popularity_counts(prepared)
+    items = prepared.item_embeddings.double().numpy()
+    table = prepared.user_embeddings.double().numpy()
+    return {"popularity_in_table": score_hits(in_table, lambda index, candidates: counts[candidates]),
+            "pmf_in_table": score_hits(
+                in_table, lambda index, candidates: items[candidates] @ table[in_table[index]["user_id"]])}
 
 
 def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
@@ -219,7 +248,15 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
                 "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
                 args.batch_size),
         }
+    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled"):
+        result[name]["hr@10_paired_difference"] = paired_difference(result[name]["hits"], result["table_row"]["hits"])
     return result
+
+
+def paired_difference(hits: list[int], reference_hits: list[int]) -> dict:
+    """Mean per-user HR@10 difference to the same users' reference hits, with its 95% bootstrap interval."""
+    differences = [float(a - b) for a, b in zip(hits, reference_hits, strict=True)]
+    return {"mean": float(np.mean(differences)), "ci": bootstrap_interval(differences)}
 
 
 LABELS = {
@@ -240,22 +277,30 @@ def markdown(report: dict) -> str:
         low, high = result[f"{metric}_ci"]
         return f"{result[metric]:.3f} [{low:.3f}, {high:.3f}]"
 
-    in_table = report["groups"]["in_table"]["hr@10"]
+    def difference(result):
+        low, high = result["hr@10_paired_difference"]["ci"]
+        return f"{result['hr@10_paired_difference']['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+    groups = report["groups"]
+    in_table = (groups.get("in_table") or report["paired_in_table"]["table_row"])["hr@10"]
     lines = ["| group | users | top-n HR@10 [95% CI] | top-n NDCG@10 [95% CI] | HR@10 / in-table |", "|---|---|---|---|---|"]
     for name, label in LABELS.items():
-        result = report["groups"][name]
+        if name not in groups:  # --paired_only: no held-out groups
+            continue
+        result = groups[name]
         ratio = f"{result['hr@10'] / in_table:.2f}" if in_table else "–"
         lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
     paired = report["paired_in_table"]
     lines += ["", f"Paired check: the first {paired['num_users']} in-table users treated as new users (prompt `user_0`).",
-              "", ("| the same users, as | top-n HR@10 [95% CI] | cosine to the table row | own row first neighbour | "
-                   "neighbour overlap |"), "|---|---|---|---|---|",
-              f"| their table row (their id) | {cell(paired['table_row'], 'hr@10')} | | | |",
-              f"| the unknown user (row 0) | {cell(paired['unknown_user_row_0'], 'hr@10')} | | | |"]
+              "", ("| the same users, as | top-n HR@10 [95% CI] | minus their table row's, paired [95% CI] | "
+                   "cosine to the table row | own row first neighbour | neighbour overlap |"), "|---|---|---|---|---|---|",
+              f"| their table row (their id) | {cell(paired['table_row'], 'hr@10')} | | | | |",
+              (f"| the unknown user (row 0) | {cell(paired['unknown_user_row_0'], 'hr@10')} | "
+               f"{difference(paired['unknown_user_row_0'])} | | | |")]
     for negatives in ("expected", "sampled"):
         entry = paired[f"fold_in_{negatives}"]
         lines.append(
-            f"| folded in from their training items ({negatives}) | {cell(entry, 'hr@10')} | "
+            f"| folded in from their training items ({negatives}) | {cell(entry, 'hr@10')} | {difference(entry)} | "
             f"{entry['cosine_to_table_row']:.3f} | {entry['own_row_is_first_neighbour']:.2f} | "
             f"{entry['neighbour_overlap']:.2f} |"
         )
@@ -283,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: all)")
     parser.add_argument("--eval_users", type=int, default=None, help="First N users of each group (quick checks; "
                         "default: every test user)")
+    parser.add_argument("--paired_only", action="store_true", help="Only the paired check (and popularity/PMF on "
+                        "the same users), on an existing --checkpoint; the data need no held-out users.")
     parser.add_argument("--tokenizer", default=str(TOKENIZER))
     parser.add_argument("--hardware", help="Hardware description for the report.")
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -195,3 +196,39 @@ def test_grid_refuses_bad_worker_counts_with_a_usage_error(fake_root, tmp_path, 
         assert stopped.value.code == 2
         assert "--jobs and --threads must be at least 1" in capsys.readouterr().err
     assert not list((fake_root[0] / "experiments").glob("*.started"))  # nothing ran
+
+
+def test_fold_in_paired_only_checks_any_model_on_data_without_held_out_users(synthetic_prepared, tokenizer, tmp_path):
+    """experiments/fold_in.py --paired_only: the paired check alone (in-table users by their row, folded in, row 0),
+    with popularity/PMF on the same users and per-user paired differences; without it the data must hold held-out
+    users."""
+    import fold_in
+
+    from datasets_scripts import load_prepared
+    from modeling_peapod import PeaPODForConditionalGeneration
+    from training.factory import install_item_factors
+
+    prepared = load_prepared(synthetic_prepared)
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=prepared.num_users, num_items=prepared.num_items,
+        user_embedding_dim=prepared.user_embeddings.shape[1], num_neighbors=prepared.user_neighbors.shape[1])
+    model.set_user_table(prepared.user_embeddings, prepared.user_neighbors)
+    install_item_factors(model, prepared)
+    model.save_pretrained(tmp_path / "model")
+    common = ["--prepared_dir", str(synthetic_prepared), "--checkpoint", str(tmp_path / "model"),
+              "--tokenizer", tokenizer.name_or_path, "--eval_users", "6", "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="holds no held-out users"):
+        fold_in.main(common)
+
+    fold_in.main([*common, "--paired_only"])
+    report = json.loads((tmp_path / "out" / "fold-in.json").read_text())
+    assert set(report["groups"]) == {"popularity_in_table", "pmf_in_table"}
+    paired = report["paired_in_table"]
+    assert paired["num_users"] == report["groups"]["pmf_in_table"]["num_users"] == 6
+    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled"):
+        hits, reference = paired[name]["hits"], paired["table_row"]["hits"]
+        difference = paired[name]["hr@10_paired_difference"]
+        assert difference["mean"] == pytest.approx(np.mean(hits) - np.mean(reference))
+        assert difference["ci"][0] <= difference["mean"] <= difference["ci"][1]
+    table = (tmp_path / "out" / "fold-in.md").read_text()
+    assert "held-out" not in table and "| folded in from their training items (expected) |" in table
