@@ -158,8 +158,11 @@ def evaluate(args) -> dict:
     model = load_model(checkpoint, prepared)
     in_table = table_prompts(prepared)[: args.eval_users]
     if args.paired_only:
+        started = time.perf_counter()
+        paired = paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)
+        timings["paired_check_s"] = round(time.perf_counter() - started, 1)
         return {**report_header(args, prepared, timings), "groups": in_table_baselines(prepared, in_table),
-                "paired_in_table": paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)}
+                "paired_in_table": paired}
     held_out = held_out_prompts(prepared, args.seed)[: args.eval_users]
     groups: dict[str, dict] = {}
 
@@ -227,6 +230,7 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
     prompt naming `user_0` either folded in from their own training items or as the unknown user (row 0). The same
     users in every condition, so the comparison is paired."""
     users = torch.tensor([row["user_id"] for row in prompts])
+    items = prepared.item_embeddings.double().numpy()
     anonymous = [{**row, "source": render(EVAL_TEMPLATES["topn"], 0, candidates=row["candidates"])} for row in prompts]
     result = {"num_users": len(prompts),
               "table_row": model_hits(model, tokenizer, prompts, lambda start, rows: {
@@ -248,6 +252,10 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
                 "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
                 args.batch_size),
         }
+        # the PMF dot product with the folded-in vectors, on the same users: is the vector itself better or worse?
+        folded_vectors = vectors.double().numpy()
+        result[f"pmf_fold_in_{negatives}"] = score_hits(
+            prompts, lambda index, candidates, v=folded_vectors: items[candidates] @ v[index])
     for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled"):
         result[name]["hr@10_paired_difference"] = paired_difference(result[name]["hits"], result["table_row"]["hits"])
     return result
@@ -304,6 +312,12 @@ def markdown(report: dict) -> str:
             f"{entry['cosine_to_table_row']:.3f} | {entry['own_row_is_first_neighbour']:.2f} | "
             f"{entry['neighbour_overlap']:.2f} |"
         )
+    table_pmf = report["groups"]["pmf_in_table"]  # over the first --eval_users, the paired check's first --paired_users
+    same_users = table_pmf["num_users"] == paired["num_users"]
+    lines += ["", "| the same users, PMF dot product with | top-n HR@10 [95% CI] |", "|---|---|",
+              f"| their table vectors | {cell(table_pmf, 'hr@10') if same_users else '(other users: see above)'} |"]
+    lines += [f"| vectors folded in from their training items ({negatives}) | "
+              f"{cell(paired[f'pmf_fold_in_{negatives}'], 'hr@10')} |" for negatives in ("expected", "sampled")]
     return "\n".join(lines) + "\n"
 
 

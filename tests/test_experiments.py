@@ -232,3 +232,4 @@ def test_fold_in_paired_only_checks_any_model_on_data_without_held_out_users(syn
         assert difference["ci"][0] <= difference["mean"] <= difference["ci"][1]
     table = (tmp_path / "out" / "fold-in.md").read_text()
     assert "held-out" not in table and "| folded in from their training items (expected) |" in table
+    assert "| vectors folded in from their training items (expected) |" in table
