@@ -256,7 +256,15 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
         folded_vectors = vectors.double().numpy()
         result[f"pmf_fold_in_{negatives}"] = score_hits(
             prompts, lambda index, candidates, v=folded_vectors: items[candidates] @ v[index])
-    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled"):
+    # Which half of the fold-in makes the difference: the expected vector as the query with the table's own
+    # neighbour list (which never holds the user; a folded-in list holds the user's table row first, mostly).
+    vectors, _ = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users], negatives="expected",
+                                     seed=args.seed)
+    result["fold_in_expected_table_neighbours"] = model_hits(
+        model, tokenizer, anonymous, lambda start, rows: {
+            "user_embeddings": vectors[start : start + len(rows)],
+            "user_neighbors": model.user_neighbors[users[start : start + len(rows)]]}, args.batch_size)
+    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled", "fold_in_expected_table_neighbours"):
         result[name]["hr@10_paired_difference"] = paired_difference(result[name]["hits"], result["table_row"]["hits"])
     return result
 
@@ -312,6 +320,9 @@ def markdown(report: dict) -> str:
             f"{entry['cosine_to_table_row']:.3f} | {entry['own_row_is_first_neighbour']:.2f} | "
             f"{entry['neighbour_overlap']:.2f} |"
         )
+    entry = paired["fold_in_expected_table_neighbours"]
+    lines.append(f"| folded in (expected), with their table row's neighbour list | {cell(entry, 'hr@10')} | "
+                 f"{difference(entry)} | | | |")
     table_pmf = report["groups"]["pmf_in_table"]  # over the first --eval_users, the paired check's first --paired_users
     same_users = table_pmf["num_users"] == paired["num_users"]
     lines += ["", "| the same users, PMF dot product with | top-n HR@10 [95% CI] |", "|---|---|",
