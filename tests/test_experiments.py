@@ -225,7 +225,8 @@ def test_fold_in_paired_only_checks_any_model_on_data_without_held_out_users(syn
     assert set(report["groups"]) == {"popularity_in_table", "pmf_in_table"}
     paired = report["paired_in_table"]
     assert paired["num_users"] == report["groups"]["pmf_in_table"]["num_users"] == 6
-    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled", "fold_in_expected_table_neighbours"):
+    for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled", "fold_in_expected_table_neighbours",
+                 "fold_in_expected_without_own_row"):
         hits, reference = paired[name]["hits"], paired["table_row"]["hits"]
         difference = paired[name]["hr@10_paired_difference"]
         assert difference["mean"] == pytest.approx(np.mean(hits) - np.mean(reference))
