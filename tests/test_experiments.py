@@ -234,3 +234,34 @@ def test_fold_in_paired_only_checks_any_model_on_data_without_held_out_users(syn
     table = (tmp_path / "out" / "fold-in.md").read_text()
     assert "held-out" not in table and "| folded in from their training items (expected) |" in table
     assert "| vectors folded in from their training items (expected) |" in table
+
+
+def test_refit_user_vectors_solves_the_fold_in_objective(synthetic_prepared, tmp_path):
+    """experiments/refit_user_vectors.py re-solves every table user by fold-in's expected objective: its vectors are
+    `fold_in_users(negatives="expected")`'s for the same training items, and its report compares both tables."""
+    import refit_user_vectors
+    import torch
+
+    from datasets_scripts import load_prepared
+    from datasets_scripts.splits import leave_one_out
+    from modeling_peapod import PeaPODForConditionalGeneration
+    from training.factory import install_item_factors
+
+    prepared = load_prepared(synthetic_prepared, load_dataset=False)
+    train = leave_one_out(prepared.histories).train
+    refitted = refit_user_vectors.refit_users(prepared.item_embeddings, train, prepared.num_users, block_size=7)
+    model = PeaPODForConditionalGeneration.from_shape(
+        "tiny", num_users=prepared.num_users, num_items=prepared.num_items,
+        user_embedding_dim=prepared.user_embeddings.shape[1], num_neighbors=prepared.user_neighbors.shape[1])
+    model.set_user_table(prepared.user_embeddings, prepared.user_neighbors)
+    install_item_factors(model, prepared)
+    users = sorted(train)
+    folded, _ = model.fold_in_users([train[user] for user in users])
+    torch.testing.assert_close(refitted[users], folded.float(), atol=1e-5, rtol=1e-4)
+    assert refitted[0].abs().sum() == 0
+
+    result = refit_user_vectors.compare(synthetic_prepared)
+    assert result["num_users"] == prepared.num_users
+    for measure in ("neighbour_diagnostic", "pmf_hr@10"):
+        difference = result["refitted_minus_prepared"][measure]["mean"]
+        assert difference == pytest.approx(result["refitted"][measure]["mean"] - result["prepared"][measure]["mean"])
