@@ -235,6 +235,28 @@ def _top_n_lowest_index_on_ties(values: torch.Tensor, indices: torch.Tensor, n: 
     return chosen.gather(1, order)
 
 
+def pmf_fold_in_problem(
+    histories: Sequence[Sequence[int]], num_items: int, negatives_per_positive: int, regularization: float,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The expected-negatives objective of `fold_in_users` for each history of distinct item ids, as the inputs of
+    `solve_pmf_users`: (targets [B, I + 1], weights [B, I + 1], ridge [B], drawn [B, 1]), float64.
+
+    targets are 1 on the history's items; weights 1 there and M / (I - P) on every unobserved item (M = drawn, the
+    number of negatives PMF training draws: min(m P, I - P)); column 0 (no item) weighs 0; ridge = lambda (P + M).
+    """
+    targets = torch.zeros(len(histories), num_items + 1, dtype=torch.float64, device=device)
+    for row, items in enumerate(histories):
+        targets[row, list(items)] = 1.0
+    positives = targets.sum(1, keepdim=True)
+    unobserved = num_items - positives
+    drawn = torch.minimum(negatives_per_positive * positives, unobserved)
+    weights = torch.where(targets > 0, 1.0, drawn / unobserved.clamp(min=1))
+    weights[:, 0] = 0.0  # row 0 is no item
+    ridge = regularization * (positives + drawn)[:, 0]  # lambda, once per rating
+    return targets, weights, ridge, drawn
+
+
 def solve_pmf_users(
     item_factors: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, ridge: torch.Tensor,
     max_iterations: int = 100, tolerance: float = 1e-6,
@@ -971,15 +993,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
     ) -> torch.Tensor:
         """The objective of `fold_in_users` for each history, solved: [B, d_u] float64."""
         factors = getattr(self, ITEM_FACTORS).double()  # [I + 1, d]
-        num_items = factors.shape[0] - 1
-        targets = torch.zeros(len(histories), num_items + 1, dtype=torch.float64, device=factors.device)
-        for row, items in enumerate(histories):
-            targets[row, items] = 1.0
-        positives = targets.sum(1, keepdim=True)
-        unobserved = num_items - positives
-        drawn = torch.minimum(self.config.fold_in_negatives_per_positive * positives, unobserved)
-        weights = torch.where(targets > 0, 1.0, drawn / unobserved.clamp(min=1))
-        weights[:, 0] = 0.0  # row 0 is no item
+        targets, weights, ridge, drawn = pmf_fold_in_problem(
+            histories, factors.shape[0] - 1, self.config.fold_in_negatives_per_positive,
+            self.config.fold_in_regularization, device=factors.device,
+        )
         if negatives == "sampled":
             for row in range(len(histories)):
                 generator = torch.Generator().manual_seed(seed)
@@ -987,8 +1004,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[: int(drawn[row])]]
                 weights[row, 1:] = targets[row, 1:]
                 weights[row, chosen.to(weights.device)] = 1.0
-        ridge = self.config.fold_in_regularization * (positives + drawn)  # lambda, once per rating
-        return solve_pmf_users(factors, targets, weights, ridge[:, 0], max_iterations, tolerance)
+        return solve_pmf_users(factors, targets, weights, ridge, max_iterations, tolerance)
 
     # -- encoder inputs -----------------------------------------------------------------------------------
 

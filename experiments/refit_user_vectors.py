@@ -26,7 +26,7 @@ from datasets_scripts import load_prepared
 from datasets_scripts.neighbor_diagnostic import neighbor_hits, random_neighbor_table
 from datasets_scripts.splits import leave_one_out
 from datasets_scripts.user_embeddings import PMF_LAMBDA_REG, PMF_NEGATIVES_PER_POSITIVE
-from modeling_peapod import build_user_neighbors, solve_pmf_users
+from modeling_peapod import build_user_neighbors, pmf_fold_in_problem, solve_pmf_users
 from training.evaluation import bootstrap_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,20 +37,13 @@ def refit_users(item_factors: torch.Tensor, train: dict[int, list[int]], num_use
     """[num_users + 1, d] float32: each user's vector re-solved from its training items, V fixed (expected negatives,
     the weights `PeaPODForConditionalGeneration.fold_in_users` uses); row 0 and users without items stay zero."""
     factors = item_factors.double()
-    num_items = factors.shape[0] - 1
     table = torch.zeros(num_users + 1, factors.shape[1])
     users = sorted(user for user, items in train.items() if items)
     for start in range(0, len(users), block_size):
         block = users[start : start + block_size]
-        targets = torch.zeros(len(block), num_items + 1, dtype=torch.float64)
-        for row, user in enumerate(block):
-            targets[row, list(dict.fromkeys(train[user]))] = 1.0
-        positives = targets.sum(1, keepdim=True)
-        unobserved = num_items - positives
-        drawn = torch.minimum(PMF_NEGATIVES_PER_POSITIVE * positives, unobserved)
-        weights = torch.where(targets > 0, 1.0, drawn / unobserved.clamp(min=1))
-        weights[:, 0] = 0.0  # row 0 is no item
-        ridge = PMF_LAMBDA_REG * (positives + drawn)[:, 0]
+        targets, weights, ridge, _ = pmf_fold_in_problem(
+            [list(dict.fromkeys(train[user])) for user in block], factors.shape[0] - 1, PMF_NEGATIVES_PER_POSITIVE,
+            PMF_LAMBDA_REG)
         table[block] = solve_pmf_users(factors, targets, weights, ridge).float()
     return table
 
