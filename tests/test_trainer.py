@@ -204,13 +204,14 @@ def test_group_by_length_hands_the_input_lengths_to_the_sampler(train_set, tmp_p
 
 
 def test_memory_is_pinned_only_for_an_accelerator(train_set, tmp_path):
-    """On a machine without an accelerator the training loader pins nothing, as with `use_cpu` (torch would warn on
-    every run that pinning is ignored)."""
-    trainer = PeaPODTrainer(model=tiny_model(), args=training_arguments(tmp_path, use_cpu=False),
-                            train_dataset=train_set, data_collator=lambda rows: rows)
-    assert trainer.args.dataloader_pin_memory and trainer.args.device.type == "cpu"
+    """On a machine without an accelerator neither the training nor the evaluation loader pins memory, as with
+    `use_cpu` (torch would warn on every run that pinning is ignored)."""
+    arguments = training_arguments(tmp_path, use_cpu=False)
+    assert arguments.dataloader_pin_memory and arguments.device.type == "cpu"  # transformers' default here
+    trainer = PeaPODTrainer(model=tiny_model(), args=arguments, train_dataset=train_set, data_collator=lambda rows: rows)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loader = trainer.get_train_dataloader()
-        next(iter(loader))
-    assert loader.pin_memory is False
+        loaders = [trainer.get_train_dataloader(), trainer.get_eval_dataloader(train_set)]
+        for loader in loaders:
+            next(iter(loader))
+    assert [loader.pin_memory for loader in loaders] == [False, False]

@@ -84,6 +84,10 @@ class PeaPODTrainer(Seq2SeqTrainer):
             raise ValueError(f"prompt_learning_rate_multiplier must be > 0, got {prompt_learning_rate_multiplier}")
         self.prompt_learning_rate_multiplier = prompt_learning_rate_multiplier
         super().__init__(*args, **kwargs)
+        if self.args.device.type == "cpu":
+            # Page-locked memory only speeds copies to an accelerator; without one torch warns, for every training
+            # and evaluation loader, that it is ignored. transformers turns it off for use_cpu only.
+            self.args.dataloader_pin_memory = False
         accelerator_config = self.args.accelerator_config
         if accelerator_config.dispatch_batches or accelerator_config.split_batches:
             raise ValueError(
@@ -142,8 +146,7 @@ class PeaPODTrainer(Seq2SeqTrainer):
             batch_sampler=sampler,
             collate_fn=data_collator,
             num_workers=num_workers,
-            # page-locked memory only speeds copies to an accelerator; on CPU torch warns that it is ignored
-            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
+            pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and num_workers > 0,
             prefetch_factor=self.args.dataloader_prefetch_factor if num_workers > 0 else None,
             multiprocessing_context=self.args.dataloader_multiprocessing_context if num_workers > 0 else None,
