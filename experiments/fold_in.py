@@ -182,9 +182,7 @@ def evaluate(args) -> dict:
         timings[f"fold_in_{negatives}_s"] = round(time.perf_counter() - started, 1)
         folded[negatives] = (vectors, neighbors)
         groups[f"fold_in_{negatives}"] = model_hits(
-            model, tokenizer, held_out, lambda start, rows, v=vectors, n=neighbors: {
-                "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
-            args.batch_size)
+            model, tokenizer, held_out, explicit_users(vectors, neighbors), args.batch_size)
     groups["unknown_user_row_0"] = model_hits(model, tokenizer, held_out, lambda start, rows: {
         "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)
 
@@ -229,6 +227,12 @@ def in_table_baselines(prepared, in_table: list[dict]) -> dict:
                 in_table, lambda index, candidates: items[candidates] @ table[in_table[index]["user_id"]])}
 
 
+def explicit_users(vectors: torch.Tensor, neighbors: torch.Tensor):
+    """The `users(start, rows)` inputs of `model_hits` for users given by vectors and neighbour lists, not ids."""
+    return lambda start, rows: {"user_embeddings": vectors[start : start + len(rows)],
+                                "user_neighbors": neighbors[start : start + len(rows)]}
+
+
 def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
     """The first in-table users as if they were new: by their table row (their id in the prompt), and with the
     prompt naming `user_0` either folded in from their own training items or as the unknown user (row 0). The same
@@ -241,10 +245,12 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
                   "user_ids": users[start : start + len(rows)]}, args.batch_size),
               "unknown_user_row_0": model_hits(model, tokenizer, anonymous, lambda start, rows: {
                   "user_ids": torch.zeros(len(rows), dtype=torch.long)}, args.batch_size)}
+    table_neighbors = model.user_neighbors[users]
+    folded = {}
     for negatives in ("expected", "sampled"):
         vectors, neighbors = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users],
                                                  negatives=negatives, seed=args.seed)
-        table_neighbors = model.user_neighbors[users]
+        folded[negatives] = vectors
         result[f"fold_in_{negatives}"] = {
             "cosine_to_table_row": float(F.cosine_similarity(vectors, model.user_embeddings[users]).mean()),
             "norm_ratio": float((vectors.norm(dim=1) / model.user_embeddings[users].norm(dim=1)).mean()),
@@ -252,30 +258,23 @@ def paired_check(model, tokenizer, prepared, prompts: list[dict], args) -> dict:
             # the folded-in user's list holds itself first; the table's never does, so compare the rest
             "neighbour_overlap": float(np.mean([len(set(a[1:].tolist()) & set(b.tolist())) / len(b)
                                                 for a, b in zip(neighbors, table_neighbors)])),
-            **model_hits(model, tokenizer, anonymous, lambda start, rows, v=vectors, n=neighbors: {
-                "user_embeddings": v[start : start + len(rows)], "user_neighbors": n[start : start + len(rows)]},
-                args.batch_size),
+            **model_hits(model, tokenizer, anonymous, explicit_users(vectors, neighbors), args.batch_size),
         }
         # the PMF dot product with the folded-in vectors, on the same users: is the vector itself better or worse?
         folded_vectors = vectors.double().numpy()
         result[f"pmf_fold_in_{negatives}"] = score_hits(
             prompts, lambda index, candidates, v=folded_vectors: items[candidates] @ v[index])
     # Which half of the fold-in makes the difference: the expected vector as the query with the table's own
-    # neighbour list (which never holds the user; a folded-in list holds the user's table row first, mostly).
-    vectors, _ = model.fold_in_users([prepared.histories[int(u)][:-2] for u in users], negatives="expected",
-                                     seed=args.seed)
+    # neighbour list (which never holds the user; a folded-in list holds the user's table row first, mostly) ...
+    expected = folded["expected"]
     result["fold_in_expected_table_neighbours"] = model_hits(
-        model, tokenizer, anonymous, lambda start, rows: {
-            "user_embeddings": vectors[start : start + len(rows)],
-            "user_neighbors": model.user_neighbors[users[start : start + len(rows)]]}, args.batch_size)
-    # What a genuinely new user gets: the same neighbour search with the user's own table row left out (a held-out
-    # user has none), i.e. the n most similar table users other than itself.
-    searched = build_user_neighbors(model.user_embeddings, model.config.num_neighbors + 1, queries=vectors.float())
+        model, tokenizer, anonymous, explicit_users(expected, table_neighbors), args.batch_size)
+    # ... and what a genuinely new user gets: the same neighbour search with the user's own table row left out (a
+    # held-out user has none), i.e. the n most similar table users other than itself.
+    searched = build_user_neighbors(model.user_embeddings, model.config.num_neighbors + 1, queries=expected.float())
     without_own_row = torch.stack([row[row != user][: model.config.num_neighbors] for row, user in zip(searched, users)])
     result["fold_in_expected_without_own_row"] = model_hits(
-        model, tokenizer, anonymous, lambda start, rows: {
-            "user_embeddings": vectors[start : start + len(rows)],
-            "user_neighbors": without_own_row[start : start + len(rows)]}, args.batch_size)
+        model, tokenizer, anonymous, explicit_users(expected, without_own_row), args.batch_size)
     for name in ("unknown_user_row_0", "fold_in_expected", "fold_in_sampled", "fold_in_expected_table_neighbours",
                  "fold_in_expected_without_own_row"):
         result[name]["hr@10_paired_difference"] = paired_difference(result[name]["hits"], result["table_row"]["hits"])
