@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# The long planted-`user` schedule of README "Planted `user` variant": a 900-step row of
-# `experiments/curves.py` (runs/curves/curves-synthetic-user-900/ROW) trained on from its final weights with a fresh
-# AdamW each time: +900 and +1,800 steps at the constant rate (lr 5e-3 after 15 warmup steps), then a 1,200-step
-# linear cooldown to 0; 4,800 steps in all, batch 32, seed 0, one torch thread.
+# The long planted-variant schedule of README "Planted `user` variant": a 900-step row of `experiments/curves.py`
+# (runs/curves/curves-synthetic-VARIANT-900/ROW) trained on from its final weights with a fresh AdamW each time:
+# +900 and +1,800 steps at the constant rate (lr 5e-3 after 15 warmup steps), then a 1,200-step linear cooldown to 0;
+# 4,800 steps in all, batch 32, seed 0, one torch thread.
 #
-#     bash experiments/user_chain.sh peapod-mlp        # or pod (peapod-mha was run by the same commands)
+#     bash experiments/user_chain.sh peapod-mlp             # or pod (peapod-mha was run by the same commands)
+#     bash experiments/user_chain.sh peapod-mha history     # another planted variant (default: user)
 #
-# Checkpoints go to runs/curves/user-ROW-{continued,continued-2,cooldown-long}; evaluate them with
-# `python experiments/curves.py --evaluate_run ...` and join them with `--join` (README has both commands).
+# Checkpoints go to runs/curves/VARIANT-ROW-{continued,continued-2,cooldown-long}; a stage whose folder already holds
+# a model is kept, not retrained. Evaluate them with `python experiments/curves.py --evaluate_run ...` and join them
+# with `--join` (README has both commands).
 set -euo pipefail
-ROW=${1:?usage: bash experiments/user_chain.sh ROW   (a row folder under runs/curves/curves-synthetic-user-900)}
+ROW=${1:?usage: bash experiments/user_chain.sh ROW [VARIANT]   (a row folder under runs/curves/curves-synthetic-VARIANT-900)}
+VARIANT=${2:-user}
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-COMMON=(--prepared_dir prepared/synthetic-user-pmf512-n20 --tokenizer ../shared/tokenizers/t5 --tasks sequential topn
+COMMON=(--prepared_dir "prepared/synthetic-$VARIANT-pmf512-n20" --tokenizer ../shared/tokenizers/t5 --tasks sequential topn
         --per_device_train_batch_size 32 --learning_rate 0.005 --eval_strategy no --save_strategy steps --seed 0)
-previous=runs/curves/curves-synthetic-user-900/$ROW
+previous=runs/curves/curves-synthetic-$VARIANT-900/$ROW
 for stage in "continued 900 15 constant_with_warmup 900" "continued-2 1800 15 constant_with_warmup 900" \
              "cooldown-long 1200 0 linear 600"; do
   read -r name steps warmup schedule save <<< "$stage"
-  peapod-train "${COMMON[@]}" --output_dir "runs/curves/user-$ROW-$name" --base_model "$previous" --max_steps "$steps" \
-    --warmup_steps "$warmup" --lr_scheduler_type "$schedule" --save_steps "$save"
-  previous=runs/curves/user-$ROW-$name
+  folder=runs/curves/$VARIANT-$ROW-$name
+  if [[ ! -f $folder/model.safetensors ]]; then
+    peapod-train "${COMMON[@]}" --output_dir "$folder" --base_model "$previous" --max_steps "$steps" \
+      --warmup_steps "$warmup" --lr_scheduler_type "$schedule" --save_steps "$save"
+  fi
+  previous=$folder
 done
