@@ -4,6 +4,8 @@
     python experiments/fold_in.py --max_steps 300      # a shorter run (own checkpoint folder)
     python experiments/fold_in.py --paired_only --prepared_dir prepared/syn --checkpoint runs/model --output OUT
                                                        # the paired check alone, on any model and its data
+    python experiments/fold_in.py --checkpoint runs/fold-in-mha-4800 --output OUT   # a model trained elsewhere
+    python experiments/fold_in.py --output OUT --table  # rewrite OUT/fold-in.md from OUT/fold-in.json
 
 1. Prepares the planted `user` synthetic variant with a seeded 10% of users held out of everything the model and
    the CF model learn from (`peapod-prepare --synthetic --synthetic_variant user --held_out_users 0.1`, PMF k = 512,
@@ -23,10 +25,13 @@
    and, on the first `--paired_users` in-table users (default all), a paired check: the same users by their table
    row vs treated as new users (prompt `user_0`): folded in from their own training items (cosine of the two
    vectors, neighbour overlap) or as the unknown user (row 0).
+   The held-out comparison states the target's ratio (held-out folded in / in-table HR@10, the two groups
+   bootstrapped independently) and the held-out users' paired gain over row 0 and over popularity.
    `--paired_only` runs this check alone (with popularity and PMF on the same users), so it needs no held-out users:
    it asks of any trained model, e.g. one trained far longer than step 2 would, whether a folded-in vector keeps
    what the model learnt to read from the table's.
-Writes `<output>/fold-in.json` (every figure and the per-user hits) and `<output>/fold-in.md` (the table).
+Writes `<output>/fold-in.json` (every figure, the per-user hits, the checkpoint's trained steps) and
+`<output>/fold-in.md` (the table).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from transformers import AutoTokenizer
 
 from datasets_scripts import load_prepared, prepare
@@ -53,6 +59,7 @@ from training import cli
 from training.api import hardware_description
 from training.evaluation import bootstrap_interval
 from training.evaluation.baselines import rank_candidates
+from training.evaluation.runner import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from training.factory import install_item_factors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,18 +204,44 @@ def evaluate(args) -> dict:
 
     paired = paired_check(model, tokenizer, prepared, in_table[: args.paired_users], args)
     return {**report_header(args, prepared, timings), "num_held_out_users": len(held_out), "groups": groups,
-            "paired_in_table": paired}
+            "held_out_comparison": held_out_comparison(groups), "paired_in_table": paired}
 
 
 def report_header(args, prepared, timings: dict) -> dict:
     return {
         "command": args.command, "prepared_dir": str(args.prepared_dir), "checkpoint": str(args.checkpoint),
         "num_table_users": prepared.num_users, "num_items": prepared.num_items,
-        "max_steps": None if args.paired_only else args.max_steps, "eval_users": args.eval_users, "seed": args.seed,
+        # the steps the evaluated checkpoint was trained for (a given --checkpoint need not be --max_steps')
+        "trained_steps": trained_steps(Path(args.checkpoint)), "eval_users": args.eval_users, "seed": args.seed,
         "data_seed": args.data_seed,
         "hardware": args.hardware or f"{hardware_description()}, {torch.get_num_threads()} torch thread(s)",
         "timings": timings,
     }
+
+
+def trained_steps(checkpoint: Path) -> int | None:
+    """The optimizer steps `peapod-train` reports for `checkpoint` (train_metrics.json), or None."""
+    metrics = checkpoint / "train_metrics.json"
+    return json.loads(metrics.read_text()).get("global_step") if metrics.exists() else None
+
+
+def held_out_comparison(groups: dict) -> dict:
+    """The held-out users folded in (expected negatives) against the issue's references: the in-table users (a
+    ratio of two independent groups, each resampled on its own) and, on the same held-out users, the unknown-user
+    row 0 and popularity (paired per-user differences)."""
+    folded = np.asarray(groups["fold_in_expected"]["hits"], dtype=np.float64)
+    in_table = np.asarray(groups["in_table"]["hits"], dtype=np.float64)
+    ratio = float(folded.mean() / in_table.mean()) if in_table.mean() else None
+    interval = None
+    if ratio is not None:
+        # scipy's bootstrap, the samples resampled independently (paired=False), percentile like bootstrap_interval
+        result = stats.bootstrap((folded, in_table), lambda a, b, axis: a.mean(axis) / np.maximum(b.mean(axis), 1e-12),
+                                 paired=False, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                                 rng=np.random.default_rng(BOOTSTRAP_SEED))
+        interval = [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+    return {"hr@10_ratio_to_in_table": ratio, "hr@10_ratio_to_in_table_ci": interval,
+            "minus_unknown_user_row_0": paired_difference(folded, groups["unknown_user_row_0"]["hits"]),
+            "minus_popularity": paired_difference(folded, groups["popularity_held_out"]["hits"])}
 
 
 def popularity_counts(prepared) -> np.ndarray:
@@ -318,6 +351,14 @@ def markdown(report: dict) -> str:
         result = groups[name]
         ratio = f"{result['hr@10'] / in_table:.2f}" if in_table else "–"
         lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
+    comparison = report.get("held_out_comparison")
+    if comparison:
+        ratio, (low, high) = comparison["hr@10_ratio_to_in_table"], comparison["hr@10_ratio_to_in_table_ci"]
+        minus = {name: comparison[f"minus_{name}"] for name in ("unknown_user_row_0", "popularity")}
+        lines += ["", f"Held-out users folded in (expected): {ratio:.2f} x the in-table users' HR@10 [95% CI {low:.2f}, "
+                  f"{high:.2f}] (the two groups resampled independently); minus the unknown-user row 0 on the same users "
+                  + "{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}], minus popularity ".format(**minus["unknown_user_row_0"])
+                  + "{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired).".format(**minus["popularity"])]
     paired = report["paired_in_table"]
     lines += ["", f"Paired check: the first {paired['num_users']} in-table users treated as new users (prompt `user_0`).",
               "", ("| the same users, as | top-n HR@10 [95% CI] | minus their table row's, paired [95% CI] | "
@@ -370,11 +411,28 @@ def main(argv: list[str] | None = None) -> None:
                         "the same users), on an existing --checkpoint; the data need no held-out users.")
     parser.add_argument("--tokenizer", default=str(TOKENIZER))
     parser.add_argument("--hardware", help="Hardware description for the report.")
+    parser.add_argument("--table", action="store_true", help="Rewrite <output>/fold-in.md from its fold-in.json "
+                        "(adding the figures derived from the stored per-user hits that an older report lacks) and exit.")
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    if args.table:
+        report = json.loads((output / "fold-in.json").read_text())
+        derived = {}
+        if "in_table" in report["groups"] and "held_out_comparison" not in report:
+            derived["held_out_comparison"] = held_out_comparison(report["groups"])
+        if report.get("trained_steps") is None and trained_steps(Path(report["checkpoint"])) is not None:
+            # older reports stated --max_steps, which is not the steps of a checkpoint trained elsewhere
+            derived["trained_steps"] = trained_steps(Path(report["checkpoint"]))
+            report.pop("max_steps", None)
+        if derived:
+            report.update(derived)
+            write_atomic(output / "fold-in.json", json.dumps(report, indent=1))
+        write_atomic(output / "fold-in.md", markdown(report))
+        print(markdown(report))
+        return
     args.checkpoint = args.checkpoint or str(ROOT / "runs" / f"fold-in-mha-{args.max_steps}")
     args.command = "python experiments/fold_in.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = evaluate(args)
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     write_atomic(output / "fold-in.json", json.dumps(report, indent=1))
     table = markdown(report)

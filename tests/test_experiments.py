@@ -234,6 +234,32 @@ def test_fold_in_paired_only_checks_any_model_on_data_without_held_out_users(syn
     table = (tmp_path / "out" / "fold-in.md").read_text()
     assert "held-out" not in table and "| folded in from their training items (expected) |" in table
     assert "| vectors folded in from their training items (expected) |" in table
+    assert report["trained_steps"] is None  # saved, never trained: no train_metrics.json
+
+    (tmp_path / "out" / "fold-in.md").unlink()
+    fold_in.main(["--output", str(tmp_path / "out"), "--table"])  # rewritten from the JSON alone
+    assert (tmp_path / "out" / "fold-in.md").read_text() == table
+
+
+def test_fold_in_held_out_comparison_states_the_targets_ratio_and_paired_gains():
+    """The held-out users folded in against the in-table users (a ratio of independent groups, with a bootstrap
+    interval) and, on the same held-out users, against row 0 and popularity (paired differences)."""
+    import fold_in
+
+    rng = np.random.default_rng(0)
+    folded, row_0, popularity = (rng.random(72) < p for p in (0.6, 0.1, 0.05))
+    in_table = rng.random(648) < 0.5
+    groups = {"fold_in_expected": {"hits": folded.astype(int).tolist()}, "in_table": {"hits": in_table.astype(int).tolist()},
+              "unknown_user_row_0": {"hits": row_0.astype(int).tolist()},
+              "popularity_held_out": {"hits": popularity.astype(int).tolist()}}
+    comparison = fold_in.held_out_comparison(groups)
+    ratio, (low, high) = comparison["hr@10_ratio_to_in_table"], comparison["hr@10_ratio_to_in_table_ci"]
+    assert ratio == pytest.approx(folded.mean() / in_table.mean())
+    assert low < ratio < high and high - low > 0.1  # 72 users: a wide interval, not a point
+    assert comparison["minus_unknown_user_row_0"]["mean"] == pytest.approx(folded.mean() - row_0.mean())
+    assert comparison["minus_popularity"]["mean"] == pytest.approx(folded.mean() - popularity.mean())
+    low, high = comparison["minus_unknown_user_row_0"]["ci"]
+    assert 0 < low < high  # 0.6 against 0.1 on 72 users: clearly above row 0
 
 
 def test_refit_user_vectors_solves_the_fold_in_objective(synthetic_prepared, tmp_path):
