@@ -353,10 +353,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {label} | {result['num_users']} | {cell(result, 'hr@10')} | {cell(result, 'ndcg@10')} | {ratio} |")
     comparison = report.get("held_out_comparison")
     if comparison:
-        ratio, (low, high) = comparison["hr@10_ratio_to_in_table"], comparison["hr@10_ratio_to_in_table_ci"]
+        ratio, interval = comparison["hr@10_ratio_to_in_table"], comparison["hr@10_ratio_to_in_table_ci"]
+        ratio_text = f"{ratio:.2f} x [95% CI {interval[0]:.2f}, {interval[1]:.2f}]" if ratio is not None else "– x"
         minus = {name: comparison[f"minus_{name}"] for name in ("unknown_user_row_0", "popularity")}
-        lines += ["", f"Held-out users folded in (expected): {ratio:.2f} x the in-table users' HR@10 [95% CI {low:.2f}, "
-                  f"{high:.2f}] (the two groups resampled independently); minus the unknown-user row 0 on the same users "
+        lines += ["", f"Held-out users folded in (expected): {ratio_text} the in-table users' HR@10 (the two groups "
+                  f"resampled independently); minus the unknown-user row 0 on the same users "
                   + "{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}], minus popularity ".format(**minus["unknown_user_row_0"])
                   + "{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired).".format(**minus["popularity"])]
     paired = report["paired_in_table"]
@@ -392,6 +393,26 @@ def write_atomic(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
+def rewrite_table(output: Path) -> str:
+    """`--table`: fold-in.md again from fold-in.json, with the figures an older report lacks derived from its
+    stored per-user hits and its checkpoint's train_metrics.json."""
+    source = output / "fold-in.json"
+    report = json.loads(source.read_text())
+    derived = {}
+    if "in_table" in report["groups"] and "held_out_comparison" not in report:
+        derived["held_out_comparison"] = held_out_comparison(report["groups"])
+    steps = trained_steps(Path(report["checkpoint"]))
+    if report.get("trained_steps") is None and steps is not None:
+        derived["trained_steps"] = steps
+        report.pop("max_steps", None)  # older reports stated --max_steps, not the steps of a checkpoint given
+    if derived:
+        report.update(derived)
+        write_atomic(source, json.dumps(report, indent=1))
+    table = markdown(report)
+    write_atomic(output / "fold-in.md", table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared_dir", default=str(ROOT / "prepared" / "synthetic-user-heldout10"))
@@ -416,19 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output = Path(args.output)
     if args.table:
-        report = json.loads((output / "fold-in.json").read_text())
-        derived = {}
-        if "in_table" in report["groups"] and "held_out_comparison" not in report:
-            derived["held_out_comparison"] = held_out_comparison(report["groups"])
-        if report.get("trained_steps") is None and trained_steps(Path(report["checkpoint"])) is not None:
-            # older reports stated --max_steps, which is not the steps of a checkpoint trained elsewhere
-            derived["trained_steps"] = trained_steps(Path(report["checkpoint"]))
-            report.pop("max_steps", None)
-        if derived:
-            report.update(derived)
-            write_atomic(output / "fold-in.json", json.dumps(report, indent=1))
-        write_atomic(output / "fold-in.md", markdown(report))
-        print(markdown(report))
+        if not (output / "fold-in.json").exists():
+            parser.error(f"--table reads {output / 'fold-in.json'}, which does not exist")
+        print(rewrite_table(output))
         return
     args.checkpoint = args.checkpoint or str(ROOT / "runs" / f"fold-in-mha-{args.max_steps}")
     args.command = "python experiments/fold_in.py " + " ".join(sys.argv[1:] if argv is None else argv)
