@@ -11,9 +11,14 @@
 # a model is kept, not retrained. Evaluate them with `python experiments/curves.py --evaluate_run ...` and join them
 # with `--join` (README has both commands).
 set -euo pipefail
-ROW=${1:?usage: bash experiments/user_chain.sh ROW [VARIANT]   (a row folder under runs/curves/curves-synthetic-VARIANT-900)}
+usage() { echo "user_chain.sh: error: $1 (usage: bash experiments/user_chain.sh ROW [VARIANT])" >&2; exit 2; }
+[[ $# -ge 1 && $# -le 2 ]] || usage "expected a row name and optionally a planted variant"
+ROW=$1
 VARIANT=${2:-user}
 cd "$(dirname "$0")/.."
+[[ -f runs/curves/curves-synthetic-$VARIANT-900/$ROW/model.safetensors ]] ||
+  usage "no 900-step row runs/curves/curves-synthetic-$VARIANT-900/$ROW (train it with experiments/curves.py first)"
+[[ -d prepared/synthetic-$VARIANT-pmf512-n20 ]] || usage "no prepared folder prepared/synthetic-$VARIANT-pmf512-n20"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(--prepared_dir "prepared/synthetic-$VARIANT-pmf512-n20" --tokenizer ../shared/tokenizers/t5 --tasks sequential topn
         --per_device_train_batch_size 32 --learning_rate 0.005 --eval_strategy no --save_strategy steps --seed 0)
