@@ -31,6 +31,7 @@ setup(
         "evaluate>=0.4",
         "huggingface-hub>=1.0",
         "cornac>=2.0",
+        "numba>=0.59",  # the PMF training loop (datasets_scripts/fast_pmf.py)
         "numpy",
         "scipy",
         "tqdm",

@@ -139,6 +139,15 @@ class PrepareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
     k_core: int = field(default=5, metadata={"help": "k of the k-core filter of raw reviews."})
     pmf_max_iter: int = field(default=100, metadata={"help": "PMF epochs (paper: 100)."})
+    pmf_implementation: str = field(
+        default="numba",
+        metadata={
+            "help": "How PMF is trained: numba (cornac's training loop compiled in float32, ~10x faster: "
+            "datasets_scripts/fast_pmf.py) or cornac (cornac's own float64 loop; folders prepared before this "
+            "option existed used it).",
+            "choices": list(user_embeddings.PMF_IMPLEMENTATIONS),
+        },
+    )
     bpr_max_iter: int = field(default=100, metadata={"help": "BPR epochs (cornac's default 100)."})
     bpr_learning_rate: float = field(default=0.01, metadata={"help": "BPR learning rate (docs/embeddings.md)."})
     num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
@@ -264,7 +273,7 @@ def _user_table(
     elif method == "pmf":
         users, item_embeddings = user_embeddings.train_pmf(
             train, num_users, num_items, k=args.embedding_dim, seed=args.seed, max_iter=args.pmf_max_iter,
-            verbose=True,  # cornac reports each epoch: the longest stage of a full-size prepare shows progress
+            implementation=args.pmf_implementation, verbose=True,  # each epoch reported: progress on full data
         )
     elif method == "bpr":
         users, item_embeddings = user_embeddings.train_bpr(
@@ -391,7 +400,7 @@ def _prepare(args: PrepareArguments, stages, started: float) -> dict:
             "seed": args.seed,
             "has_explanations": data.explanations is not None,
             # what folding in new users needs to solve as PMF did (PeaPODConfig.fold_in_regularization)
-            "pmf": _pmf_settings() if diagnostic["chosen"] == "pmf" else None,
+            "pmf": _pmf_settings(args) if diagnostic["chosen"] == "pmf" else None,
             "reindexed_items": item_reindex is not None,
             "statistics": statistics,
             "source_notes": notes,
@@ -466,11 +475,13 @@ def describe_neighbor_diagnostic(diagnostic: dict) -> str:
         f"history of one of their {diagnostic['num_neighbors']} nearest neighbours; random neighbours seeded "
         f"{diagnostic['random_seed']}): {rates}. User table from {diagnostic['chosen']} ({how})."
     )
-def _pmf_settings() -> dict:
-    """What `PeaPODConfig.fold_in_regularization` needs to solve as PMF did (the table's own settings)."""
+def _pmf_settings(args: PrepareArguments) -> dict:
+    """What `PeaPODConfig.fold_in_regularization` needs to solve as PMF did (the table's own settings), and how
+    the table was trained."""
     return {
         "lambda_reg": user_embeddings.PMF_LAMBDA_REG,
         "negatives_per_positive": user_embeddings.PMF_NEGATIVES_PER_POSITIVE,
+        "implementation": args.pmf_implementation,
     }
 
 
@@ -494,6 +505,8 @@ def _provenance(args: PrepareArguments, notes: dict) -> list[str]:
         embedding = "the best source by the neighbour diagnostic (below)"
     elif embedding not in EMBEDDING_METHODS:
         embedding = f"user-supplied matrix {Path(args.embedding).name}"
+    elif embedding == "pmf":
+        embedding = f"pmf ({args.pmf_implementation} training loop)"
     ids = "in the source id space"
     if args.reindex_items:
         ids = "re-indexed with a seeded random bijection (item_reindex.json)"

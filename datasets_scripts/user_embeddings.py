@@ -46,6 +46,8 @@ NEIGHBOR_BACKENDS = ("exact", "faiss")
 # PMF item factors must solve with the same ones (`PeaPODConfig.fold_in_regularization`), so prepare records them.
 PMF_LAMBDA_REG = 1e-3
 PMF_NEGATIVES_PER_POSITIVE = 1
+# How PMF is trained: cornac's loop compiled in float32 (`fast_pmf`, the default) or cornac's own float64 loop.
+PMF_IMPLEMENTATIONS = ("numba", "cornac")
 
 
 # Collaborative-filtering models (cornac) -------------------------------------------------------------------
@@ -113,6 +115,7 @@ def train_pmf(
     lambda_reg: float = PMF_LAMBDA_REG,
     negatives_per_positive: int = PMF_NEGATIVES_PER_POSITIVE,
     verbose: bool = False,
+    implementation: str = PMF_IMPLEMENTATIONS[0],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PMF user and item factors (Mnih & Salakhutdinov 2008) with cornac, the paper's default user embedding.
 
@@ -121,17 +124,28 @@ def train_pmf(
     user the same way (median cosine between two Beauty users 0.999999), which leaves nothing for the neighbour
     table to find; so, as is usual for PMF on implicit feedback, `negatives_per_positive` unobserved items per
     observed one are added with rating 0 (seeded). The paper does not say how it handled this; 0 restores the
-    positives-only fit. Returns `user_embeddings` [num_users + 1, k] and `item_embeddings`
-    [num_items + 1, k], float32, aligned to our ids; row 0 and users/items without training interactions are
-    zeros (so the unknown user has cosine similarity 0 to everyone).
+    positives-only fit. `implementation` "numba" (default) runs cornac's training loop compiled in float32
+    (`fast_pmf`: same data, start and updates, ~10x faster), "cornac" cornac's own float64 loop. Returns
+    `user_embeddings` [num_users + 1, k] and `item_embeddings` [num_items + 1, k], float32, aligned to our ids;
+    row 0 and users/items without training interactions are zeros (so the unknown user has cosine similarity 0 to
+    everyone).
     """
     import cornac
 
+    if implementation not in PMF_IMPLEMENTATIONS:
+        raise ValueError(f"PMF implementation {implementation!r}: expected one of {', '.join(PMF_IMPLEMENTATIONS)}")
     train_set = cornac_train_set(train_histories, num_users, num_items, seed, negatives_per_positive)
-    model = fit_factorisation(cornac.models.PMF, train_set, k=k, max_iter=max_iter, learning_rate=learning_rate,
-                              lambda_reg=lambda_reg, seed=seed, verbose=verbose)
-    return (rows_by_our_ids(model.U, train_set.uid_map, num_users + 1),
-            rows_by_our_ids(model.V, train_set.iid_map, num_items + 1))
+    hyper_parameters = {"k": k, "max_iter": max_iter, "learning_rate": learning_rate, "lambda_reg": lambda_reg,
+                        "seed": seed, "verbose": verbose}
+    if implementation == "numba":
+        from .fast_pmf import fit_pmf
+
+        user_factors, item_factors = fit_pmf(train_set, **hyper_parameters)
+    else:
+        model = fit_factorisation(cornac.models.PMF, train_set, **hyper_parameters)
+        user_factors, item_factors = model.U, model.V
+    return (rows_by_our_ids(user_factors, train_set.uid_map, num_users + 1),
+            rows_by_our_ids(item_factors, train_set.iid_map, num_items + 1))
 
 
 def train_bivae(

@@ -111,6 +111,9 @@ def _file(tmp: Path, name: str, text: str) -> str:
 TRAIN = ["--base_model", "random:tiny", "--report_to", "none"]
 CASES = {
     # peapod-prepare
+    "prepare: unknown --pmf_implementation": ("peapod-prepare", lambda t, p, c: [
+        "--output_dir", str(t / "out"), "--synthetic", "--pmf_implementation", "fortran"],
+        "--pmf-implementation: invalid choice: 'fortran' (choose from 'numba', 'cornac')"),
     "prepare: no source": ("peapod-prepare", lambda t, p, c: ["--output_dir", str(t / "out")],
                            "give exactly one data source"),
     "prepare: two sources": ("peapod-prepare", lambda t, p, c: ["--output_dir", str(t / "out"), "--synthetic",

@@ -302,7 +302,7 @@ def trained_by_console_scripts(tmp_path_factory, tokenizer):
     tok = str(TOKENIZER_DIR)
     runs = {"peapod-prepare": _run([_script("peapod-prepare"), "--synthetic", "--output_dir", "prepared", "--tokenizer",
                                     tok, "--max_users", "30", "--embedding_dim", "8", "--num_neighbors", "3",
-                                    "--pmf_max_iter", "3"], folder)}
+                                    "--pmf_max_iter", "3", "--pmf_implementation", "cornac"], folder)}
     runs["peapod-train"] = _run([_script("peapod-train"), "--prepared_dir", "prepared", "--output_dir", "run",
                                  "--base_model", "random:tiny", "--max_steps", "2", "--per_device_train_batch_size",
                                  "4", "--max_train_samples_per_task", "8", "--max_eval_samples_per_task", "4",
@@ -321,6 +321,7 @@ def test_console_scripts_exit_0(trained_by_console_scripts):
         assert run.returncode == 0, (name, run.stderr[-3000:])
         assert "Traceback" not in run.stderr, name
     assert (folder / "eval" / "results.json").is_file() and (folder / "user1.png").is_file()
+    assert json.loads((folder / "prepared" / "prepare_config.json").read_text())["pmf"]["implementation"] == "cornac"
     # Output to a pipe, not a terminal: progress lines with an ETA instead of tqdm's carriage returns.
     progress = [line for line in runs["peapod-train"].stderr.splitlines() if line.startswith("peapod-train: step")]
     assert progress[-1].startswith("peapod-train: step 2/2 (100%), ") and "ETA" in progress[-1], progress

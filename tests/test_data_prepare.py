@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from datasets_scripts import load_prepared, prepare, rebuild_dataset
+from datasets_scripts.build_dataset import TOKEN_FEATURES
 from datasets_scripts.cli import format_summary, main
+from modeling_peapod import compute_whole_word_ids
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "t5"
 TASKS = ("sequential", "topn", "explanation")
@@ -67,10 +69,16 @@ def test_tokenised_columns(prepared, tokenizer_dir):
     data = load_prepared(prepared[0])
     for name in sorted(SPLIT_NAMES):
         split = data.dataset[name]
+        assert split.format["type"] is None  # tokenised in the Arrow format, saved without one
+        assert {column: split.features[column] for column in TOKEN_FEATURES} == TOKEN_FEATURES
+        columns = split.select_columns(["source", "target", *TOKEN_FEATURES]).to_dict()
+        expected = tokenizer(columns["source"], verbose=False)["input_ids"]  # every row, as the tokenizer gives it
+        assert columns["input_ids"] == expected and columns["attention_mask"] == [[1] * len(ids) for ids in expected]
+        assert columns["whole_word_ids"] == compute_whole_word_ids(expected, tokenizer)
+        assert columns["labels"] == tokenizer(columns["target"], verbose=False)["input_ids"]
         rows = split.select(range(min(3, len(split))))
         for row in rows:
             assert row["task_id"] == TASKS.index(row["task"])
-            assert row["input_ids"] == tokenizer(row["source"])["input_ids"]
             assert len(row["attention_mask"]) == len(row["input_ids"]) == len(row["whole_word_ids"])
             assert max(row["whole_word_ids"]) == row["source"].count("user_") + row["source"].count("item_")
             assert tokenizer.decode(row["labels"], skip_special_tokens=True) == row["target"]
@@ -239,3 +247,22 @@ def test_argument_errors(tmp_path, capsys):
     assert main(["--output_dir", str(existing), "--synthetic"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert [p.name for p in existing.iterdir()] == ["file"] and not (tmp_path / "a").exists()
+
+
+def test_cyclic_gc_paused_restores_the_collector():
+    import gc
+
+    from datasets_scripts.build_dataset import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="inside"), cyclic_gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("inside")
+    assert gc.isenabled()  # back on after an error too
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's disabled collector stays disabled
+    finally:
+        gc.enable()
