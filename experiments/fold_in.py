@@ -69,7 +69,8 @@ RECIPE = {"prompt_encoder": "mha", "dropout_rate": "0.0", "lr_scheduler_type": "
 
 def prepare_data(folder: Path, args) -> None:
     prepare(folder, synthetic=True, synthetic_variant="user", held_out_users=args.held_out_users,
-            embedding_dim=512, num_neighbors=20, seed=args.data_seed, tokenizer=args.tokenizer)
+            embedding_dim=512, num_neighbors=20, seed=args.data_seed, tokenizer=args.tokenizer,
+            pmf_implementation="cornac")  # as the recorded results' folder was (experiments/run.py DEFAULTS)
 
 
 def train_model(folder: Path, args) -> None:

@@ -34,7 +34,8 @@ def prepare_arguments(name: str, shared: Path, output: Path, args: argparse.Name
     flag, path = SOURCES[name]
     argv = [flag, str(shared / path), "--output_dir", str(output), "--tokenizer", str(shared / "tokenizers" / "t5"),
             "--embedding", "pmf", "--compare_neighbor_sources", *args.compare, "--embedding_dim", str(args.k),
-            "--num_neighbors", str(args.num_neighbors), "--seed", str(args.seed), "--overwrite"]
+            "--num_neighbors", str(args.num_neighbors), "--seed", str(args.seed), "--overwrite",
+            "--pmf_implementation", "cornac"]  # as for the recorded figures (experiments/run.py DEFAULTS)
     if args.max_users:
         argv += ["--max_users", str(args.max_users)]
     return argv

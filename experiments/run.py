@@ -61,6 +61,9 @@ DEFAULTS = {
     "tasks": None,
     "max_source_length": _DATA.max_source_length, "data_seed": _PREPARE.seed, "max_train_seconds": None,
     "lr_scheduler_type": "linear", "warmup_steps": None,
+    # The folders behind README's recorded results were prepared by cornac's own PMF loop; kept, so that these
+    # commands reproduce them exactly (a config may say "numba", peapod-prepare's faster default).
+    "pmf_implementation": "cornac",
 }
 BASELINES = ("popularity", "pmf")  # the default set; --baselines names any of training.evaluation.BASELINES
 
@@ -91,6 +94,7 @@ def prepared_folder(config: dict, shared: Path, tokenizer: str) -> Path:
             output_dir=str(folder), **source, seed=config["data_seed"], tokenizer=tokenizer, embedding="pmf",
             embedding_dim=config["embedding_dim"], num_neighbors=config["num_neighbors"],
             max_users=config["max_users"], reindex_items=config["reindex_items"],
+            pmf_implementation=config["pmf_implementation"],
         ))
     return folder
 
