@@ -195,6 +195,9 @@ CASES = {
         "--prepared_dir", str(p), "--baselines", "pmf", "--bogus", "1"], "['--bogus', '1'] (see peapod-evaluate --help)"),
     "evaluate: unknown baseline": ("peapod-evaluate", lambda t, p, c: [
         "--prepared_dir", str(p), "--baselines", "itemknn", "--output_dir", str(t / "out")], "--baselines"),
+    "evaluate: bad --topn_rankings": ("peapod-evaluate", lambda t, p, c: [
+        "--prepared_dir", str(p), "--checkpoint", str(c), "--topn_rankings", "sampling", "--output_dir",
+        str(t / "out")], "--topn_rankings ['sampling']: expected a non-empty subset of ['beam', 'likelihood']"),
     "evaluate: bad split": ("peapod-evaluate", lambda t, p, c: [
         "--prepared_dir", str(p), "--baselines", "pmf", "--split", "train", "--output_dir", str(t / "out")],
         "--split"),

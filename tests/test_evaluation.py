@@ -122,6 +122,21 @@ def test_constrained_outputs_are_valid_distinct_and_within_the_candidates(model,
     assert all(len(items) == FAST["top_k"] for items in report["rankings"]["topn_likelihood"]["ranked"])
 
 
+def test_each_topn_ranking_alone_gives_what_both_give(model, tokenizer, prepared):
+    """`topn_rankings` skips a ranking without changing the other (or the sequential task)."""
+    both = evaluate_checkpoint(model, tokenizer, prepared, max_users=3, tasks=("sequential", "topn"),
+                               return_rankings=True, **FAST)
+    assert both["settings"]["topn_rankings"] == ["beam", "likelihood"]
+    for name in ("likelihood", "beam"):
+        alone = evaluate_checkpoint(model, tokenizer, prepared, max_users=3, tasks=("sequential", "topn"),
+                                    return_rankings=True, topn_rankings=(name,), **FAST)
+        assert set(alone["results"]) == {"sequential", f"topn_{name}"}
+        for result in alone["results"]:
+            assert alone["results"][result] == both["results"][result]
+            assert alone["rankings"][result] == both["rankings"][result]
+        assert alone["settings"]["topn_rankings"] == [name]
+
+
 def test_likelihood_ranker_puts_a_planted_item_first(prepared, tokenizer):
     model = tiny_model(prepared)
     row = prepared.dataset["topn_test"][0]  # user 1 and its 100 test candidates
@@ -195,6 +210,9 @@ def test_bad_arguments_are_value_errors(model, tokenizer, prepared):
         evaluate_checkpoint(model, tokenizer, prepared, baselines=("itemknn",))
     with pytest.raises(ValueError, match="top_k"):
         evaluate_checkpoint(model, tokenizer, prepared, num_beams=5, top_k=10)
+    for rankings in ((), ("beam", "sampling")):
+        with pytest.raises(ValueError, match="topn_rankings must be a non-empty subset"):
+            evaluate_checkpoint(model, tokenizer, prepared, topn_rankings=rankings)
 
 
 # Bootstrap intervals over users --------------------------------------------------------------------------------

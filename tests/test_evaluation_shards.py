@@ -50,6 +50,9 @@ def test_chunks_of_other_settings_or_weights_are_refused(prepared, tokenizer, tm
     with pytest.raises(ValueError, match="holds results of another evaluation"):
         evaluate_checkpoint(model, tokenizer, prepared, tasks=["sequential"], chunk_dir=tmp_path,
                             **{**FAST, "num_beams": 6})
+    with pytest.raises(ValueError, match="holds results of another evaluation"):
+        evaluate_checkpoint(model, tokenizer, prepared, tasks=["sequential"], chunk_dir=tmp_path,
+                            topn_rankings=["likelihood"], **FAST)
     other = tiny_model(prepared)
     other.lm_head.weight.data.mul_(2)
     with pytest.raises(ValueError, match="holds results of another evaluation"):

@@ -22,7 +22,7 @@ from modeling_peapod import PeaPODForConditionalGeneration
 from training.publishing.model_card import add_evaluation_to_card
 
 from .report import write_report
-from .runner import BASELINES, SPLITS, evaluate_checkpoint
+from .runner import BASELINES, SPLITS, TOPN_RANKINGS, evaluate_checkpoint
 
 TASKS = DEFAULT_TASKS
 
@@ -42,6 +42,11 @@ class EvaluateArguments:
     batch_size: int = field(default=16, metadata={"help": "Samples per generation batch."})
     num_beams: int = field(default=20, metadata={"help": "Beams of the (constrained) beam search (paper: 20)."})
     top_k: int = field(default=10, metadata={"help": "Length of the ranked lists (paper: 10)."})
+    topn_rankings: list[str] = field(
+        default_factory=lambda: list(TOPN_RANKINGS),
+        metadata={"help": "The model's top-n rankings: beam (constrained beam search over the candidates) and/or "
+                          "likelihood (every candidate scored). likelihood alone skips the slower beam search."},
+    )
     max_explanation_tokens: int = field(default=64, metadata={"help": "Longest generated explanation, in tokens."})
     max_source_length: int | None = field(
         default=None, metadata={"help": "Cut inputs from the left like training did (default: full inputs)."}
@@ -94,6 +99,9 @@ def check_arguments(args: EvaluateArguments) -> None:
     unknown = [name for name in args.baselines if name not in BASELINES]
     if unknown:
         raise PeaPODInputError(f"--baselines {unknown}: expected any of {list(BASELINES)}")
+    unknown = [name for name in args.topn_rankings if name not in TOPN_RANKINGS]
+    if unknown or not args.topn_rankings:
+        raise PeaPODInputError(f"--topn_rankings {args.topn_rankings}: expected a non-empty subset of {list(TOPN_RANKINGS)}")
     for name in ("batch_size", "num_beams", "top_k", "max_explanation_tokens", "chunk_size"):
         if getattr(args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -162,7 +170,7 @@ def evaluate(args: EvaluateArguments) -> EvaluationResult:
         batch_size=args.batch_size, num_beams=args.num_beams, top_k=args.top_k, baselines=args.baselines,
         exclude_history=args.exclude_history, max_explanation_tokens=args.max_explanation_tokens,
         max_source_length=args.max_source_length, seed=args.seed, allow_other_data=args.allow_other_data,
-        chunk_dir=args.chunk_dir, shard=shard, chunk_size=args.chunk_size,
+        chunk_dir=args.chunk_dir, shard=shard, chunk_size=args.chunk_size, topn_rankings=args.topn_rankings,
     )
     if report.get("chunks", {}).get("incomplete_tasks"):
         return EvaluationResult(report, complete=False)

@@ -53,6 +53,7 @@ SPLITS = ("validation", "test")
 # "oracle" exists only on the planted-signal synthetic variants (datasets_scripts/synthetic.py).
 BASELINES = ("popularity", "pmf", "bpr", "markov", "oracle")
 RANKING_K = (1, 5, 10)
+TOPN_RANKINGS = ("beam", "likelihood")  # the model's two top-n rankings (module docstring)
 # 95% percentile-bootstrap intervals over users: 1,000 resamples from a fixed seed, the same resampled users for
 # every metric and every method evaluated on the same rows (so their intervals are paired).
 BOOTSTRAP_RESAMPLES = 1000
@@ -170,11 +171,13 @@ def _ranking_scores(ranked: list[list[int]], targets: list[int]) -> dict:
 
 @torch.no_grad()
 def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num_beams, top_k, max_source_length,
-               progress=None) -> dict[str, list]:
-    """Sequential or top-n rankings of `rows`: {"targets", "beam"} (+ "likelihood" for top-n), lists in row order."""
+               progress=None, topn_rankings: Sequence[str] = TOPN_RANKINGS) -> dict[str, list]:
+    """Sequential or top-n rankings of `rows`, lists in row order: {"targets", "beam"} for sequential; for top-n
+    "targets" and those of `topn_rankings` ("beam", "likelihood")."""
     collator = PeaPODDataCollator(tokenizer, max_source_length=max_source_length)
     ranks_candidates = TASK_REGISTRY[task].ranks_candidates
-    outputs = {"targets": [], "beam": []} | ({"likelihood": []} if ranks_candidates else {})
+    rankings = topn_rankings if ranks_candidates else ("beam",)
+    outputs = {"targets": []} | {name: [] for name in TOPN_RANKINGS if name in rankings}
     for records, inputs in _batches(dataset, rows, batch_size, collator, model.device, progress):
         outputs["targets"].extend(int(record["item_id"]) for record in records)
         candidates = None
@@ -184,12 +187,13 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
         # One encoder pass serves both rankings (generate and score_candidates take encode's outputs and its
         # extended attention mask in place of the prompt inputs).
         encoder_outputs, extended_mask = model.encode(*model_inputs)
-        item_ids, _ = model.recommend(
-            model_inputs[0], extended_mask, encoder_outputs=encoder_outputs, item_trie=item_trie,
-            candidates=candidates, top_k=top_k, num_beams=num_beams,
-        )
-        outputs["beam"].extend(_strip_padding(item_ids))
-        if ranks_candidates:
+        if "beam" in outputs:
+            item_ids, _ = model.recommend(
+                model_inputs[0], extended_mask, encoder_outputs=encoder_outputs, item_trie=item_trie,
+                candidates=candidates, top_k=top_k, num_beams=num_beams,
+            )
+            outputs["beam"].extend(_strip_padding(item_ids))
+        if "likelihood" in outputs:
             # Every candidate of the batch's users is scored in a few decoder calls (score_candidates batches them).
             scores = model.score_candidates(
                 model_inputs[0], extended_mask, candidates=candidates, item_trie=item_trie,
@@ -203,8 +207,7 @@ def _ranking_entries(task: str, outputs: dict[str, list]) -> dict[str, tuple[lis
     """{result name: (ranked lists, targets)} of a task's merged outputs."""
     if not TASK_REGISTRY[task].ranks_candidates:
         return {task: (outputs["beam"], outputs["targets"])}
-    return {f"{task}_beam": (outputs["beam"], outputs["targets"]),
-            f"{task}_likelihood": (outputs["likelihood"], outputs["targets"])}
+    return {f"{task}_{name}": (outputs[name], outputs["targets"]) for name in TOPN_RANKINGS if name in outputs}
 
 
 def check_explanation_references(dataset, rows: list[int], split: str) -> None:
@@ -325,6 +328,7 @@ def evaluate_checkpoint(
     chunk_dir: str | os.PathLike | None = None,
     shard: tuple[int, int] = (0, 1),
     chunk_size: int = 1024,
+    topn_rankings: Sequence[str] = TOPN_RANKINGS,
 ) -> dict:
     """Evaluate `model` (a PeaPODForConditionalGeneration, or None for baselines only) on `prepared`.
 
@@ -342,6 +346,9 @@ def evaluate_checkpoint(
     there when done and skipped by a rerun; `shard=(i, n)` computes only chunks c with c % n == i. When some
     chunks are still missing (other shards running), the report has no metrics and lists the tasks under
     "chunks" -> "incomplete_tasks"; the run that finds every chunk reports the same numbers as one unsharded run.
+
+    `topn_rankings` picks the model's top-n rankings, "beam" (`topn_beam`) and/or "likelihood" (`topn_likelihood`):
+    the beam search is the larger part of a full-size run, so `("likelihood",)` roughly halves top-n's time.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -357,6 +364,9 @@ def evaluate_checkpoint(
         raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not topn_rankings or any(name not in TOPN_RANKINGS for name in topn_rankings):
+        raise ValueError(f"topn_rankings must be a non-empty subset of {TOPN_RANKINGS}, got {list(topn_rankings)}")
+    topn_rankings = tuple(name for name in TOPN_RANKINGS if name in topn_rankings)
     if model is not None:
         check_user_table(model, prepared.num_users)
         check_data_fingerprint(model.config, prepared, allow_other_data)
@@ -398,7 +408,7 @@ def evaluate_checkpoint(
             "num_beams": num_beams, "top_k": top_k, "batch_size": batch_size, "max_users": max_users,
             "ranking_k": list(RANKING_K), "exclude_history_in_baselines": exclude_history,
             "history_excluded_by_model": False, "max_explanation_tokens": max_explanation_tokens, "seed": seed,
-            "max_source_length": max_source_length,
+            "max_source_length": max_source_length, "topn_rankings": list(topn_rankings),
             "tie_break": "lower item id first",
             "intervals": {
                 "method": "percentile bootstrap over users (scipy.stats.bootstrap)", "confidence": CONFIDENCE_LEVEL,
@@ -414,7 +424,7 @@ def evaluate_checkpoint(
             "split": split, "num_items": prepared.num_items, "num_users": prepared.num_users,
             "model": model_checksum(model) if model is not None else None,
             **{key: report["settings"][key] for key in ("num_beams", "top_k", "max_explanation_tokens",
-                                                         "max_source_length")},
+                                                         "max_source_length", "topn_rankings")},
         }
         store = ChunkStore(chunk_dir, fingerprint, shard, chunk_size)
         report["chunks"] = {"chunk_dir": str(chunk_dir), "shard": list(shard), "chunk_size": chunk_size,
@@ -442,7 +452,7 @@ def evaluate_checkpoint(
             else:
                 def compute(chunk, progress, dataset=dataset, task=task):
                     return _rank_rows(model, tokenizer, dataset, chunk, task, item_trie, batch_size, num_beams,
-                                      top_k, max_source_length, progress)
+                                      top_k, max_source_length, progress, topn_rankings)
             computes[task] = compute
             unit = "sample" if TASK_REGISTRY[task].target == "text" else "user"
             task_outputs[task], computed = collect_chunks(task, rows, compute, store, show_progress, unit)
