@@ -587,16 +587,18 @@ class ItemIdConstraintLogitsProcessor(LogitsProcessor):
         ending = dead_end.nonzero().squeeze(1)
         rows = torch.cat([rows, ending])
         tokens = torch.cat([tensors["edge_tokens"][edges], torch.full_like(ending, self.trie.eos_token_id)])
-        # Copy the allowed scores into an all -inf tensor: one dense write, the rest touches only allowed entries
-        # (PrefixConstrainedLogitsProcessor builds a dense mask and adds it, several passes over [N, vocab]).
+        # Keep the allowed scores, set the whole tensor to -inf in place, write them back: one dense pass, the rest
+        # touches only allowed entries (PrefixConstrainedLogitsProcessor builds a dense mask and adds it, several
+        # passes over [N, vocab]; a fresh -inf tensor per step would cost an allocation of [N, vocab] as well).
+        # In place, as transformers' own processors work: generate passes log-probs it does not read again.
         allowed = scores[rows, tokens]
         # As PrefixConstrainedLogitsProcessor: if every allowed token of a sample is -inf, force the allowed ones to 0.
         samples = rows // self.num_beams
         satisfiable = torch.zeros(scores.shape[0] // self.num_beams, dtype=torch.bool, device=scores.device)
         satisfiable.index_put_((samples,), ~allowed.isneginf(), accumulate=True)
-        processed = torch.full_like(scores, -math.inf)
-        processed[rows, tokens] = torch.where(satisfiable[samples], allowed, 0.0)
-        return processed
+        scores.fill_(-math.inf)
+        scores[rows, tokens] = torch.where(satisfiable[samples], allowed, 0.0)
+        return scores
 
 
 def prefix_allowed_tokens_fn(tries: ItemIdTrie | Sequence[ItemIdTrie]):
@@ -1298,8 +1300,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         self, input_ids, attention_mask=None, user_ids=None, task_ids=None, whole_word_ids=None, *,
         tokenizer=None, item_trie: ItemIdTrie | None = None, candidates=None, top_k: int = 10, num_beams: int = 20,
         length_penalty: float = 0.0, constraint: str = "tensor", user_embeddings=None, user_neighbors=None,
-        **generate_kwargs,
-    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        return_scores: bool = True, **generate_kwargs,
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
         """Ranked item ids by constrained beam search: ([B, top_k] ids padded with -1, [B, top_k] scores).
 
         Every id is a valid catalogue id (and one of the sample's `candidates` [B, C] in top-n), distinct within
@@ -1307,7 +1309,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         `constraint="tensor"` masks with `ItemIdConstraintLogitsProcessor` (batched tensor ops per step);
         `"prefix_fn"` with the per-beam Python callback `prefix_allowed_tokens_fn` (the slower reference; the
         rankings are identical). A user outside the table: `user_embeddings`/`user_neighbors` instead of `user_ids`
-        (`fold_in_users`).
+        (`fold_in_users`). `return_scores=False` returns (ids, None) and spares `generate` its per-step copy of
+        the [B * beams, vocab] scores (`output_scores`): the beams come back best first, so the ids are the same.
         """
         if top_k < 1 or num_beams < top_k:
             raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
@@ -1333,14 +1336,20 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         output = self.generate(
             input_ids, attention_mask, user_ids, task_ids, whole_word_ids,
             user_embeddings=user_embeddings, user_neighbors=user_neighbors, num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=item_trie.max_length,
-            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
+            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=return_scores,
             return_dict_in_generate=True, **generate_kwargs,
         )
         beam_items = item_trie.items_of(output.sequences[:, 1:]).view(batch, num_beams).tolist()  # [B][beams], 0: no item
-        beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()  # [B, beams]
+        # Beam search returns each sample's beams sorted by score, best first (ties in its own order), which is
+        # what the stable sort by `sequences_scores` gives back.
+        if return_scores:
+            beam_scores = output.sequences_scores.view(batch, num_beams).float().cpu()  # [B, beams]
+            orders = beam_scores.argsort(dim=1, descending=True, stable=True).tolist()
+        else:
+            beam_scores, orders = torch.zeros(batch, num_beams), [range(num_beams)] * batch
         item_ids = torch.full((batch, top_k), -1, dtype=torch.long)  # [B, top_k]
         scores = torch.full((batch, top_k), -math.inf)  # [B, top_k]
-        for row, order in enumerate(beam_scores.argsort(dim=1, descending=True, stable=True).tolist()):
+        for row, order in enumerate(orders):
             ranked: list[int] = []
             for beam in order:
                 item = beam_items[row][beam]
@@ -1350,7 +1359,7 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                     ranked.append(item)
                     if len(ranked) == top_k:
                         break
-        return item_ids, scores
+        return item_ids, scores if return_scores else None
 
     @torch.no_grad()
     @_document_peapod_inputs(SCORE_CANDIDATES_DOCSTRING)

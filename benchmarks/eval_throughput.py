@@ -7,7 +7,9 @@ target), batch 16, a randomly initialised PeaPOD of the named shape with a rando
 
 * sequential: 20-beam search unconstrained vs constrained by the tensor trie (`constraint="tensor"`) vs the
   per-beam Python callback (`"prefix_fn"`, the old path); same width, same `max_new_tokens`, same flags;
-* top-n beam: the same three, restricted to each user's 100 candidates;
+  and the tensor trie returning ids only (`ids_only`: `recommend(return_scores=False)`, what evaluation runs: no
+  per-step copy of the scores, `output_scores`);
+* top-n beam: the same four, restricted to each user's 100 candidates;
 * top-n likelihood: `score_candidates` (one decoder position and one vocabulary log-softmax per unique
   (sample, item-id trie node)) vs the same with the vocabulary projection in one chunk (`trie_one_chunk`) vs the
   previous implementation (one packed decoder block per candidate, copied below as `packed_blocks`) vs the
@@ -180,7 +182,7 @@ def main():
     batches = make_batches(histories, num_items, tokenizer, users, args.batch_size, args.seed)
     beams = args.num_beams
 
-    def beam_search(constraint, restricted):
+    def beam_search(constraint, restricted, return_scores=True):
         def run(inputs, candidates):
             if constraint is None:  # the same beam search, unconstrained
                 return model.generate(
@@ -189,13 +191,15 @@ def main():
                     return_dict_in_generate=True,
                 )
             return model.recommend(**inputs, item_trie=trie, candidates=candidates if restricted else None,
-                                   num_beams=beams, constraint=constraint)
+                                   num_beams=beams, constraint=constraint, return_scores=return_scores)
         return run
 
     paths = {
         "sequential": {"unconstrained": beam_search(None, False), "tensor_trie": beam_search("tensor", False),
+                       "ids_only": beam_search("tensor", False, return_scores=False),
                        "python_trie": beam_search("prefix_fn", False)},
         "topn_beam": {"unconstrained": beam_search(None, True), "tensor_trie": beam_search("tensor", True),
+                      "ids_only": beam_search("tensor", True, return_scores=False),
                       "python_trie": beam_search("prefix_fn", True)},
         "topn_likelihood": {
             "trie": lambda inputs, candidates: model.score_candidates(**inputs, candidates=candidates, item_trie=trie),
@@ -240,6 +244,7 @@ def main():
             continue
         rates = best[task]
         ratios[f"{task}_constrained_over_unconstrained_time"] = round(rates["unconstrained"] / rates["tensor_trie"], 3)
+        ratios[f"{task}_tensor_trie_over_ids_only_time"] = round(rates["ids_only"] / rates["tensor_trie"], 3)
         if "python_trie" in rates:
             ratios[f"{task}_python_trie_over_tensor_trie_time"] = round(rates["tensor_trie"] / rates["python_trie"], 3)
     if "topn_likelihood" in best:
@@ -256,7 +261,7 @@ def main():
         ratios["encode_topn_stock_over_folded_time"] = round(best["encode_topn"]["folded_bias"]
                                                              / best["encode_topn"]["stock_t5_stack"], 3)
     if {"sequential", "topn_beam", "topn_likelihood"} <= best.keys():  # the evaluator runs sequential, then top-n (beam search and likelihood on the same batch)
-        seconds_per_user = 1 / best["sequential"]["tensor_trie"] + 1 / best["topn_beam"]["tensor_trie"] \
+        seconds_per_user = 1 / best["sequential"]["ids_only"] + 1 / best["topn_beam"]["ids_only"] \
             + 1 / best["topn_likelihood"]["trie"]
         projected["minutes"] = round(len(histories) * seconds_per_user / 60, 1)
     results["projected_all_users"] = projected

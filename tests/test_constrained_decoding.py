@@ -44,6 +44,9 @@ def _assert_same_rankings(model, inputs, trie, **kwargs):
     torch.testing.assert_close(tensor_scores, reference_scores, rtol=0, atol=0)
     for row in tensor_ids.tolist():  # distinct ids, no padding when the beams suffice
         assert len(set(row)) == len(row) and min(row) >= 1
+    # Without scores (generate keeps no per-step score copies): the same ids, taken in the beams' returned order.
+    ids_only, no_scores = model.recommend(**inputs, item_trie=trie, constraint="tensor", return_scores=False, **kwargs)
+    assert torch.equal(ids_only, tensor_ids) and no_scores is None
     return tensor_ids
 
 

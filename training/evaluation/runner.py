@@ -190,7 +190,7 @@ def _rank_rows(model, tokenizer, dataset, rows, task, item_trie, batch_size, num
         if "beam" in outputs:
             item_ids, _ = model.recommend(
                 model_inputs[0], extended_mask, encoder_outputs=encoder_outputs, item_trie=item_trie,
-                candidates=candidates, top_k=top_k, num_beams=num_beams,
+                candidates=candidates, top_k=top_k, num_beams=num_beams, return_scores=False,  # ids suffice
             )
             outputs["beam"].extend(_strip_padding(item_ids))
         if "likelihood" in outputs:
