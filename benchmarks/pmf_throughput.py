@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -25,18 +24,18 @@ from datasets_scripts.neighbor_diagnostic import neighbor_hit_rate
 from datasets_scripts.p5_format import read_p5_dir
 from datasets_scripts.synthetic import synthetic_data
 from training.evaluation.baselines import PMFBaseline, recommend_topn
+from training.evaluation.metrics import load_metric
 
 
 def ranking_quality(user_table, item_table, loo, negatives, top_k: int = 10) -> dict:
-    """HR@k and NDCG@k of the PMF dot product on each user's test item among its fixed candidates."""
+    """HR@k and NDCG@k (the shipped `ranking` metric) of the PMF dot product on each user's test item among its
+    fixed candidates."""
     users = sorted(loo.test)
     candidates = np.array([[loo.test[user], *negatives[user]] for user in users])
     ranked = recommend_topn(PMFBaseline(user_table, item_table), users, candidates, top_k=top_k)
-    hits = [ranking.index(loo.test[user]) if loo.test[user] in ranking else None for user, ranking in zip(users, ranked)]
-    return {
-        f"hr@{top_k}": float(np.mean([hit is not None for hit in hits])),
-        f"ndcg@{top_k}": float(np.mean([0.0 if hit is None else 1.0 / math.log2(hit + 2) for hit in hits])),
-    }
+    scores = load_metric("ranking").compute(predictions=ranked, references=[loo.test[user] for user in users],
+                                            k_values=[top_k])
+    return {name: scores[name] for name in (f"hr@{top_k}", f"ndcg@{top_k}")}
 
 
 def main():
