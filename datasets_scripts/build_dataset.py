@@ -171,7 +171,7 @@ class PieceCache:
 
     The assembly is array work (`encode`): a batch's words become row numbers of a table of the known words, and
     numpy gathers their tokens, shifts their whole-word ids and inserts the EOS; Python touches each word once,
-    for one dict lookup. Full Beauty's 375k prompts (25M words) take ~20 s instead of ~70 s of per-word Python.
+    for one dict lookup (`benchmarks/prepare_throughput.py` compares it with the tokenizer on full Beauty).
     """
 
     def __init__(self, tokenizer):
@@ -368,8 +368,9 @@ def build_dataset_dict(
 def cyclic_gc_paused():
     """Python's cycle collector off inside (and back as it was after): building millions of small lists and
     strings, none of them in a reference cycle, triggers full collections that each walk every live object, a
-    cost that grows faster than the data (full Beauty's samples, text columns and tokenisation: 41 s -> 35 s;
-    twice Beauty 88 s -> 77 s). Reference counting still frees everything as usual."""
+    cost that grows faster than the data (measured by hand while writing it: full Beauty's samples, text columns and
+    tokenisation 41 s -> 35 s, twice Beauty 88 s -> 77 s; `benchmarks/prepare_scaling.py` shows the whole prepare).
+    Reference counting still frees everything as usual."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
