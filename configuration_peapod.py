@@ -18,10 +18,12 @@ from transformers import AutoConfig, T5Config
 PromptEncoder = Literal["mha", "mlp", "none"]
 UserEmbeddingNorm = Literal["none", "l2", "layernorm"]
 CollaborativePromptNorm = Literal["none", "rms"]
+PromptAttentionNorm = Literal["none", "qk"]
 LossReduction = Literal["sequence", "token"]
 PROMPT_ENCODERS: tuple[str, ...] = get_args(PromptEncoder)
 USER_EMBEDDING_NORMS: tuple[str, ...] = get_args(UserEmbeddingNorm)
 COLLABORATIVE_PROMPT_NORMS: tuple[str, ...] = get_args(CollaborativePromptNorm)
+PROMPT_ATTENTION_NORMS: tuple[str, ...] = get_args(PromptAttentionNorm)
 LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
 
 
@@ -170,6 +172,16 @@ class PeaPODConfig(T5Config):
         HR@10 0.128 against 0.231 at 900 steps) — held at the tokens' scale, the prompt is mixed away by the
         encoder and the decoder's cross-attention on it falls (23% -> 2%), where the paper's growing prompt keeps
         it (40% -> 55%). Kept as an option for the record; the paper's `"none"` stays the default.
+    prompt_attention_norm (`str`, defaults to `"none"`):
+        How the mha prompt encoder's per-head queries and keys (eqs. (5), (7)) are scaled before their dot product.
+        `"none"`: as the projections give them (the paper). Their norms grow with training and the softmax over the
+        n neighbours saturates: on the planted `neighbors` data every head ends on one neighbour (top weight
+        0.9999 after 4,800 steps), where the softmax's gradient is zero, so which neighbour it attends can no
+        longer be learnt. `"qk"`: each head's query and key are RMS-normalised over d_k with learned gains (T5's
+        `T5LayerNorm`, initialised to 1) — "QK-norm" (Dehghani et al. 2023; Wortsman et al. 2023, who trace
+        attention-logit growth to the same saturation) — so a logit is at most sqrt(d_k) times the gains and
+        attention stays trainable. Only for `prompt_encoder="mha"`. Measured: README, "Planted `neighbors`
+        variant".
     loss_reduction (`str`, defaults to `"sequence"`):
         `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
         all target tokens of the batch (transformers' default for T5).
@@ -204,6 +216,7 @@ class PeaPODConfig(T5Config):
     prompt_encoder: PromptEncoder = "mha"
     user_embedding_norm: UserEmbeddingNorm = "none"
     collaborative_prompt_norm: CollaborativePromptNorm = "none"
+    prompt_attention_norm: PromptAttentionNorm = "none"
     prompt_encoder_heads: int = 4
     collaborative_prompt_length: int = 3
     add_user_prompt_to_tokens: bool = False
@@ -233,6 +246,15 @@ class PeaPODConfig(T5Config):
             raise ValueError(
                 f"collaborative_prompt_norm={self.collaborative_prompt_norm!r} is not one of "
                 f"{COLLABORATIVE_PROMPT_NORMS}"
+            )
+        if self.prompt_attention_norm not in PROMPT_ATTENTION_NORMS:
+            raise ValueError(
+                f"prompt_attention_norm={self.prompt_attention_norm!r} is not one of {PROMPT_ATTENTION_NORMS}"
+            )
+        if self.prompt_attention_norm != "none" and self.prompt_encoder != "mha":
+            raise ValueError(
+                f"prompt_attention_norm={self.prompt_attention_norm!r} needs prompt_encoder='mha' (got "
+                f"{self.prompt_encoder!r}): only the mha prompt encoder has queries and keys"
             )
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
@@ -326,7 +348,9 @@ class PeaPODConfig(T5Config):
 
 
 __all__ = [
-    "COLLABORATIVE_PROMPT_NORMS", "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
-    "CollaborativePromptNorm", "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptEncoder", "TaskSpec", "UserEmbeddingNorm",
+    "COLLABORATIVE_PROMPT_NORMS", "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ATTENTION_NORMS",
+    "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
+    "CollaborativePromptNorm", "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptAttentionNorm", "PromptEncoder",
+    "TaskSpec", "UserEmbeddingNorm",
     "check_task_order", "task_spec",
 ]

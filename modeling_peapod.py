@@ -324,7 +324,8 @@ class CollaborativePromptEncoder(nn.Module):
     `mlp`: the paper's "0 heads" ablation, no neighbours: z = Q = W_Q u + b_Q (eq. 1), p = W_I z + b_I (eq. 6).
     `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`);
     `config.collaborative_prompt_norm="rms"` RMS-normalises each of the L_p output vectors (a learned gain; not in
-    the paper), which keeps p at the token embeddings' scale.
+    the paper), which keeps p at the token embeddings' scale; `config.prompt_attention_norm="qk"` RMS-normalises
+    each head's query and key before eq. (5) (QK-norm; not in the paper), which keeps the softmax from saturating.
     """
 
     def __init__(self, config):
@@ -344,6 +345,10 @@ class CollaborativePromptEncoder(nn.Module):
             self.head_query = nn.Linear(d_model, d_model, bias=False)  # W_h^Q for all heads, eq. (7)
             self.head_key = nn.Linear(d_model, d_model, bias=False)  # W_h^K
             self.head_value = nn.Linear(d_model, d_model, bias=False)  # W_h^V
+            if config.prompt_attention_norm == "qk":  # one gain vector over d_k, shared by the heads
+                head_width = d_model // self.num_heads
+                self.query_norm = T5LayerNorm(head_width, eps=config.layer_norm_epsilon)
+                self.key_norm = T5LayerNorm(head_width, eps=config.layer_norm_epsilon)
         self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eq. (6) mlp, eq. (9) mha
         if config.collaborative_prompt_norm == "rms":
             self.prompt_norm = T5LayerNorm(d_model, eps=config.layer_norm_epsilon)
@@ -368,6 +373,8 @@ class CollaborativePromptEncoder(nn.Module):
             query = query.view(batch, self.num_heads, 1, head_width)  # [B, H, 1, d_k]
             keys = keys.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)  # [B, H, n, d_k]
             values = values.view(batch, num_neighbors, self.num_heads, head_width).transpose(1, 2)  # [B, H, n, d_k]
+            if hasattr(self, "query_norm"):  # prompt_attention_norm="qk": |logit| <= sqrt(d_k) x the gains
+                query, keys = self.query_norm(query), self.key_norm(keys)
             # Scaled dot-product attention of each head over the n neighbours, eqs. (5), (7): [B, H, 1, n].
             attention = torch.softmax(query @ keys.transpose(-1, -2) / math.sqrt(head_width), dim=-1)
             summary = (attention @ values).reshape(batch, self.d_model)  # z_mha [B, d_m]: heads concatenated, eq. (8)
@@ -798,6 +805,9 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
                 init.zeros_(self.prompt_encoder.user_norm.bias)
             if self.config.collaborative_prompt_norm == "rms":
                 init.ones_(self.prompt_encoder.prompt_norm.weight)
+            if self.config.prompt_attention_norm == "qk":
+                init.ones_(self.prompt_encoder.query_norm.weight)
+                init.ones_(self.prompt_encoder.key_norm.weight)
         # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
         if self.config.use_task_prompts:
             init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)

@@ -501,3 +501,15 @@ def planted_structure(prepared) -> dict:
         ]
         structure["user_clique"] = {users[u]: k for u, k in source["user_clique"].items() if u in users}
     return structure
+
+
+def clique_mates(structure: dict) -> dict[int, set[int]]:
+    """`neighbors` variant: each user's clique-mates (the users whose training items reveal its held-out hits),
+    from `planted_structure(prepared)` (or the generator's own structure): the neighbours its prompt encoder
+    should attend to."""
+    if "user_clique" not in structure:
+        raise PeaPODInputError(
+            f"clique-mates exist in the `neighbors` variant only, not {structure.get('variant', 'this structure')!r}"
+        )
+    members = structure["clique_members"]
+    return {user: set(members[clique]) - {user} for user, clique in structure["user_clique"].items()}

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_path, atomic_write_json
+from datasets_scripts.synthetic import clique_mates, planted_structure
 from modeling_peapod import PeaPODForConditionalGeneration
 from training import cli
 from training.api import hardware_description
@@ -92,8 +93,16 @@ def train_row(args, spec: str, output_dir: Path) -> dict:
     return cli.train(arguments)
 
 
-def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
-    """The metrics of one checkpoint folder (see the module docstring)."""
+def planted_true_neighbors(prepared) -> dict[int, set[int]] | None:
+    """Each user's clique-mates on planted `neighbors` data (where the attention should go), else None."""
+    arguments = prepared.config.get("arguments", {})
+    if not (arguments.get("synthetic") and arguments.get("synthetic_variant") == "neighbors"):
+        return None
+    return clique_mates(planted_structure(prepared))
+
+
+def evaluate_folder(folder: Path, prepared, tokenizer, args, true_neighbors=None) -> dict:
+    """The metrics of one checkpoint folder (see the module docstring); `true_neighbors`: see `attention_health`."""
     import torch
 
     torch.manual_seed(args.seed)
@@ -106,7 +115,7 @@ def evaluate_folder(folder: Path, prepared, tokenizer, args) -> dict:
         point["permuted"] = dict(shuffled["permuted"])  # its per-user hits too: the paired drop interval
         point["topn_shuffle_drop"] = shuffled["drop"].get("topn_hr@10")
         point["loglik_change"] = shuffled.get("loglik_change")
-        point["attention"] = attention_health(model)
+        point["attention"] = attention_health(model, true_neighbors=true_neighbors)
     else:
         point = _loss_and_topn(model, tokenizer, prepared, "test", args.eval_users, 16, args.sequential_likelihood)
         point.pop("_topn_scores", None)
@@ -344,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output or ROOT / "experiments" / "results" / f"curves-{Path(args.prepared_dir).name}")
     output.mkdir(parents=True, exist_ok=True)
     baselines(prepared, tokenizer, args, output)
+    true_neighbors = planted_true_neighbors(prepared)
     for spec in args.rows:
         name = args.name or row_name(spec)
         run_dir = ROOT / "runs" / "curves" / output.name / name
@@ -377,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         for step, folder in sorted(folders, key=lambda pair: pair[0]):
             if args.steps and step not in args.steps:
                 continue
-            point = {"step": step, **evaluate_folder(folder, prepared, tokenizer, args)}
+            point = {"step": step, **evaluate_folder(folder, prepared, tokenizer, args, true_neighbors)}
             record["users"] = len(point["topn_hits"])
             record["points"] = sorted(record["points"] + [point], key=lambda p: p["step"])
             write_json(output / f"{name}.json", record)

@@ -28,7 +28,7 @@ import run  # experiments/run.py: the same prepared folders as the model runs
 
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_text
-from datasets_scripts.synthetic import PLANTED_VARIANTS, planted_structure
+from datasets_scripts.synthetic import PLANTED_VARIANTS, clique_mates, planted_structure
 from training import api
 from training.evaluation import evaluate_checkpoint
 
@@ -39,11 +39,8 @@ RESULTS = ROOT / "experiments" / "results"
 
 def neighbour_recall(prepared) -> float:
     """Mean share of a user's clique-mates found among its prepared neighbours (`neighbors` variant only)."""
-    structure = planted_structure(prepared)
-    shares = []
-    for user, clique in structure["user_clique"].items():
-        mates = set(structure["clique_members"][clique]) - {user}
-        shares.append(len(mates & set(prepared.user_neighbors[user].tolist())) / len(mates))
+    shares = [len(mates & set(prepared.user_neighbors[user].tolist())) / len(mates)
+              for user, mates in clique_mates(planted_structure(prepared)).items()]
     return sum(shares) / len(shares)
 
 

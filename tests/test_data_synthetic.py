@@ -12,6 +12,7 @@ from datasets_scripts.synthetic import (
     PLANTED_VARIANTS,
     PlantedConfig,
     SyntheticConfig,
+    clique_mates,
     generate_planted,
     generate_synthetic,
     planted_oracle_scores,
@@ -225,9 +226,12 @@ def test_neighbors_variant_held_out_item_is_absent_from_own_history_and_taken_by
     data = planted["neighbors"]
     structure = data.extra["_structure"]
     train = _train_histories(data)
+    mates_of = clique_mates(structure)
+    assert all(user in mates_of[mate] for user, mates in mates_of.items() for mate in mates)  # symmetric
     for user, history in data.histories.items():
         clique = structure["user_clique"][user]
-        mates = [m for m in structure["clique_members"][clique] if m != user]
+        mates = sorted(mates_of[user])
+        assert user not in mates and len(mates) == len(structure["clique_members"][clique]) - 1
         test = history[-1]
         assert test in structure["clique_hits"][clique] and test not in train[user]
         assert all(test in train[m] for m in mates)  # every clique-mate took it in training
@@ -293,6 +297,8 @@ def test_prepare_threads_the_variant_through(tokenizer, tmp_path):
     users = sorted(prepared.histories)
     scores = planted_oracle_scores(structure, users, {u: prepared.histories[u][:-1] for u in users}, prepared.num_items)
     assert scores.argmax(axis=1).tolist() == [prepared.histories[u][-1] for u in users]
+    with pytest.raises(PeaPODInputError, match="`neighbors` variant only, not 'history'"):
+        clique_mates(structure)
     # The same through the evaluation runner: the oracle baseline finds every test item first.
     from training.evaluation import evaluate_checkpoint
 

@@ -72,7 +72,9 @@ def test_l2_rows_have_unit_rms_and_the_unknown_user_stays_zero():
 
 
 @pytest.mark.parametrize("field, value, norm", [("user_embedding_norm", "layernorm", "user_norm"),
-                                                ("collaborative_prompt_norm", "rms", "prompt_norm")])
+                                                ("collaborative_prompt_norm", "rms", "prompt_norm"),
+                                                ("prompt_attention_norm", "qk", "query_norm"),
+                                                ("prompt_attention_norm", "qk", "key_norm")])
 def test_learned_norm_weights_train_save_and_reload(tmp_path, field, value, norm):
     model = tiny_model(**{field: value})
     weight = getattr(model.prompt_encoder, norm).weight
@@ -181,8 +183,48 @@ def test_permuted_table_gives_each_user_another_users_exact_prompt():
     assert torch.equal(model.user_embeddings, model.user_embeddings)  # restored (same object back)
 
 
+# -- prompt_attention_norm ---------------------------------------------------------------------------------
+
+
+def test_prompt_attention_norm_defaults_to_the_paper_and_rejects_unknown_values_and_other_encoders():
+    assert PeaPODConfig().prompt_attention_norm == "none"
+    with pytest.raises(ValueError, match="prompt_attention_norm"):
+        PeaPODConfig(prompt_attention_norm="rms")
+    with pytest.raises(ValueError, match="needs prompt_encoder='mha'"):
+        PeaPODConfig(prompt_encoder="mlp", prompt_attention_norm="qk")
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 10_000.0])
+def test_qk_norm_bounds_the_attention_logits_whatever_the_table_scale(scale):
+    """"qk": unit-RMS queries and keys (gains 1) make every logit lie in [-sqrt(d_k), sqrt(d_k)], so no neighbour's
+    weight falls below exp(-2 sqrt(d_k)) / n; the paper's attention saturates onto one neighbour as the table grows."""
+    users = torch.arange(1, NUM_USERS + 1)
+    model = tiny_model(prompt_attention_norm="qk")
+    head_width = model.config.d_model // model.config.prompt_encoder_heads
+    floor = math.exp(-2 * math.sqrt(head_width)) / model.config.num_neighbors
+    with user_table_swapped(model, model.user_embeddings * scale, model.user_neighbors):
+        attention = model.collaborative_prompt(users, output_attentions=True)[1]
+    assert attention.min() >= floor
+    if scale == 10_000.0:
+        paper = tiny_model()
+        with user_table_swapped(paper, paper.user_embeddings * scale, paper.user_neighbors):
+            saturated = paper.collaborative_prompt(users, output_attentions=True)[1]
+        assert saturated.min() < floor and saturated.max(-1).values.mean() > 0.99
+
+
+def test_peapod_train_flag_sets_prompt_attention_norm():
+    from training.arguments import DataArguments, ModelArguments, check_arguments
+
+    assert ModelArguments(prompt_attention_norm="qk").config_fields()["prompt_attention_norm"] == "qk"
+    with pytest.raises(PeaPODInputError, match="--prompt_attention_norm 'l2'"):
+        check_arguments(ModelArguments(prompt_attention_norm="l2"), DataArguments(), None)
+
+
+# -- attention_health ----------------------------------------------------------------------------------------
+
+
 def test_attention_health_detects_attention_bought_by_norm():
-    """When one neighbour's embedding is huge and aligned with the query, it takes the attention."""
+    """When one neighbour's embedding is huge and aligned with the query, it takes the attention (not under qk)."""
     model = tiny_model(num_neighbors=3)
     table = torch.randn(NUM_USERS + 1, D_USER) * 0.01
     table[1:, 0] = torch.linspace(1, 2, NUM_USERS)  # all alike in direction, norms increasing with the id
@@ -198,6 +240,27 @@ def test_attention_health_detects_attention_bought_by_norm():
     assert health["argmax_is_largest_norm"] == 1.0 and health["heads_agree"] == 1.0
     assert health["entropy_mean"] < health["entropy_uniform"]
     assert attention_health(tiny_model(prompt_encoder="mlp"))["prompt_encoder"] == "mlp"
+    # QK-norm: keys of one direction are one key whatever their norms, so the attention is uniform again.
+    normalised = tiny_model(num_neighbors=3, prompt_attention_norm="qk")
+    normalised.load_state_dict(model.state_dict(), strict=False)  # the same projections; its gains stay 1
+    health = attention_health(normalised)
+    assert health["entropy_mean"] == pytest.approx(health["entropy_uniform"], abs=1e-3)
+
+
+def test_attention_health_measures_the_attention_on_true_neighbors():
+    model = tiny_model()
+    users = torch.arange(1, NUM_USERS + 1)
+    attention = model.collaborative_prompt(users, output_attentions=True)[1]  # [U, H, n]
+    neighbors = model.user_neighbors[users]
+    everyone = {user: set(row) for user, row in zip(users.tolist(), neighbors.tolist())}
+    first = {user: {row[0]} for user, row in zip(users.tolist(), neighbors.tolist())}
+    assert "attention_on_true_neighbors" not in attention_health(model)
+    assert attention_health(model, true_neighbors=everyone)["attention_on_true_neighbors"] == pytest.approx(1.0)
+    health = attention_health(model, true_neighbors=first)
+    assert health["attention_on_true_neighbors"] == pytest.approx(attention[:, :, 0].mean().item(), rel=1e-5)
+    assert health["true_neighbor_share"] == pytest.approx(1 / model.config.num_neighbors)
+    assert health["argmax_is_true_neighbor"] == pytest.approx((attention.argmax(-1) == 0).float().mean().item())
+    assert attention_health(model, true_neighbors={})["attention_on_true_neighbors"] == 0.0
 
 
 def test_prompt_norms_and_gradient_groups():

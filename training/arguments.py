@@ -20,12 +20,14 @@ from configuration_peapod import (
     DEFAULT_TASKS,
     LOSS_REDUCTIONS,
     NAMED_SHAPES,
+    PROMPT_ATTENTION_NORMS,
     PROMPT_ENCODERS,
     USER_EMBEDDING_NORMS,
     CollaborativePromptNorm,
     LossReduction,
     PeaPODConfig,
     PeaPODInputError,
+    PromptAttentionNorm,
     PromptEncoder,
     UserEmbeddingNorm,
 )
@@ -76,6 +78,10 @@ class ModelArguments:
     collaborative_prompt_norm: CollaborativePromptNorm = field(
         default=_config_default("collaborative_prompt_norm"),
         metadata={"help": "none (paper) | rms: RMS-normalise each collaborative prompt vector (learned gain)."},
+    )
+    prompt_attention_norm: PromptAttentionNorm = field(
+        default=_config_default("prompt_attention_norm"),
+        metadata={"help": "none (paper) | qk: RMS-normalise the mha prompt encoder's per-head queries and keys."},
     )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
@@ -192,7 +198,8 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
             + ", ".join(NAMED_SHAPES)
         )
     choice_fields = {"prompt_encoder": PROMPT_ENCODERS, "user_embedding_norm": USER_EMBEDDING_NORMS,
-                     "collaborative_prompt_norm": COLLABORATIVE_PROMPT_NORMS, "loss_reduction": LOSS_REDUCTIONS}  # the parser checks the flags; this, Python callers
+                     "collaborative_prompt_norm": COLLABORATIVE_PROMPT_NORMS,
+                     "prompt_attention_norm": PROMPT_ATTENTION_NORMS, "loss_reduction": LOSS_REDUCTIONS}  # the parser checks the flags; this, Python callers
     for name, choices in choice_fields.items():
         if getattr(model_args, name) not in choices:
             raise PeaPODInputError(f"--{name} {getattr(model_args, name)!r}: expected one of {choices}")

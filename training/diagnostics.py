@@ -203,12 +203,18 @@ def _nothing():
 
 
 @torch.no_grad()
-def attention_health(model, user_ids: Sequence[int] | None = None) -> dict:
+def attention_health(
+    model, user_ids: Sequence[int] | None = None, true_neighbors: dict[int, set[int]] | None = None
+) -> dict:
     """Per-user attention entropy of the mha prompt encoder, and how often its most-attended neighbour is the
     neighbour with the largest raw embedding norm (chance: 1/n when norms and attention are unrelated).
 
     Entropies are in nats, reported with log(n) (uniform attention) beside them; `argmax_is_largest_norm` is the
     share of (user, head) pairs; `heads_agree` the share of users whose heads all pick the same neighbour.
+    `true_neighbors` (user -> the users whose items carry its signal, e.g. `datasets_scripts.synthetic.clique_mates`
+    on planted `neighbors` data) adds where the attention goes: `attention_on_true_neighbors`, the mean attention
+    mass on them, against `true_neighbor_share`, their mean share of the n neighbours (what uniform attention
+    gives), and `argmax_is_true_neighbor`, the share of (user, head) pairs whose top neighbour is one of them.
     """
     if model.config.prompt_encoder != "mha":
         return {"prompt_encoder": model.config.prompt_encoder, "note": "no attention (mlp or none)"}
@@ -221,6 +227,16 @@ def attention_health(model, user_ids: Sequence[int] | None = None) -> dict:
     largest = neighbor_norms.argmax(-1, keepdim=True)  # [U, 1]
     top = attention.argmax(-1)  # [U, H]
     num_neighbors = attention.shape[-1]
+    truth = {}
+    if true_neighbors is not None:
+        neighbors = model.user_neighbors[users].tolist()  # [U][n]
+        is_true = torch.tensor([[neighbor in true_neighbors.get(user, ()) for neighbor in row]
+                                for user, row in zip(users.tolist(), neighbors)], device=attention.device)  # [U, n]
+        truth = {
+            "attention_on_true_neighbors": (attention * is_true[:, None, :]).sum(-1).mean().item(),
+            "true_neighbor_share": is_true.float().mean().item(),
+            "argmax_is_true_neighbor": is_true.gather(1, top).float().mean().item(),
+        }
     return {
         "users": int(users.numel()), "num_neighbors": num_neighbors, "heads": attention.shape[1],
         "entropy_mean": entropy.mean().item(), "entropy_per_head": entropy.mean(0).tolist(),
@@ -229,6 +245,7 @@ def attention_health(model, user_ids: Sequence[int] | None = None) -> dict:
         "argmax_is_largest_norm": (top == largest).float().mean().item(),
         "chance": 1 / num_neighbors,
         "heads_agree": (top == top[:, :1]).all(-1).float().mean().item(),
+        **truth,
     }
 
 
