@@ -6,23 +6,26 @@
 #
 #     bash experiments/user_chain.sh peapod-mlp             # or pod (peapod-mha was run by the same commands)
 #     bash experiments/user_chain.sh peapod-mha history     # another planted variant (default: user)
+#     bash experiments/user_chain.sh peapod-mha-qk neighbors runs/curves/curves-synthetic-neighbors-qk-900/peapod-mha-qk
+#                                                           # the 900-step row from another curves.py --output folder
 #
 # Checkpoints go to runs/curves/VARIANT-ROW-{continued,continued-2,cooldown-long}; a stage whose folder already holds
 # a model is kept, not retrained. Evaluate them with `python experiments/curves.py --evaluate_run ...` and join them
 # with `--join` (README has both commands).
 set -euo pipefail
-usage() { echo "user_chain.sh: error: $1 (usage: bash experiments/user_chain.sh ROW [VARIANT])" >&2; exit 2; }
-[[ $# -ge 1 && $# -le 2 ]] || usage "expected a row name and optionally a planted variant"
+usage() { echo "user_chain.sh: error: $1 (usage: bash experiments/user_chain.sh ROW [VARIANT [FIRST_RUN]])" >&2; exit 2; }
+[[ $# -ge 1 && $# -le 3 ]] || usage "expected a row name and optionally a planted variant and the 900-step run"
 ROW=$1
 VARIANT=${2:-user}
 cd "$(dirname "$0")/.."
-[[ -f runs/curves/curves-synthetic-$VARIANT-900/$ROW/model.safetensors ]] ||
-  usage "no 900-step row runs/curves/curves-synthetic-$VARIANT-900/$ROW (train it with experiments/curves.py first)"
+FIRST=${3:-runs/curves/curves-synthetic-$VARIANT-900/$ROW}
+[[ -f $FIRST/model.safetensors ]] ||
+  usage "no 900-step row $FIRST (train it with experiments/curves.py first)"
 [[ -d prepared/synthetic-$VARIANT-pmf512-n20 ]] || usage "no prepared folder prepared/synthetic-$VARIANT-pmf512-n20"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(--prepared_dir "prepared/synthetic-$VARIANT-pmf512-n20" --tokenizer ../shared/tokenizers/t5 --tasks sequential topn
         --per_device_train_batch_size 32 --learning_rate 0.005 --eval_strategy no --save_strategy steps --seed 0)
-previous=runs/curves/curves-synthetic-$VARIANT-900/$ROW
+previous=$FIRST
 for stage in "continued 900 15 constant_with_warmup 900" "continued-2 1800 15 constant_with_warmup 900" \
              "cooldown-long 1200 0 linear 600"; do
   read -r name steps warmup schedule save <<< "$stage"

@@ -291,3 +291,18 @@ def test_refit_user_vectors_solves_the_fold_in_objective(synthetic_prepared, tmp
     for measure in ("neighbour_diagnostic", "pmf_hr@10"):
         difference = result["refitted_minus_prepared"][measure]["mean"]
         assert difference == pytest.approx(result["refitted"][measure]["mean"] - result["prepared"][measure]["mean"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "expected a row name"),
+    (["peapod-mha", "user", "runs/x", "extra"], "expected a row name"),
+    (["peapod-mha", "neighbors", "/nonexistent/run"], "no 900-step row /nonexistent/run"),
+])
+def test_user_chain_refuses_a_mistake_with_one_line_and_status_2(arguments, message):
+    import subprocess
+
+    script = EXPERIMENTS / "user_chain.sh"
+    result = subprocess.run(["bash", str(script), *arguments], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
