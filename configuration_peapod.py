@@ -182,6 +182,14 @@ class PeaPODConfig(T5Config):
         attention-logit growth to the same saturation) — so a logit is at most sqrt(d_k) times the gains and
         attention stays trainable. Only for `prompt_encoder="mha"`. Measured: README, "Planted `neighbors`
         variant".
+    neighbor_rank_bias (`bool`, defaults to `False`):
+        Add a learned bias per head and neighbour rank to the mha attention logits of eq. (5), initialised to 0 (so
+        the attention starts as the paper's). The neighbour lists are ordered by similarity, most similar first
+        (`build_user_neighbors`), but the paper's attention is invariant to their order and has to rediscover
+        similarity through W_Q and W_K; with a rank bias it can learn "the most similar neighbours matter" once for
+        all users, as T5's relative position bias does for token distances. Only for `prompt_encoder="mha"`;
+        explicit `user_neighbors` must then be ordered the same way (`fold_in_users` gives them so). Measured:
+        README, "Planted `neighbors` variant".
     loss_reduction (`str`, defaults to `"sequence"`):
         `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
         all target tokens of the batch (transformers' default for T5).
@@ -217,6 +225,7 @@ class PeaPODConfig(T5Config):
     user_embedding_norm: UserEmbeddingNorm = "none"
     collaborative_prompt_norm: CollaborativePromptNorm = "none"
     prompt_attention_norm: PromptAttentionNorm = "none"
+    neighbor_rank_bias: bool = False
     prompt_encoder_heads: int = 4
     collaborative_prompt_length: int = 3
     add_user_prompt_to_tokens: bool = False
@@ -255,6 +264,11 @@ class PeaPODConfig(T5Config):
             raise ValueError(
                 f"prompt_attention_norm={self.prompt_attention_norm!r} needs prompt_encoder='mha' (got "
                 f"{self.prompt_encoder!r}): only the mha prompt encoder has queries and keys"
+            )
+        if self.neighbor_rank_bias and self.prompt_encoder != "mha":
+            raise ValueError(
+                f"neighbor_rank_bias=True needs prompt_encoder='mha' (got {self.prompt_encoder!r}): only the mha "
+                "prompt encoder attends over neighbours"
             )
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of {LOSS_REDUCTIONS}")

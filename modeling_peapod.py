@@ -325,7 +325,9 @@ class CollaborativePromptEncoder(nn.Module):
     `config.user_embedding_norm` optionally normalises u and every s_i first (`normalize_user_embeddings`);
     `config.collaborative_prompt_norm="rms"` RMS-normalises each of the L_p output vectors (a learned gain; not in
     the paper), which keeps p at the token embeddings' scale; `config.prompt_attention_norm="qk"` RMS-normalises
-    each head's query and key before eq. (5) (QK-norm; not in the paper), which keeps the softmax from saturating.
+    each head's query and key before eq. (5) (QK-norm; not in the paper), which keeps the softmax from saturating;
+    `config.neighbor_rank_bias` adds a learned bias per head and neighbour rank to eq. (5)'s logits (not in the
+    paper; zero at initialisation), which lets attention use the order of the similarity-sorted neighbour list.
     """
 
     def __init__(self, config):
@@ -349,6 +351,8 @@ class CollaborativePromptEncoder(nn.Module):
                 head_width = d_model // self.num_heads
                 self.query_norm = T5LayerNorm(head_width, eps=config.layer_norm_epsilon)
                 self.key_norm = T5LayerNorm(head_width, eps=config.layer_norm_epsilon)
+            if config.neighbor_rank_bias:  # [H, n]: column j for the j-th most similar neighbour
+                self.rank_bias = nn.Parameter(torch.zeros(self.num_heads, config.num_neighbors))
         self.to_prompt = nn.Linear(d_model, self.prompt_length * d_model)  # W_I, b_I  eq. (6) mlp, eq. (9) mha
         if config.collaborative_prompt_norm == "rms":
             self.prompt_norm = T5LayerNorm(d_model, eps=config.layer_norm_epsilon)
@@ -376,7 +380,10 @@ class CollaborativePromptEncoder(nn.Module):
             if hasattr(self, "query_norm"):  # prompt_attention_norm="qk": |logit| <= sqrt(d_k) x the gains
                 query, keys = self.query_norm(query), self.key_norm(keys)
             # Scaled dot-product attention of each head over the n neighbours, eqs. (5), (7): [B, H, 1, n].
-            attention = torch.softmax(query @ keys.transpose(-1, -2) / math.sqrt(head_width), dim=-1)
+            logits = query @ keys.transpose(-1, -2) / math.sqrt(head_width)  # [B, H, 1, n]
+            if hasattr(self, "rank_bias"):  # neighbor_rank_bias: + b[h, j] for the j-th most similar neighbour
+                logits = logits + self.rank_bias[:, None, :]
+            attention = torch.softmax(logits, dim=-1)
             summary = (attention @ values).reshape(batch, self.d_model)  # z_mha [B, d_m]: heads concatenated, eq. (8)
             attention = attention.squeeze(2)  # [B, H, n]
         prompt = self.to_prompt(summary).view(-1, self.prompt_length, self.d_model)  # p [B, L_p, d_m], eq. (6)/(9)
@@ -808,6 +815,8 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
             if self.config.prompt_attention_norm == "qk":
                 init.ones_(self.prompt_encoder.query_norm.weight)
                 init.ones_(self.prompt_encoder.key_norm.weight)
+            if self.config.neighbor_rank_bias:
+                init.zeros_(self.prompt_encoder.rank_bias)
         # Prompts live in the token-embedding space, so they start at its scale (T5 embeddings are N(0, 1)).
         if self.config.use_task_prompts:
             init.normal_(self.task_prompts.weight, mean=0.0, std=factor * 1.0)

@@ -220,6 +220,55 @@ def test_peapod_train_flag_sets_prompt_attention_norm():
         check_arguments(ModelArguments(prompt_attention_norm="l2"), DataArguments(), None)
 
 
+def test_mha_only_flags_are_refused_for_other_prompt_encoders():
+    from training.arguments import DataArguments, ModelArguments, check_arguments
+
+    for flags in ({"prompt_attention_norm": "qk"}, {"neighbor_rank_bias": True}):
+        name = next(iter(flags))
+        with pytest.raises(PeaPODInputError, match=f"--{name} needs --prompt_encoder mha"):
+            check_arguments(ModelArguments(prompt_encoder="mlp", **flags), DataArguments(), None)
+
+
+# -- neighbor_rank_bias ----------------------------------------------------------------------------------------
+
+
+def test_neighbor_rank_bias_defaults_off_and_needs_mha():
+    from training.arguments import ModelArguments
+
+    assert PeaPODConfig().neighbor_rank_bias is False
+    with pytest.raises(ValueError, match="neighbor_rank_bias=True needs prompt_encoder='mha'"):
+        PeaPODConfig(prompt_encoder="none", neighbor_rank_bias=True)
+    assert ModelArguments(neighbor_rank_bias=True).config_fields()["neighbor_rank_bias"] is True
+
+
+def test_rank_bias_starts_as_the_papers_attention_and_learns_which_rank_matters(tmp_path):
+    users = torch.arange(1, NUM_USERS + 1)
+    paper = tiny_model()
+    biased = tiny_model(neighbor_rank_bias=True)
+    missing, unexpected = biased.load_state_dict(paper.state_dict(), strict=False)
+    assert missing == ["prompt_encoder.rank_bias"] and unexpected == []
+    assert biased.prompt_encoder.rank_bias.shape == (biased.config.prompt_encoder_heads, biased.config.num_neighbors)
+    torch.testing.assert_close(biased.collaborative_prompt(users, output_attentions=True)[1],
+                               paper.collaborative_prompt(users, output_attentions=True)[1])  # zero bias: the paper
+    # The bias reaches the logits: a large bias on rank 0 sends every head of every user to its most similar
+    # neighbour, and a loss on the prompt has a gradient for it.
+    with torch.no_grad():
+        biased.prompt_encoder.rank_bias[:, 0] = 1e4  # beyond any logit of this table
+    attention = biased.collaborative_prompt(users, output_attentions=True)[1]
+    assert attention[..., 0].min() > 0.99
+    with torch.no_grad():
+        biased.prompt_encoder.rank_bias[:, 0] = 0.0
+    biased.collaborative_prompt(users)[0].pow(2).sum().backward()
+    assert biased.prompt_encoder.rank_bias.grad.abs().sum() > 0
+    # Saved and reloaded with the checkpoint.
+    with torch.no_grad():
+        biased.prompt_encoder.rank_bias.copy_(torch.randn_like(biased.prompt_encoder.rank_bias))
+    biased.save_pretrained(tmp_path)
+    reloaded = PeaPODForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.neighbor_rank_bias is True
+    torch.testing.assert_close(reloaded.prompt_encoder.rank_bias, biased.prompt_encoder.rank_bias)
+
+
 # -- attention_health ----------------------------------------------------------------------------------------
 
 

@@ -83,6 +83,10 @@ class ModelArguments:
         default=_config_default("prompt_attention_norm"),
         metadata={"help": "none (paper) | qk: RMS-normalise the mha prompt encoder's per-head queries and keys."},
     )
+    neighbor_rank_bias: bool = field(
+        default=_config_default("neighbor_rank_bias"),
+        metadata={"help": "Add a learned bias per head and neighbour rank to the mha attention logits (0 at init)."},
+    )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
     )
@@ -209,6 +213,11 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     for name in (name for name, used in needed.items() if used):
         if getattr(model_args, name) < 1:
             raise PeaPODInputError(f"--{name} must be >= 1, got {getattr(model_args, name)}")
+    mha_only = {"prompt_attention_norm": model_args.prompt_attention_norm != "none",
+                "neighbor_rank_bias": model_args.neighbor_rank_bias}
+    for name in (name for name, given in mha_only.items() if given and model_args.prompt_encoder != "mha"):
+        raise PeaPODInputError(f"--{name} needs --prompt_encoder mha (got {model_args.prompt_encoder!r}): only the mha "
+                               "prompt encoder attends over neighbours")
     if model_args.num_neighbors is not None and model_args.num_neighbors < 1:
         raise PeaPODInputError(f"--num_neighbors must be >= 1, got {model_args.num_neighbors}")
     if not 0 <= model_args.dropout_rate < 1:
