@@ -306,3 +306,36 @@ def test_user_chain_refuses_a_mistake_with_one_line_and_status_2(arguments, mess
                             timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_neighbor_prompt_probe_mixes_the_rows_each_pattern_selects():
+    import torch
+    from neighbor_prompt_probe import mixed_rows, pattern_weights
+
+    embeddings = torch.arange(1.0, 7.0).repeat_interleave(2).view(6, 2)  # row r = [r + 1, r + 1]
+    embeddings[0] = 0.0
+    neighbors = torch.tensor([[0, 0, 0], [2, 3, 4], [1, 3, 5], [4, 1, 2], [3, 5, 1], [4, 3, 2]])
+    mates = {1: {3}, 2: {5, 3}, 3: {1}, 4: {5}, 5: {4}}
+    uniform = mixed_rows(embeddings, neighbors, pattern_weights(neighbors, "uniform"))
+    torch.testing.assert_close(uniform[1], embeddings[[2, 3, 4]].mean(0))
+    assert uniform[0].abs().sum() == 0  # the unknown user stays zero
+    first = mixed_rows(embeddings, neighbors, pattern_weights(neighbors, "most_similar"))
+    torch.testing.assert_close(first[1:], embeddings[neighbors[1:, 0]])
+    truth = pattern_weights(neighbors, "clique_mates", mates)
+    assert truth[2].tolist() == [0.0, 0.5, 0.5] and truth[1].tolist() == [0.0, 1.0, 0.0]
+    outside = pattern_weights(neighbors, "random_non_mate", mates, seed=3)
+    for user in range(1, 6):
+        (chosen,) = outside[user].nonzero().flatten().tolist()
+        assert neighbors[user, chosen].item() not in mates[user]
+    assert pattern_weights(neighbors, "top_clique_size", clique_size=3)[1].tolist() == [0.5, 0.5, 0.0]
+    assert torch.allclose(pattern_weights(neighbors, "random_one", seed=0)[1:].sum(1), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown pattern"):
+        pattern_weights(neighbors, "psychic")
+
+
+def test_neighbor_prompt_probe_refuses_a_missing_folder_with_status_2(tmp_path):
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "neighbor_prompt_probe.py"), "--prepared_dir",
+                             str(tmp_path / "absent")], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "absent: no such folder" in result.stderr.strip().splitlines()[-1]
