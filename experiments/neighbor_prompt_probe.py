@@ -121,7 +121,7 @@ def probe(prepared_dir: str | Path, checkpoints=(), seed: int = 0) -> dict:
             is_true = torch.tensor([[other in truth.get(user, ()) for other in row]
                                     for user, row in enumerate(neighbors.tolist())], dtype=torch.float64)
             on_truth = round((weights[1:] * is_true[1:]).sum(1).mean().item(), 4)
-        label = f"trained attention: {checkpoint}"
+        label = f"trained attention: {'/'.join(Path(checkpoint).parts[-2:])}"
         results[label] = topn_hit_rate(prepared, mixed_rows(embeddings, neighbors, weights), items, rows)
         results[label]["attention_on_clique_mates"] = on_truth
     return {"prepared": Path(prepared_dir).name, "num_users": prepared.num_users, "num_neighbors": neighbors.shape[1],
@@ -132,11 +132,13 @@ def markdown(report: dict) -> str:
     heading = (f"Data: {report['prepared']} ({report['num_users']} users, n = {report['num_neighbors']}); top-n "
                "test candidates ranked by the PMF item factors' dot product with each vector; 95% bootstrap "
                "intervals over users.")
-    lines = [heading, "", "| user vector | users | top-n HR@10 [95% CI] | NDCG@10 |", "|---|---|---|---|"]
+    lines = [heading, "", "| user vector | users | top-n HR@10 [95% CI] | NDCG@10 | attention on clique-mates |",
+             "|---|---|---|---|---|"]
     for label, result in report["results"].items():
         low, high = result["hr@10_ci"]
+        on_mates = result.get("attention_on_clique_mates")
         lines.append(f"| {label} | {result['users']} | {result['hr@10']:.3f} [{low:.3f}, {high:.3f}] | "
-                     f"{result['ndcg@10']:.3f} |")
+                     f"{result['ndcg@10']:.3f} | {'–' if on_mates is None else f'{on_mates:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 
