@@ -180,16 +180,19 @@ class PeaPODConfig(T5Config):
         longer be learnt. `"qk"`: each head's query and key are RMS-normalised over d_k with learned gains (T5's
         `T5LayerNorm`, initialised to 1) — "QK-norm" (Dehghani et al. 2023; Wortsman et al. 2023, who trace
         attention-logit growth to the same saturation) — so a logit is at most sqrt(d_k) times the gains and
-        attention stays trainable. Only for `prompt_encoder="mha"`. Measured: README, "Planted `neighbors`
-        variant".
+        attention stays trainable. Only for `prompt_encoder="mha"`. Measured on the planted `neighbors` data at 4,800
+        steps (README, "Planted `neighbors` variant"): top-n HR@10 0.280 against the paper's 0.198, 0.325 with
+        `neighbor_rank_bias` too.
     neighbor_rank_bias (`bool`, defaults to `False`):
         Add a learned bias per head and neighbour rank to the mha attention logits of eq. (5), initialised to 0 (so
         the attention starts as the paper's). The neighbour lists are ordered by similarity, most similar first
         (`build_user_neighbors`), but the paper's attention is invariant to their order and has to rediscover
         similarity through W_Q and W_K; with a rank bias it can learn "the most similar neighbours matter" once for
         all users, as T5's relative position bias does for token distances. Only for `prompt_encoder="mha"`;
-        explicit `user_neighbors` must then be ordered the same way (`fold_in_users` gives them so). Measured:
-        README, "Planted `neighbors` variant".
+        explicit `user_neighbors` must then be ordered the same way (`fold_in_users` gives them so). Measured with
+        `prompt_attention_norm="qk"` on the planted `neighbors` data at 4,800 steps (README, "Planted `neighbors`
+        variant"): the bias falls with the rank, the attention on the users who carry the signal rises from the
+        uniform 0.175 to 0.285, and top-n HR@10 from 0.280 (qk alone) to 0.325.
     loss_reduction (`str`, defaults to `"sequence"`):
         `"sequence"`: eq. (10), each target's mean token loss, averaged over the batch; `"token"`: the mean over
         all target tokens of the batch (transformers' default for T5).
