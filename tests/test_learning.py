@@ -269,6 +269,46 @@ def test_rank_bias_starts_as_the_papers_attention_and_learns_which_rank_matters(
     torch.testing.assert_close(reloaded.prompt_encoder.rank_bias, biased.prompt_encoder.rank_bias)
 
 
+def test_rank_bias_lets_attention_use_the_order_of_the_list_that_content_cannot_reveal():
+    """The signal sits in the most similar neighbour (rank 0) and the user's own row says nothing about which
+    neighbour that is: without the rank bias the encoder can only memorise users (a 4-dim row, 128 users: far from
+    all of them); with it, it learns "attend to rank 0" once for all users and reads the class off the prompt."""
+    classes, num_neighbors, num_users, d_user = 4, 4, 128, 4
+    generator = torch.Generator().manual_seed(0)
+    carriers = (torch.randn(classes, d_user, generator=generator) * 3).repeat(2, 1)  # rows 1..8: 2 per class
+    carriers += 0.1 * torch.randn(carriers.shape, generator=generator)
+    users = torch.randn(num_users, d_user, generator=generator)  # no class information in the user's own row
+    table = torch.cat([torch.zeros(1, d_user), carriers, users])
+    label = torch.randint(0, classes, (num_users,), generator=generator)
+    neighbors = torch.stack([  # rank 0: a carrier of the user's class; ranks 1..3: the other classes, shuffled
+        torch.tensor([1 + c + classes * int(torch.randint(0, 2, (), generator=generator)) for c in
+                      [int(label[u])] + [c for c in torch.randperm(classes, generator=generator).tolist()
+                                         if c != int(label[u])]])
+        for u in range(num_users)])
+
+    def train(rank_bias: bool) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = PeaPODForConditionalGeneration.from_shape(
+            "tiny", num_users=table.shape[0] - 1, user_embedding_dim=d_user, num_neighbors=num_neighbors,
+            prompt_encoder_heads=2, collaborative_prompt_length=1, prompt_attention_norm="qk",
+            neighbor_rank_bias=rank_bias)
+        encoder, readout = model.prompt_encoder, torch.nn.Linear(model.config.d_model, classes)
+        optimizer = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], lr=1e-2)
+        for _ in range(150):
+            prompt = encoder(users, table[neighbors])[0][:, 0]
+            loss = torch.nn.functional.cross_entropy(readout(prompt), label)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        prompt, attention = encoder(users, table[neighbors], output_attentions=True)
+        return (readout(prompt[:, 0]).argmax(-1) == label).float().mean().item(), attention[..., 0].mean().item()
+
+    accuracy, on_rank_0 = train(rank_bias=True)
+    paper_accuracy, paper_on_rank_0 = train(rank_bias=False)
+    assert accuracy >= 0.95 and paper_accuracy <= 0.8
+    assert on_rank_0 > paper_on_rank_0 + 0.05 and on_rank_0 > 1 / num_neighbors + 0.05
+
+
 # -- attention_health ----------------------------------------------------------------------------------------
 
 
