@@ -58,7 +58,9 @@ def test_attention_heatmap_draws_the_users_attention_weights(tmp_path, drawn, ca
                                  str(tmp_path / "cli.png")])
     printed = json.loads(capsys.readouterr().out)
     assert printed["neighbors"] == neighbors and printed["png"] == str(written)
-    np.testing.assert_allclose(printed["attention"], weights.numpy(), rtol=1e-6)
+    # The reloaded weights are bitwise equal but lie at other memory alignments (safetensors' buffer), so float32
+    # products may differ in the last bits.
+    np.testing.assert_allclose(printed["attention"], weights.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(path)))  # same figure
     with pytest.raises(ValueError, match=r"user_id=10 is not in the model's user table \(1..9\)"):
         user_attention(model, 10)
