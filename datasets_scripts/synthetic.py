@@ -503,6 +503,14 @@ def planted_structure(prepared) -> dict:
     return structure
 
 
+def planted_clique_mates(prepared) -> dict[int, set[int]] | None:
+    """`clique_mates` of a prepared planted `neighbors` folder (where the attention should go); None for other data."""
+    arguments = prepared.config.get("arguments", {})
+    if not (arguments.get("synthetic") and arguments.get("synthetic_variant") == "neighbors"):
+        return None
+    return clique_mates(planted_structure(prepared))
+
+
 def clique_mates(structure: dict) -> dict[int, set[int]]:
     """`neighbors` variant: each user's clique-mates (the users whose training items reveal its held-out hits),
     from `planted_structure(prepared)` (or the generator's own structure): the neighbours its prompt encoder

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_path, atomic_write_json
-from datasets_scripts.synthetic import clique_mates, planted_structure
+from datasets_scripts.synthetic import planted_clique_mates
 from modeling_peapod import PeaPODForConditionalGeneration
 from training import cli
 from training.api import hardware_description
@@ -91,14 +91,6 @@ def train_row(args, spec: str, output_dir: Path) -> dict:
     for key, value in flags.items():
         arguments += [f"--{key}", value]
     return cli.train(arguments)
-
-
-def planted_true_neighbors(prepared) -> dict[int, set[int]] | None:
-    """Each user's clique-mates on planted `neighbors` data (where the attention should go), else None."""
-    arguments = prepared.config.get("arguments", {})
-    if not (arguments.get("synthetic") and arguments.get("synthetic_variant") == "neighbors"):
-        return None
-    return clique_mates(planted_structure(prepared))
 
 
 def evaluate_folder(folder: Path, prepared, tokenizer, args, true_neighbors=None) -> dict:
@@ -353,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output or ROOT / "experiments" / "results" / f"curves-{Path(args.prepared_dir).name}")
     output.mkdir(parents=True, exist_ok=True)
     baselines(prepared, tokenizer, args, output)
-    true_neighbors = planted_true_neighbors(prepared)
+    true_neighbors = planted_clique_mates(prepared)
     for spec in args.rows:
         name = args.name or row_name(spec)
         run_dir = ROOT / "runs" / "curves" / output.name / name

@@ -26,7 +26,7 @@ import torch
 
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_json, atomic_write_text
-from datasets_scripts.synthetic import clique_mates, planted_structure
+from datasets_scripts.synthetic import planted_clique_mates
 from training.evaluation.baselines import PMFBaseline
 from training.evaluation.runner import evaluate_baseline
 
@@ -69,9 +69,11 @@ def pattern_weights(neighbors: torch.Tensor, pattern: str, true_neighbors: dict[
 
 
 @torch.no_grad()
-def model_weights(checkpoint: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """A trained mha model's attention [U + 1, n], averaged over its heads, and its neighbour table."""
+def trained_attention(checkpoint: str | Path, true_neighbors: dict[int, set[int]] | None) -> tuple[torch.Tensor, dict]:
+    """A trained mha model's attention [U + 1, n], averaged over its heads, and what `attention_health` says of it
+    (with the mean learned rank bias per rank, for a model trained with `neighbor_rank_bias`)."""
     from modeling_peapod import PeaPODForConditionalGeneration
+    from training.diagnostics import attention_health
 
     model = PeaPODForConditionalGeneration.from_pretrained(checkpoint).eval()
     if model.config.prompt_encoder != "mha":
@@ -80,7 +82,11 @@ def model_weights(checkpoint: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     _, attention = model.collaborative_prompt(users, output_attentions=True)  # [U, H, n]
     weights = torch.zeros(model.config.num_users + 1, attention.shape[-1], dtype=torch.float64)
     weights[1:] = attention.double().mean(1)
-    return weights, model.user_neighbors
+    health = attention_health(model, true_neighbors=true_neighbors)
+    health["neighbors"] = model.user_neighbors
+    if model.config.neighbor_rank_bias:
+        health["rank_bias_mean_over_heads"] = [round(v, 3) for v in model.prompt_encoder.rank_bias.mean(0).tolist()]
+    return weights, health
 
 
 def topn_hit_rate(prepared, user_vectors: torch.Tensor, item_factors: torch.Tensor, rows: list[int]) -> dict:
@@ -96,10 +102,7 @@ def probe(prepared_dir: str | Path, checkpoints=(), seed: int = 0) -> dict:
     embeddings = prepared.user_embeddings.double()
     items = prepared.item_embeddings.double()
     neighbors = prepared.user_neighbors
-    arguments = prepared.config.get("arguments", {})
-    truth = None
-    if arguments.get("synthetic") and arguments.get("synthetic_variant") == "neighbors":
-        truth = clique_mates(planted_structure(prepared))
+    truth = planted_clique_mates(prepared)
     rows = list(range(len(prepared.dataset["topn_test"])))
     clique_size = 1 + round(np.mean([len(m) for m in truth.values()])) if truth else 5
     results = {"own row u (the pmf baseline; the mlp encoder's input)": topn_hit_rate(prepared, embeddings, items,
@@ -113,17 +116,13 @@ def probe(prepared_dir: str | Path, checkpoints=(), seed: int = 0) -> dict:
         weights = pattern_weights(neighbors, pattern, truth, clique_size, seed)
         results[label] = topn_hit_rate(prepared, mixed_rows(embeddings, neighbors, weights), items, rows)
     for checkpoint in checkpoints:
-        weights, model_neighbors = model_weights(checkpoint)
-        if not torch.equal(model_neighbors, neighbors):
+        weights, health = trained_attention(checkpoint, truth)
+        if not torch.equal(health.pop("neighbors"), neighbors):
             raise ValueError(f"{checkpoint}: its neighbour table is not {prepared_dir}'s")
-        on_truth = None
-        if truth is not None:
-            is_true = torch.tensor([[other in truth.get(user, ()) for other in row]
-                                    for user, row in enumerate(neighbors.tolist())], dtype=torch.float64)
-            on_truth = round((weights[1:] * is_true[1:]).sum(1).mean().item(), 4)
         label = f"trained attention: {'/'.join(Path(checkpoint).parts[-2:])}"
         results[label] = topn_hit_rate(prepared, mixed_rows(embeddings, neighbors, weights), items, rows)
-        results[label]["attention_on_clique_mates"] = on_truth
+        results[label]["attention_on_clique_mates"] = health.get("attention_on_true_neighbors")
+        results[label]["attention"] = health
     return {"prepared": Path(prepared_dir).name, "num_users": prepared.num_users, "num_neighbors": neighbors.shape[1],
             "seed": seed, "results": results}
 

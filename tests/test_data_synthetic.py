@@ -15,6 +15,7 @@ from datasets_scripts.synthetic import (
     clique_mates,
     generate_planted,
     generate_synthetic,
+    planted_clique_mates,
     planted_oracle_scores,
     planted_structure,
     synthetic_data,
@@ -299,6 +300,7 @@ def test_prepare_threads_the_variant_through(tokenizer, tmp_path):
     assert scores.argmax(axis=1).tolist() == [prepared.histories[u][-1] for u in users]
     with pytest.raises(PeaPODInputError, match="`neighbors` variant only, not 'history'"):
         clique_mates(structure)
+    assert planted_clique_mates(prepared) is None  # no clique-mates to measure attention against
     # The same through the evaluation runner: the oracle baseline finds every test item first.
     from training.evaluation import evaluate_checkpoint
 
