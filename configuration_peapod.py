@@ -20,13 +20,11 @@ UserEmbeddingNorm = Literal["none", "l2", "layernorm"]
 CollaborativePromptNorm = Literal["none", "rms"]
 PromptAttentionNorm = Literal["none", "qk"]
 LossReduction = Literal["sequence", "token"]
-WholeWordNumbering = Literal["from_first", "from_last"]
 PROMPT_ENCODERS: tuple[str, ...] = get_args(PromptEncoder)
 USER_EMBEDDING_NORMS: tuple[str, ...] = get_args(UserEmbeddingNorm)
 COLLABORATIVE_PROMPT_NORMS: tuple[str, ...] = get_args(CollaborativePromptNorm)
 PROMPT_ATTENTION_NORMS: tuple[str, ...] = get_args(PromptAttentionNorm)
 LOSS_REDUCTIONS: tuple[str, ...] = get_args(LossReduction)
-WHOLE_WORD_NUMBERINGS: tuple[str, ...] = get_args(WholeWordNumbering)
 
 
 # Shapes for offline work, where no pretrained T5 weights exist: the model is randomly initialised with one of
@@ -156,13 +154,6 @@ class PeaPODConfig(T5Config):
         prepared data numbers its tasks in `TASK_REGISTRY` order.
     max_whole_word_ids (`int`, defaults to 512):
         Size of the whole-word embedding table: index 0 marks non-ID tokens, index i the i-th ID span.
-    whole_word_numbering (`str`, defaults to `"from_first"`):
-        Which whole-word embedding each `user_…`/`item_…` span gets. `"from_first"`: the i-th span of the input
-        gets row i (the paper's, P5's). `"from_last"`: the last span gets row 1, the one before it row 2, …, so
-        the most recent item of a history always carries the same embedding whatever the history's length (and a
-        history cut from the left keeps its numbers). The inputs' `whole_word_ids` stay numbered from the first
-        (`compute_whole_word_ids`); the model renumbers them. Measured on the planted `history` data, where the
-        next item follows from the last one: ... (README, "Planted `history` variant").
     user_embedding_norm (`str`, defaults to `"none"`):
         How the frozen user embeddings u and s_i are normalised before the projections of eqs. (1)-(3).
         `"none"`: as given (the paper); collaborative-filtering factors come at whatever scale their training gave
@@ -245,7 +236,6 @@ class PeaPODConfig(T5Config):
     task_prompt_length: int = 3
     tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS
     max_whole_word_ids: int = 512
-    whole_word_numbering: WholeWordNumbering = "from_first"
     loss_reduction: LossReduction = "sequence"
     decoder_start_token_id: int | None = 0
     fold_in_regularization: float | None = None
@@ -282,10 +272,6 @@ class PeaPODConfig(T5Config):
             raise ValueError(
                 f"neighbor_rank_bias=True needs prompt_encoder='mha' (got {self.prompt_encoder!r}): only the mha "
                 "prompt encoder attends over neighbours"
-            )
-        if self.whole_word_numbering not in WHOLE_WORD_NUMBERINGS:
-            raise ValueError(
-                f"whole_word_numbering={self.whole_word_numbering!r} is not one of {WHOLE_WORD_NUMBERINGS}"
             )
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction={self.loss_reduction!r} is not one of {LOSS_REDUCTIONS}")
@@ -380,8 +366,8 @@ class PeaPODConfig(T5Config):
 
 __all__ = [
     "COLLABORATIVE_PROMPT_NORMS", "DEFAULT_TASKS", "LOSS_REDUCTIONS", "NAMED_SHAPES", "PROMPT_ATTENTION_NORMS",
-    "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS", "WHOLE_WORD_NUMBERINGS",
+    "PROMPT_ENCODERS", "TASK_REGISTRY", "USER_EMBEDDING_NORMS",
     "CollaborativePromptNorm", "LossReduction", "PeaPODConfig", "PeaPODInputError", "PromptAttentionNorm", "PromptEncoder",
-    "TaskSpec", "UserEmbeddingNorm", "WholeWordNumbering",
+    "TaskSpec", "UserEmbeddingNorm",
     "check_task_order", "task_spec",
 ]

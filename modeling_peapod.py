@@ -96,17 +96,6 @@ def compute_whole_word_ids(input_ids, tokenizer) -> list[list[int]] | torch.Long
     return [whole_word_ids_from_tokens(tokenizer.convert_ids_to_tokens(list(row))) for row in input_ids]
 
 
-def number_spans_from_last(whole_word_ids: torch.LongTensor) -> torch.LongTensor:
-    """Renumber whole-word ids so that the last span of each row is 1, the one before it 2, … (0 stays 0).
-
-    `config.whole_word_numbering="from_last"`: the most recent item of a history then has the same whole-word
-    embedding at every history length, which lets the decoder find it by content alone (T5's cross-attention has
-    no positions). Input: the ids of `whole_word_ids_from_tokens` (first span 1) for a batch [B, T].
-    """
-    last = whole_word_ids.amax(dim=-1, keepdim=True)
-    return torch.where(whole_word_ids > 0, last + 1 - whole_word_ids, whole_word_ids)
-
-
 SIMILARITY_SCALE = 1e6  # cosines are multiplied by this and rounded: ranked as integers of 1e-6
 # Tiles of [4096 users x 8192 users] (128 MiB of float32): measured fastest on a 2-core CPU at 22k and 200k users.
 NEIGHBOR_CHUNK_SIZE, NEIGHBOR_COLUMN_BLOCK = 4096, 8192
@@ -1161,8 +1150,6 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         )
         embeds = self.shared(input_ids)
         if whole_word_ids is not None:
-            if self.config.whole_word_numbering == "from_last":
-                whole_word_ids = number_spans_from_last(whole_word_ids)
             embeds = embeds + self.whole_word_embeddings(whole_word_ids)
         prompts = []
         if self.config.use_task_prompts:
@@ -2101,7 +2088,6 @@ __all__ = [
     "check_user_table_contents",
     "compute_whole_word_ids",
     "evaluation_prompt",
-    "number_spans_from_last",
     "prefix_allowed_tokens_fn",
     "solve_pmf_users",
     "whole_word_ids_from_tokens",

@@ -23,7 +23,6 @@ from configuration_peapod import (
     PROMPT_ATTENTION_NORMS,
     PROMPT_ENCODERS,
     USER_EMBEDDING_NORMS,
-    WHOLE_WORD_NUMBERINGS,
     CollaborativePromptNorm,
     LossReduction,
     PeaPODConfig,
@@ -31,7 +30,6 @@ from configuration_peapod import (
     PromptAttentionNorm,
     PromptEncoder,
     UserEmbeddingNorm,
-    WholeWordNumbering,
 )
 from datasets_scripts.tokenizer_loading import (
     check_folder_or_hub_name,
@@ -103,11 +101,6 @@ class ModelArguments:
         default=_config_default("use_task_prompts"), metadata={"help": "Task-specific soft prompts (POD)."}
     )
     task_prompt_length: int = field(default=_config_default("task_prompt_length"), metadata={"help": "L_t."})
-    whole_word_numbering: WholeWordNumbering = field(
-        default=_config_default("whole_word_numbering"),
-        metadata={"help": "from_first (paper) | from_last: the whole-word embedding of an ID span counts from the "
-                  "input's last span (the most recent history item is always 1)."},
-    )
     loss_reduction: LossReduction = field(
         default=_config_default("loss_reduction"), metadata={"help": "sequence (eq. 10) | token."}
     )
@@ -210,8 +203,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         )
     choice_fields = {"prompt_encoder": PROMPT_ENCODERS, "user_embedding_norm": USER_EMBEDDING_NORMS,
                      "collaborative_prompt_norm": COLLABORATIVE_PROMPT_NORMS,
-                     "prompt_attention_norm": PROMPT_ATTENTION_NORMS, "loss_reduction": LOSS_REDUCTIONS,
-                     "whole_word_numbering": WHOLE_WORD_NUMBERINGS}  # the parser checks the flags; this, Python callers
+                     "prompt_attention_norm": PROMPT_ATTENTION_NORMS, "loss_reduction": LOSS_REDUCTIONS}  # the parser checks the flags; this, Python callers
     for name, choices in choice_fields.items():
         if getattr(model_args, name) not in choices:
             raise PeaPODInputError(f"--{name} {getattr(model_args, name)!r}: expected one of {choices}")
