@@ -339,3 +339,46 @@ def test_neighbor_prompt_probe_refuses_a_missing_folder_with_status_2(tmp_path):
     result = subprocess.run([sys.executable, str(EXPERIMENTS / "neighbor_prompt_probe.py"), "--prepared_dir",
                              str(tmp_path / "absent")], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "absent: no such folder" in result.stderr.strip().splitlines()[-1]
+
+
+def test_history_lookup_probe_writes_each_source_form_as_documented(tokenizer):
+    from history_lookup_probe import rewrite_source
+
+    source = "Given the purchase history of user_1: item_241, item_97, item_351, predict the next item."
+    assert rewrite_source(source, "prompt") == source
+    assert rewrite_source(source, "spaced") == "history: item 241 , item 97 , item 351 ; next ?"
+    assert rewrite_source(source, "last_item") == "item_351"
+    assert rewrite_source(source, "last_id") == "351"
+    # What the forms are for: in the prompt the last id's pieces are cut otherwise ("35", "1,") than the
+    # target's ("▁3", "51"); the spaced and last_id forms write the id in the target's own pieces.
+    target = tokenizer.tokenize("351")
+
+    def holds_target(text: str) -> bool:
+        pieces = tokenizer.tokenize(text)
+        return any(pieces[i:i + len(target)] == target for i in range(len(pieces)))
+
+    assert not holds_target(source)
+    assert holds_target(rewrite_source(source, "spaced")) and holds_target(rewrite_source(source, "last_id"))
+
+
+def test_history_lookup_probe_trains_and_records_every_form(synthetic_prepared, tmp_path):
+    from conftest import TOKENIZER_DIR
+    from history_lookup_probe import SOURCE_FORMS, main
+
+    output = tmp_path / "probe"
+    assert main(["--prepared_dir", str(synthetic_prepared), "--tokenizer", str(TOKENIZER_DIR), "--max_steps", "2",
+                 "--eval_every", "1", "--output", str(output)]) == 0
+    recorded = json.loads((output / "probe.json").read_text())
+    assert [result["form"] for result in recorded["results"]] == list(SOURCE_FORMS)
+    for result in recorded["results"]:
+        assert [point["step"] for point in result["points"]] == [1, 2]
+        assert all(0.0 <= point["test_exact"] <= 1.0 and point["test_loss"] > 0 for point in result["points"])
+    assert (output / "probe.md").read_text().count("\n| `") == len(SOURCE_FORMS)
+
+
+def test_history_lookup_probe_refuses_a_missing_folder_with_status_2(tmp_path):
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "history_lookup_probe.py"), "--prepared_dir",
+                             str(tmp_path / "absent")], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "absent: no prepared folder" in result.stderr.strip().splitlines()[-1]
