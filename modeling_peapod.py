@@ -557,7 +557,7 @@ class ItemIdTrie:
 
     def item_rows(self, item_ids: torch.LongTensor) -> torch.LongTensor:
         """The rows of catalogue item ids (any shape; checked by `check_candidates`) in the per-item tables."""
-        return torch.searchsorted(self.tensors(item_ids.device)["item_ids"], item_ids)
+        return torch.searchsorted(self.tensors(item_ids.device)["item_ids"], item_ids.contiguous())
 
     def candidate_nodes(self, candidates: torch.LongTensor) -> torch.BoolTensor:
         """[B, num_nodes]: the nodes on the paths of each row's candidate ids [B, C] (that row's sub-trie)."""
