@@ -57,15 +57,18 @@ def encode_split(split, tokenizer, form: str) -> list[tuple[list[int], list[int]
 
 
 def batches(samples, batch_size: int, order):
+    """(input_ids, attention_mask, labels) of `samples` in `order`, right-padded with T5's pad id 0 (labels: -100)."""
     for start in range(0, len(order), batch_size):
         rows = [samples[index] for index in order[start:start + batch_size]]
         source_length, target_length = max(len(s) for s, _ in rows), max(len(t) for _, t in rows)
         input_ids = torch.zeros(len(rows), source_length, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
         labels = torch.full((len(rows), target_length), -100, dtype=torch.long)
         for row, (source, target) in enumerate(rows):
             input_ids[row, :len(source)] = torch.tensor(source)
+            attention_mask[row, :len(source)] = 1
             labels[row, :len(target)] = torch.tensor(target)
-        yield input_ids, (input_ids != 0).long(), labels
+        yield input_ids, attention_mask, labels
 
 
 @torch.no_grad()
