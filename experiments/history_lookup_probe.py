@@ -7,6 +7,8 @@ alone) on the prepared sequential training samples, with the source written four
 training and test samples whose target id it decodes exactly (teacher-forced argmax over all target pieces):
 
 * `prompt`: the prepared sources as they are (the training templates; ids written `item_241,`);
+* `recent_first`: the prepared sources with the history listed most recent first, so the key is the list's first
+  id, right after the template's words, instead of its last;
 * `spaced`: the whole history again, but each id written as the target writes it (`item 241 , item 97 ; next ?`),
   so an id's pieces in the input are the target's pieces;
 * `last_item`: only the last history item, written `item_241` (the prompt's pieces for it);
@@ -38,13 +40,16 @@ from configuration_peapod import NAMED_SHAPES
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_json, atomic_write_text
 
-SOURCE_FORMS = ("prompt", "spaced", "last_item", "last_id")
+SOURCE_FORMS = ("prompt", "recent_first", "spaced", "last_item", "last_id")
+HISTORY_LIST = re.compile(r"item_\d+(?:, item_\d+)*")
 
 
 def rewrite_source(source: str, form: str) -> str:
     """The sequential source `source` written in `form` (see the module docstring)."""
     if form == "prompt":
         return source
+    if form == "recent_first":  # the same prompt with its history listed most recent first
+        return HISTORY_LIST.sub(lambda match: ", ".join(reversed(match.group(0).split(", "))), source, count=1)
     history = re.findall(r"item_(\d+)", source)
     if form == "spaced":
         return "history: " + " , ".join(f"item {item}" for item in history) + " ; next ?"

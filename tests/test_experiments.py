@@ -346,6 +346,8 @@ def test_history_lookup_probe_writes_each_source_form_as_documented(tokenizer):
 
     source = "Given the purchase history of user_1: item_241, item_97, item_351, predict the next item."
     assert rewrite_source(source, "prompt") == source
+    assert rewrite_source(source, "recent_first") == (
+        "Given the purchase history of user_1: item_351, item_97, item_241, predict the next item.")
     assert rewrite_source(source, "spaced") == "history: item 241 , item 97 , item 351 ; next ?"
     assert rewrite_source(source, "last_item") == "item_351"
     assert rewrite_source(source, "last_id") == "351"
