@@ -1,6 +1,7 @@
 """The experiment scripts' own logic: the grid's job order and the collector's sections and baselines."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -293,17 +294,18 @@ def test_refit_user_vectors_solves_the_fold_in_objective(synthetic_prepared, tmp
         assert difference == pytest.approx(result["refitted"][measure]["mean"] - result["prepared"][measure]["mean"])
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ([], "expected a row name"),
-    (["peapod-mha", "user", "runs/x", "extra"], "expected a row name"),
-    (["peapod-mha", "neighbors", "/nonexistent/run"], "no 900-step row /nonexistent/run"),
+@pytest.mark.parametrize("arguments, seed, message", [
+    ([], "0", "expected a row name"),
+    (["peapod-mha", "user", "runs/x", "extra"], "0", "expected a row name"),
+    (["peapod-mha", "neighbors", "/nonexistent/run"], "0", "no 900-step row /nonexistent/run"),
+    (["peapod-mha"], "one", "SEED must be a non-negative integer, got 'one'"),
 ])
-def test_user_chain_refuses_a_mistake_with_one_line_and_status_2(arguments, message):
+def test_user_chain_refuses_a_mistake_with_one_line_and_status_2(arguments, seed, message):
     import subprocess
 
     script = EXPERIMENTS / "user_chain.sh"
     result = subprocess.run(["bash", str(script), *arguments], check=False, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env={**os.environ, "SEED": seed})
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
 
