@@ -3,7 +3,7 @@
 On the planted `history` data the next item is a fixed function of the last history item (a random successor
 permutation over the catalogue), so the sequential task is a 400-entry lookup once the last item is found. This
 probe trains a *plain* `T5ForConditionalGeneration` of a named shape (no user or task prompt: the text route
-alone) on the prepared sequential training samples, with the source written four ways, and reports the share of
+alone) on the prepared sequential training samples, with the source written five ways, and reports the share of
 training and test samples whose target id it decodes exactly (teacher-forced argmax over all target pieces):
 
 * `prompt`: the prepared sources as they are (the training templates; ids written `item_241,`);
