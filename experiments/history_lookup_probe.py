@@ -1,4 +1,4 @@
-"""Why the planted `history` target is not met: can a randomly initialised T5 learn the successor lookup at all?
+"""Why the planted `history` and the explanation targets are not met: can a randomly initialised T5 read an id in its text?
 
 On the planted `history` data the next item is a fixed function of the last history item (a random successor
 permutation over the catalogue), so the sequential task is a 400-entry lookup once the last item is found. This
@@ -15,11 +15,24 @@ training and test samples whose target id it decodes exactly (teacher-forced arg
 * `last_id`: only the last history item, written `241` (exactly the target's pieces).
 
 The gap between `last_*` (the lookup alone) and `prompt`/`spaced` (the lookup behind "find the last item of a
-list") separates memorising the mapping from locating its key in the text. Hand-written loop rather than
+list") separates memorising the mapping from locating its key in the text.
+
+`--task explanation` asks the same of the third task, whose answer needs one id only: on synthetic data an
+explanation names one of its item's two features, so a model that reads the item id can name one, and one that
+does not can only guess within the category (a third of the time). The probe trains on the prepared explanation
+samples and reports the share of greedy explanations of training and test samples that name one of their item's
+features (read from the training explanations), with the source written four ways:
+
+* `prompt`: the prepared sources (`Describe item_12 from the point of view of user_1.`);
+* `no_user`: the same with the user id written as words (`... of a user.`): one id among template words;
+* `ids_only`: the two ids alone (`item_12 user_1`);
+* `item_alone`: the item id alone (`item_12`). Hand-written loop rather than
 `Trainer`: a few hundred lines of control experiment, one model, no prompts, no checkpoints.
 
     python experiments/history_lookup_probe.py --prepared_dir prepared/synthetic-history-pmf512-n20 \\
         --output experiments/results/history-lookup-probe
+    python experiments/history_lookup_probe.py --task explanation --prepared_dir prepared/synthetic-default-pmf64-n10 \\
+        --max_steps 900 --output experiments/results/explanation-text-probe
 """
 
 from __future__ import annotations
@@ -41,7 +54,9 @@ from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_json, atomic_write_text
 
 SOURCE_FORMS = ("prompt", "recent_first", "spaced", "last_item", "last_id")
+EXPLANATION_FORMS = ("prompt", "no_user", "ids_only", "item_alone")
 HISTORY_LIST = re.compile(r"item_\d+(?:, item_\d+)*")
+USER_ID = re.compile(r"user_\d+")
 
 
 def rewrite_source(source: str, form: str) -> str:
@@ -56,8 +71,21 @@ def rewrite_source(source: str, form: str) -> str:
     return f"item_{history[-1]}" if form == "last_item" else history[-1]
 
 
-def encode_split(split, tokenizer, form: str) -> list[tuple[list[int], list[int]]]:
-    sources = [rewrite_source(source, form) for source in split["source"]]
+def rewrite_explanation_source(source: str, item: int, user: int, form: str) -> str:
+    """The explanation source `source` (about `item`, for `user`) written in `form` (see the module docstring)."""
+    if form == "prompt":
+        return source
+    if form == "no_user":
+        return USER_ID.sub("a user", source)
+    return f"item_{item} user_{user}" if form == "ids_only" else f"item_{item}"
+
+
+def encode_split(split, tokenizer, form: str, task: str = "sequential") -> list[tuple[list[int], list[int]]]:
+    if task == "explanation":
+        sources = [rewrite_explanation_source(source, item, user, form)
+                   for source, item, user in zip(split["source"], split["item_id"], split["user_id"])]
+    else:
+        sources = [rewrite_source(source, form) for source in split["source"]]
     return list(zip(tokenizer(sources).input_ids, split["labels"]))
 
 
@@ -90,14 +118,46 @@ def exact_match(model, samples) -> tuple[float, float]:
     return float(np.mean(hits)), float(np.sum(losses) / len(samples))
 
 
+@torch.no_grad()
+def feature_share(model, tokenizer, samples, items, item_features, max_new_tokens: int = 24) -> float:
+    """Share of greedy explanations of `samples` (about `items`) naming one of their item's features."""
+    model.eval()
+    named = []
+    for start, (input_ids, attention_mask, _) in zip(range(0, len(samples), 128),
+                                                     batches(samples, 128, np.arange(len(samples)))):
+        texts = tokenizer.batch_decode(model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                                      max_new_tokens=max_new_tokens), skip_special_tokens=True)
+        for text, item in zip(texts, items[start:start + 128]):
+            words = set(re.findall(r"[a-z]+", text.lower()))
+            named.append(bool(words & item_features.get(item, set())))
+    model.train()
+    return float(np.mean(named))
+
+
 def probe(form: str, prepared, tokenizer, args) -> dict:
     torch.manual_seed(args.seed)
     config = T5Config(vocab_size=len(tokenizer), dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      **NAMED_SHAPES[args.shape])
+                      tie_word_embeddings=not args.untied_embeddings, **NAMED_SHAPES[args.shape])
     model = T5ForConditionalGeneration(config).train()
-    train = encode_split(prepared.dataset["sequential_train"], tokenizer, form)
-    test = encode_split(prepared.dataset["sequential_test"], tokenizer, form)
+    train_split, test_split = (prepared.dataset[f"{args.task}_{name}"] for name in ("train", "test"))
+    train = encode_split(train_split, tokenizer, form, args.task)
+    test = encode_split(test_split, tokenizer, form, args.task)
+    if args.task == "explanation":  # each item's features, as its training explanations name them
+        item_features: dict[int, set[str]] = {}
+        for item, feature in zip(train_split["item_id"], train_split["feature"]):
+            item_features.setdefault(item, set()).add(feature)
+        # the training share on as many samples as the test split has, so both cost the same
+        train_items, test_items = train_split["item_id"][:len(test)], test_split["item_id"]
+
+    def measure() -> dict:
+        if args.task == "explanation":
+            return {"train_share": feature_share(model, tokenizer, train[:len(test)], train_items, item_features),
+                    "test_share": feature_share(model, tokenizer, test, test_items, item_features),
+                    "test_loss": exact_match(model, test)[1]}
+        (train_exact, train_loss), (test_exact, test_loss) = exact_match(model, train), exact_match(model, test)
+        return {"train_exact": train_exact, "train_loss": train_loss, "test_exact": test_exact, "test_loss": test_loss}
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     rng, step, points, started = np.random.default_rng(args.seed), 0, [], time.perf_counter()
     while step < args.max_steps:
@@ -108,11 +168,9 @@ def probe(form: str, prepared, tokenizer, args) -> dict:
             optimizer.step()
             step += 1
             if step % args.eval_every == 0 or step == args.max_steps:
-                (train_exact, train_loss), (test_exact, test_loss) = exact_match(model, train), exact_match(model, test)
-                points.append({"step": step, "train_exact": train_exact, "train_loss": train_loss,
-                               "test_exact": test_exact, "test_loss": test_loss})
-                print(f"{form} step {step}: train exact {train_exact:.3f}, test exact {test_exact:.3f} "
-                      f"(loss {test_loss:.3f})", flush=True)
+                points.append({"step": step, **measure()})
+                print(f"{form} step {step}: " + ", ".join(f"{key} {value:.3f}" for key, value in points[-1].items()
+                                                         if key != "step"), flush=True)
             if step == args.max_steps:
                 break
     example = tokenizer.convert_ids_to_tokens(test[0][0])
@@ -120,13 +178,14 @@ def probe(form: str, prepared, tokenizer, args) -> dict:
             "train_seconds": round(time.perf_counter() - started, 1)}
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], task: str = "sequential") -> str:
+    score = "share" if task == "explanation" else "exact"
     steps = [point["step"] for point in results[0]["points"]]
-    lines = ["| source form | " + " | ".join(f"test exact @ {step}" for step in steps) + " | train exact (last) |",
+    lines = ["| source form | " + " | ".join(f"test {score} @ {step}" for step in steps) + f" | train {score} (last) |",
              "|---|" + "---|" * (len(steps) + 1)]
     for result in results:
-        cells = [f"{point['test_exact']:.3f}" for point in result["points"]]
-        lines.append(f"| `{result['form']}` | " + " | ".join(cells) + f" | {result['points'][-1]['train_exact']:.3f} |")
+        cells = [f"{point[f'test_{score}']:.3f}" for point in result["points"]]
+        lines.append(f"| `{result['form']}` | " + " | ".join(cells) + f" | {result['points'][-1][f'train_{score}']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,26 +193,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prepared_dir", default="prepared/synthetic-history-pmf512-n20")
     parser.add_argument("--tokenizer", default="../shared/tokenizers/t5")
-    parser.add_argument("--forms", nargs="+", default=list(SOURCE_FORMS), choices=SOURCE_FORMS)
+    parser.add_argument("--task", default="sequential", choices=("sequential", "explanation"))
+    parser.add_argument("--forms", nargs="+", choices=sorted(set(SOURCE_FORMS + EXPLANATION_FORMS)),
+                        help="default: every form of --task")
     parser.add_argument("--shape", default="tiny", choices=list(NAMED_SHAPES))
     parser.add_argument("--max_steps", type=int, default=1800)
     parser.add_argument("--eval_every", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--untied_embeddings", action="store_true",
+                        help="separate input embeddings and output projection (T5 v1.1's choice; t5-small ties them)")
     parser.add_argument("--output", default="experiments/results/history-lookup-probe")
     args = parser.parse_args(argv)
     if not Path(args.prepared_dir, "dataset").is_dir():
         parser.error(f"--prepared_dir {args.prepared_dir}: no prepared folder (run peapod-prepare first)")
+    task_forms = EXPLANATION_FORMS if args.task == "explanation" else SOURCE_FORMS
+    args.forms = args.forms or list(task_forms)
+    if set(args.forms) - set(task_forms):
+        parser.error(f"--forms {' '.join(sorted(set(args.forms) - set(task_forms)))}: not a form of --task {args.task} "
+                     f"(its forms: {', '.join(task_forms)})")
     prepared = load_prepared(args.prepared_dir)
+    if f"{args.task}_train" not in prepared.dataset:
+        parser.error(f"--prepared_dir {args.prepared_dir}: no {args.task} samples (prepared without that task)")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     results = [probe(form, prepared, tokenizer, args) for form in args.forms]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key != "output"}
     atomic_write_json(output / "probe.json", {"settings": settings, "results": results})
-    atomic_write_text(output / "probe.md", markdown(results))
-    print(markdown(results))
+    atomic_write_text(output / "probe.md", markdown(results, args.task))
+    print(markdown(results, args.task))
     return 0
 
 

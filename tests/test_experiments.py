@@ -380,6 +380,67 @@ def test_history_lookup_probe_trains_and_records_every_form(synthetic_prepared, 
     assert (output / "probe.md").read_text().count("\n| `") == len(SOURCE_FORMS)
 
 
+def test_lookup_probe_writes_each_explanation_form_as_documented():
+    from history_lookup_probe import EXPLANATION_FORMS, rewrite_explanation_source
+
+    source = "Describe item_12 from the point of view of user_7."
+    written = {form: rewrite_explanation_source(source, 12, 7, form) for form in EXPLANATION_FORMS}
+    assert written == {"prompt": source, "no_user": "Describe item_12 from the point of view of a user.",
+                       "ids_only": "item_12 user_7", "item_alone": "item_12"}
+
+
+def test_lookup_probe_scores_explanations_by_the_item_features_they_name(synthetic_prepared, tmp_path):
+    from conftest import TOKENIZER_DIR
+    from history_lookup_probe import EXPLANATION_FORMS, main
+
+    output = tmp_path / "probe"
+    assert main(["--task", "explanation", "--prepared_dir", str(synthetic_prepared), "--tokenizer", str(TOKENIZER_DIR),
+                 "--max_steps", "2", "--eval_every", "1", "--untied_embeddings", "--output", str(output)]) == 0
+    recorded = json.loads((output / "probe.json").read_text())
+    assert recorded["settings"]["task"] == "explanation" and recorded["settings"]["untied_embeddings"] is True
+    assert [result["form"] for result in recorded["results"]] == list(EXPLANATION_FORMS)
+    for result in recorded["results"]:
+        assert [point["step"] for point in result["points"]] == [1, 2]
+        assert all(0.0 <= point["test_share"] <= 1.0 and 0.0 <= point["train_share"] <= 1.0 and point["test_loss"] > 0
+                   for point in result["points"])
+    assert "| test share @ 1 |" in (output / "probe.md").read_text()
+
+
+def test_lookup_probe_feature_share_counts_a_named_feature_of_the_item(tokenizer):
+    from history_lookup_probe import feature_share
+
+    class Writes:  # stands in for a model: "generates" a fixed sentence per sample
+        def __init__(self, sentences):
+            self.sentences = sentences
+
+        def eval(self):
+            return self
+
+        def train(self):
+            return self
+
+        def generate(self, input_ids, attention_mask, max_new_tokens):
+            return tokenizer(self.sentences, padding=True, return_tensors="pt").input_ids
+
+    samples = [([5, 1], [5, 1]), ([6, 1], [6, 1])]
+    features = {3: {"neck", "tone"}, 4: {"lens"}}
+    assert feature_share(Writes(["The neck of this guitar is superb.", "This camera has a sharp lens."]), tokenizer,
+                         samples, [3, 4], features) == 1.0
+    # a feature of the right category but not of this item, and a feature word inside another word, do not count
+    assert feature_share(Writes(["The strings of this guitar are cheap.", "The lenses are sharp."]), tokenizer,
+                         samples, [3, 4], features) == 0.0
+
+
+def test_lookup_probe_refuses_a_form_of_the_other_task_with_status_2(synthetic_prepared):
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "history_lookup_probe.py"), "--task", "explanation",
+                             "--forms", "last_id", "--prepared_dir", str(synthetic_prepared)],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--forms last_id: not a form of --task explanation" in result.stderr.strip().splitlines()[-1]
+
+
 def test_history_lookup_probe_refuses_a_missing_folder_with_status_2(tmp_path):
     import subprocess
 
