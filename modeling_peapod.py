@@ -1155,6 +1155,10 @@ class PeaPODForConditionalGeneration(T5ForConditionalGeneration):
         if self.config.use_task_prompts:
             prompts.append(self.task_prompts(task_ids).view(-1, self.config.task_prompt_length, self.config.d_model))
         if self.has_collaborative_prompt:
+            if self.training and self.config.user_prompt_dropout > 0 and user_ids is not None:
+                # user_prompt_dropout (config docstring): these samples get the unknown user's prompt, row 0
+                dropped = torch.rand(user_ids.shape, device=user_ids.device) < self.config.user_prompt_dropout
+                user_ids = user_ids.masked_fill(dropped, 0)
             user_prompt = self.collaborative_prompt(user_ids, False, user_embeddings, user_neighbors)[0]
             prompts.append(user_prompt)
             if self.config.add_user_prompt_to_tokens:  # every position carries the user (config docstring)

@@ -144,6 +144,9 @@ CASES = {
         "unknown config keys 'learnig_rate' (did you mean 'learning_rate'?)"),
     "train: missing config file": ("peapod-train", lambda t, p, c: [str(t / "absent.yaml"), "--output_dir",
                                                                       str(t / "out")], "absent.yaml does not exist"),
+    "train: --user_prompt_dropout 1": ("peapod-train", lambda t, p, c: [
+        "--prepared_dir", str(p), "--output_dir", str(t / "out"), "--tokenizer", TOK, "--user_prompt_dropout", "1"],
+        "--user_prompt_dropout must be in [0, 1), got 1.0"),
     "train: unknown flag": ("peapod-train", lambda t, p, c: ["--output_dir", str(t / "out"), "--bogus", "1"],
                             "unknown arguments ['--bogus', '1']"),
     "train: non-numeric learning rate": ("peapod-train", lambda t, p, c: [

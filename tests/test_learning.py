@@ -229,6 +229,42 @@ def test_mha_only_flags_are_refused_for_other_prompt_encoders():
             check_arguments(ModelArguments(prompt_encoder="mlp", **flags), DataArguments(), None)
 
 
+# -- user_prompt_dropout ----------------------------------------------------------------------------------------
+
+
+def test_user_prompt_dropout_defaults_to_the_paper_and_rejects_values_outside_0_1():
+    from training.arguments import ModelArguments
+
+    assert PeaPODConfig().user_prompt_dropout == 0.0
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="user_prompt_dropout"):
+            PeaPODConfig(user_prompt_dropout=bad)
+    assert ModelArguments(user_prompt_dropout=0.5).config_fields()["user_prompt_dropout"] == 0.5
+
+
+def test_user_prompt_dropout_gives_some_training_samples_the_unknown_users_prompt_and_leaves_evaluation_alone():
+    users = torch.arange(1, NUM_USERS + 1).repeat(6)  # 72 samples
+    inputs = torch.randint(2, 100, (len(users), 5))
+    paper = tiny_model()
+    dropping = tiny_model(user_prompt_dropout=0.5)
+    dropping.load_state_dict(paper.state_dict())
+    own, _ = paper.build_encoder_inputs(inputs, user_ids=users, task_ids=torch.zeros_like(users))
+    unknown, _ = paper.build_encoder_inputs(inputs, user_ids=torch.zeros_like(users), task_ids=torch.zeros_like(users))
+    # evaluation (eval mode): every sample keeps its own prompt
+    evaluated, _ = dropping.build_encoder_inputs(inputs, user_ids=users, task_ids=torch.zeros_like(users))
+    torch.testing.assert_close(evaluated, own)
+    # training: each sample has either its own prompt or the unknown user's, and both occur
+    torch.manual_seed(0)
+    trained, _ = dropping.train().build_encoder_inputs(inputs, user_ids=users, task_ids=torch.zeros_like(users))
+    is_own = (trained - own).abs().flatten(1).amax(1) < 1e-6
+    is_unknown = (trained - unknown).abs().flatten(1).amax(1) < 1e-6
+    assert bool((is_own ^ is_unknown).all())
+    assert 0.2 < is_unknown.float().mean() < 0.8
+    # the paper's model in training mode drops nothing
+    paper_trained, _ = paper.train().build_encoder_inputs(inputs, user_ids=users, task_ids=torch.zeros_like(users))
+    torch.testing.assert_close(paper_trained, own)
+
+
 # -- neighbor_rank_bias ----------------------------------------------------------------------------------------
 
 

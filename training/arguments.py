@@ -87,6 +87,10 @@ class ModelArguments:
         default=_config_default("neighbor_rank_bias"),
         metadata={"help": "Add a learned bias per head and neighbour rank to the mha attention logits (0 at init)."},
     )
+    user_prompt_dropout: float = field(
+        default=_config_default("user_prompt_dropout"),
+        metadata={"help": "Training only: the share of samples given the unknown user's prompt (0 = the paper)."},
+    )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
     )
@@ -220,6 +224,8 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
                                "prompt encoder attends over neighbours")
     if model_args.num_neighbors is not None and model_args.num_neighbors < 1:
         raise PeaPODInputError(f"--num_neighbors must be >= 1, got {model_args.num_neighbors}")
+    if not 0 <= model_args.user_prompt_dropout < 1:
+        raise PeaPODInputError(f"--user_prompt_dropout must be in [0, 1), got {model_args.user_prompt_dropout}")
     if not 0 <= model_args.dropout_rate < 1:
         raise PeaPODInputError(f"--dropout_rate must be in [0, 1), got {model_args.dropout_rate}")
     if data_args.topn_negatives not in TOPN_NEGATIVES:
