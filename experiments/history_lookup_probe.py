@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configuration_peapod import NAMED_SHAPES
 from datasets_scripts import load_prepared
 from datasets_scripts.files import atomic_write_json, atomic_write_text
+from training.evaluation.metrics.feature_share import feature_shares, item_features
 
 SOURCE_FORMS = ("prompt", "recent_first", "spaced", "last_item", "last_id")
 EXPLANATION_FORMS = ("prompt", "no_user", "ids_only", "item_alone")
@@ -119,19 +120,16 @@ def exact_match(model, samples) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def feature_share(model, tokenizer, samples, items, item_features, max_new_tokens: int = 24) -> float:
-    """Share of greedy explanations of `samples` (about `items`) naming one of their item's features."""
+def feature_share(model, tokenizer, samples, items, features_of_item, max_new_tokens: int = 24) -> float:
+    """Share of greedy explanations of `samples` (about `items`) naming one of their item's features (the
+    evaluation's `item_feature_share`)."""
     model.eval()
-    named = []
-    for start, (input_ids, attention_mask, _) in zip(range(0, len(samples), 128),
-                                                     batches(samples, 128, np.arange(len(samples)))):
-        texts = tokenizer.batch_decode(model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                      max_new_tokens=max_new_tokens), skip_special_tokens=True)
-        for text, item in zip(texts, items[start:start + 128]):
-            words = set(re.findall(r"[a-z]+", text.lower()))
-            named.append(bool(words & item_features.get(item, set())))
+    texts = []
+    for input_ids, attention_mask, _ in batches(samples, 128, np.arange(len(samples))):
+        texts += tokenizer.batch_decode(model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                                       max_new_tokens=max_new_tokens), skip_special_tokens=True)
     model.train()
-    return float(np.mean(named))
+    return feature_shares(texts, items, [""] * len(texts), features_of_item)["item_feature_share"] or 0.0
 
 
 def probe(form: str, prepared, tokenizer, args) -> dict:
@@ -144,16 +142,14 @@ def probe(form: str, prepared, tokenizer, args) -> dict:
     train = encode_split(train_split, tokenizer, form, args.task)
     test = encode_split(test_split, tokenizer, form, args.task)
     if args.task == "explanation":  # each item's features, as its training explanations name them
-        item_features: dict[int, set[str]] = {}
-        for item, feature in zip(train_split["item_id"], train_split["feature"]):
-            item_features.setdefault(item, set()).add(feature)
+        features_of_item = item_features(train_split["item_id"], train_split["feature"])
         # the training share on as many samples as the test split has, so both cost the same
         train_items, test_items = train_split["item_id"][:len(test)], test_split["item_id"]
 
     def measure() -> dict:
         if args.task == "explanation":
-            return {"train_share": feature_share(model, tokenizer, train[:len(test)], train_items, item_features),
-                    "test_share": feature_share(model, tokenizer, test, test_items, item_features),
+            return {"train_share": feature_share(model, tokenizer, train[:len(test)], train_items, features_of_item),
+                    "test_share": feature_share(model, tokenizer, test, test_items, features_of_item),
                     "test_loss": exact_match(model, test)[1]}
         (train_exact, train_loss), (test_exact, test_loss) = exact_match(model, train), exact_match(model, test)
         return {"train_exact": train_exact, "train_loss": train_loss, "test_exact": test_exact, "test_loss": test_loss}
