@@ -26,8 +26,10 @@ features (read from the training explanations), with the source written four way
 * `prompt`: the prepared sources (`Describe item_12 from the point of view of user_1.`);
 * `no_user`: the same with the user id written as words (`... of a user.`): one id among template words;
 * `ids_only`: the two ids alone (`item_12 user_1`);
-* `item_alone`: the item id alone (`item_12`). Hand-written loop rather than
-`Trainer`: a few hundred lines of control experiment, one model, no prompts, no checkpoints.
+* `item_alone`: the item id alone (`item_12`).
+
+Hand-written loop rather than `Trainer`: a few hundred lines of control experiment, one model, no prompts, no
+checkpoints.
 
     python experiments/history_lookup_probe.py --prepared_dir prepared/synthetic-history-pmf512-n20 \\
         --output experiments/results/history-lookup-probe
