@@ -134,12 +134,23 @@ def feature_share(model, tokenizer, samples, items, features_of_item, max_new_to
     return feature_shares(texts, items, [""] * len(texts), features_of_item)["item_feature_share"] or 0.0
 
 
-def probe(form: str, prepared, tokenizer, args) -> dict:
-    torch.manual_seed(args.seed)
+def probe_model(tokenizer, shape: str, untied_embeddings: bool = False) -> T5ForConditionalGeneration:
+    """A randomly initialised plain T5 of a named shape, in training mode (seed the caller's torch first)."""
     config = T5Config(vocab_size=len(tokenizer), dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      tie_word_embeddings=not args.untied_embeddings, **NAMED_SHAPES[args.shape])
+                      tie_word_embeddings=not untied_embeddings, **NAMED_SHAPES[shape])
     model = T5ForConditionalGeneration(config).train()
+    if untied_embeddings:
+        # transformers 5.x ties T5's output layer to its embeddings whatever the config says: there
+        # tie_word_embeddings=False only turns off the decoder-output scaling (T5 v1.1's other difference). T5 v1.1's
+        # separate output layer is therefore made here, as a copy of the embeddings that trains on its own.
+        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+    return model
+
+
+def probe(form: str, prepared, tokenizer, args) -> dict:
+    torch.manual_seed(args.seed)
+    model = probe_model(tokenizer, args.shape, args.untied_embeddings)
     train_split, test_split = (prepared.dataset[f"{args.task}_{name}"] for name in ("train", "test"))
     train = encode_split(train_split, tokenizer, form, args.task)
     test = encode_split(test_split, tokenizer, form, args.task)
@@ -201,7 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--untied_embeddings", action="store_true",
-                        help="separate input embeddings and output projection (T5 v1.1's choice; t5-small ties them)")
+                        help="a separate output layer, unscaled decoder outputs (T5 v1.1's choice; t5-small ties and scales)")
     parser.add_argument("--output", default="experiments/results/history-lookup-probe")
     args = parser.parse_args(argv)
     if not Path(args.prepared_dir, "dataset").is_dir():

@@ -224,7 +224,8 @@ def test_trie_scores_equal_teacher_forcing_edge_cases(tokenizer, variant, candid
     """One decoder position per unique (sample, trie node): duplicates, a candidate that is a prefix sibling of
     another ("1", "12", "123", "1234"), ids of 2 to 4 tokens, unequal unique-node counts per sample (padded), calls
     that split the batch unevenly; eager attention; and few relative-position buckets, so depth distances 2 and 3
-    fall into T5's logarithmic buckets, with an untied, unscaled output layer (as T5 v1.1)."""
+    fall into T5's logarithmic buckets, with an unscaled output layer (T5 v1.1's `tie_word_embeddings=False`, which
+    transformers 5.x reads as "do not scale": it ties the output layer to the embeddings always)."""
     rng = random.Random(6)
     fields = {"eager": {}, "default": {}, "v1.1-like": {"relative_attention_num_buckets": 4,
                                                         "relative_attention_max_distance": 4,
@@ -250,7 +251,7 @@ def test_trie_scores_equal_teacher_forcing_edge_cases(tokenizer, variant, candid
     scores = model.score_candidates(**inputs, candidates=candidates, item_trie=trie,
                                     candidate_batch_size=candidate_batch_size)
     reference = _reference_scores(model, inputs, candidates, trie)
-    # float32 rounding: the untied output layer's scores are near -100, hence a relative tolerance as well
+    # float32 rounding: the unscaled output layer's scores are near -100, hence a relative tolerance as well
     torch.testing.assert_close(scores, reference, rtol=1e-6, atol=1e-5)
     assert torch.equal(scores[2], scores[2, :1].expand(10)) and scores[0, 0] == scores[0, 5]  # duplicates agree
 

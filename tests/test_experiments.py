@@ -389,6 +389,25 @@ def test_lookup_probe_writes_each_explanation_form_as_documented():
                        "ids_only": "item_12 user_7", "item_alone": "item_12"}
 
 
+def test_lookup_probe_untied_embeddings_gives_the_output_layer_its_own_weights(tokenizer):
+    """transformers 5.x ties T5's output layer whatever tie_word_embeddings says; the probe's flag must untie it."""
+    import torch
+    from history_lookup_probe import probe_model
+
+    torch.manual_seed(0)
+    tied, untied = probe_model(tokenizer, "tiny"), probe_model(tokenizer, "tiny", untied_embeddings=True)
+    assert tied.lm_head.weight.data_ptr() == tied.shared.weight.data_ptr()
+    assert untied.lm_head.weight.data_ptr() != untied.shared.weight.data_ptr()
+    assert not untied.config.scale_decoder_outputs and tied.config.scale_decoder_outputs
+    # a step on the output layer alone moves it and leaves the input embeddings where they were
+    before = untied.shared.weight.detach().clone()
+    ids = torch.tensor([[5, 6, 1]])
+    untied(input_ids=ids, labels=ids).loss.backward()
+    with torch.no_grad():
+        untied.lm_head.weight -= untied.lm_head.weight.grad
+    assert torch.equal(untied.shared.weight, before) and not torch.equal(untied.lm_head.weight, before)
+
+
 def test_lookup_probe_scores_explanations_by_the_item_features_they_name(synthetic_prepared, tmp_path):
     from conftest import TOKENIZER_DIR
     from history_lookup_probe import EXPLANATION_FORMS, main
