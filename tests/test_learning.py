@@ -265,6 +265,32 @@ def test_user_prompt_dropout_gives_some_training_samples_the_unknown_users_promp
     torch.testing.assert_close(paper_trained, own)
 
 
+def test_explanations_first_then_three_tasks_keeps_the_prompt_dropout_and_trains_the_new_tasks(synthetic_prepared,
+                                                                                            tmp_path):
+    """The two-command recipe of README "The explanation target": a model trained on explanations alone with
+    `user_prompt_dropout` continues on all three tasks with the option still on, and the continuation trains the
+    sequential and top-n task prompts that the first stage never used."""
+    import json
+
+    from conftest import TOKENIZER_DIR
+
+    from training import cli
+
+    common = ["--prepared_dir", str(synthetic_prepared), "--tokenizer", str(TOKENIZER_DIR),
+              "--per_device_train_batch_size", "2", "--max_train_samples_per_task", "4", "--eval_strategy", "no",
+              "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True", "--dropout_rate", "0"]
+    first, then = tmp_path / "explanations", tmp_path / "three-tasks"
+    cli.train([*common, "--base_model", "random:tiny", "--user_prompt_dropout", "0.5", "--tasks", "explanation",
+               "--max_steps", "2", "--output_dir", str(first)])
+    cli.train([*common, "--base_model", str(first), "--tasks", "sequential", "topn", "explanation",
+               "--max_steps", "6", "--output_dir", str(then)])
+    assert json.loads((then / "config.json").read_text())["user_prompt_dropout"] == 0.5
+    before, after = (PeaPODForConditionalGeneration.from_pretrained(folder).task_prompts.weight for folder in (first, then))
+    tasks = PeaPODConfig.from_pretrained(then).tasks
+    for task in ("sequential", "topn", "explanation"):
+        assert not torch.equal(before[tasks.index(task)], after[tasks.index(task)]), task
+
+
 # -- neighbor_rank_bias ----------------------------------------------------------------------------------------
 
 
