@@ -268,8 +268,9 @@ def test_user_prompt_dropout_gives_some_training_samples_the_unknown_users_promp
 def test_explanations_first_then_three_tasks_keeps_the_prompt_dropout_and_trains_the_new_tasks(synthetic_prepared,
                                                                                             tmp_path):
     """The two-command recipe of README "The explanation target": a model trained on explanations alone with
-    `user_prompt_dropout` continues on all three tasks with the option still on, and the continuation trains the
-    sequential and top-n task prompts that the first stage never used."""
+    `user_prompt_dropout` continues on all three tasks with the option still on (or, given `--user_prompt_dropout 0`,
+    off: the one model flag a continuation applies), and the continuation trains the sequential and top-n task
+    prompts that the first stage never used."""
     import json
 
     from conftest import TOKENIZER_DIR
@@ -285,6 +286,12 @@ def test_explanations_first_then_three_tasks_keeps_the_prompt_dropout_and_trains
     cli.train([*common, "--base_model", str(first), "--tasks", "sequential", "topn", "explanation",
                "--max_steps", "6", "--output_dir", str(then)])
     assert json.loads((then / "config.json").read_text())["user_prompt_dropout"] == 0.5
+    cli.train([*common, "--base_model", str(first), "--tasks", "sequential", "topn", "explanation",
+               "--max_steps", "1", "--user_prompt_dropout", "0", "--prompt_encoder_heads", "1",
+               "--output_dir", str(tmp_path / "three-tasks-paper-prompt")])
+    continued = json.loads((tmp_path / "three-tasks-paper-prompt" / "config.json").read_text())
+    assert continued["user_prompt_dropout"] == 0.0
+    assert continued["prompt_encoder_heads"] == json.loads((first / "config.json").read_text())["prompt_encoder_heads"]
     before, after = (PeaPODForConditionalGeneration.from_pretrained(folder).task_prompts.weight for folder in (first, then))
     tasks = PeaPODConfig.from_pretrained(then).tasks
     for task in ("sequential", "topn", "explanation"):

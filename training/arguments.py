@@ -87,9 +87,11 @@ class ModelArguments:
         default=_config_default("neighbor_rank_bias"),
         metadata={"help": "Add a learned bias per head and neighbour rank to the mha attention logits (0 at init)."},
     )
-    user_prompt_dropout: float = field(
-        default=_config_default("user_prompt_dropout"),
-        metadata={"help": "Training only: the share of samples given the unknown user's prompt (0 = the paper)."},
+    user_prompt_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Training only: the share of samples given the unknown user's prompt (default: "
+                  f"{_config_default('user_prompt_dropout')} = the paper for a new model; a continued PeaPOD "
+                  "checkpoint keeps its own unless this is given)."},
     )
     num_neighbors: int | None = field(
         default=None, metadata={"help": "n; default: the prepared neighbour table's width (else it is rebuilt)."}
@@ -122,7 +124,8 @@ class ModelArguments:
         """The fields of this run's `PeaPODConfig` that these arguments set (num_neighbors: when given)."""
         config_names = {f.name for f in fields(PeaPODConfig)}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in config_names}
-        return {name: value for name, value in values.items() if not (name == "num_neighbors" and value is None)}
+        unset_when_none = ("num_neighbors", "user_prompt_dropout")  # None: the data's, or the config's default
+        return {name: value for name, value in values.items() if not (name in unset_when_none and value is None)}
 
 
 @dataclass
@@ -224,7 +227,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
                                "prompt encoder attends over neighbours")
     if model_args.num_neighbors is not None and model_args.num_neighbors < 1:
         raise PeaPODInputError(f"--num_neighbors must be >= 1, got {model_args.num_neighbors}")
-    if not 0 <= model_args.user_prompt_dropout < 1:
+    if model_args.user_prompt_dropout is not None and not 0 <= model_args.user_prompt_dropout < 1:
         raise PeaPODInputError(f"--user_prompt_dropout must be in [0, 1), got {model_args.user_prompt_dropout}")
     if not 0 <= model_args.dropout_rate < 1:
         raise PeaPODInputError(f"--dropout_rate must be in [0, 1), got {model_args.dropout_rate}")

@@ -42,7 +42,10 @@ def build_model(model_args: ModelArguments, prepared) -> PeaPODForConditionalGen
     elif is_peapod_checkpoint(base):
         model = PeaPODForConditionalGeneration.from_pretrained(base)
         logger.warning("Continuing from the PeaPOD checkpoint %s: its own config fixes the model (prompt encoder, "
-                       "sizes, dropout); the model flags of this command are not applied", base)
+                       "sizes, dropout); the model flags of this command are not applied, but for the training-only "
+                       "--user_prompt_dropout when given", base)
+        if model_args.user_prompt_dropout is not None:  # e.g. the explanations-first recipe's second stage
+            model.config.user_prompt_dropout = model_args.user_prompt_dropout
         if model.has_collaborative_prompt and model.config.num_users != prepared.num_users:
             raise PeaPODInputError(
                 f"{base} has a user table of {model.config.num_users} users but the prepared data has "
