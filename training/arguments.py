@@ -121,7 +121,7 @@ class ModelArguments:
     )
 
     def config_fields(self) -> dict:
-        """The fields of this run's `PeaPODConfig` that these arguments set (num_neighbors: when given)."""
+        """The fields of this run's `PeaPODConfig` that these arguments set (num_neighbors, user_prompt_dropout: when given)."""
         config_names = {f.name for f in fields(PeaPODConfig)}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in config_names}
         unset_when_none = ("num_neighbors", "user_prompt_dropout")  # None: the data's, or the config's default
